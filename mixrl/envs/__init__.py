@@ -1,0 +1,12 @@
+"""Gymnasium registration of the mixrl/* environment ids (importing mixrl does this)."""
+
+import gymnasium
+
+gymnasium.register(
+    id="mixrl/ThreeBodyTimestep-v0",
+    entry_point="mixrl.envs.three_body:ThreeBodyTimestepEnv",
+)
+gymnasium.register(
+    id="mixrl/ThreeBodyTimestepContinuous-v0",
+    entry_point="mixrl.envs.three_body:ThreeBodyTimestepContinuousEnv",
+)

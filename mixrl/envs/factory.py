@@ -1,0 +1,303 @@
+"""make_vec_env(): Gymnasium vector environments seen through torch tensors on the agent's device.
+
+The agent acts in [-1, 1]^A for continuous spaces (rescaled here to the env's bounds), receives float32
+observations (optionally normalised with running statistics that travel in checkpoints) and, on the step
+where a sub-environment ends, the true final observation in `final_obs` (same-step autoreset).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+import mixrl.envs  # noqa: F401  (registers the mixrl/* ids)
+
+
+class RunningMeanStd:
+    """Running mean and variance over a stream of batches (parallel algorithm of Chan et al.)."""
+
+    def __init__(self, shape: tuple[int, ...], epsilon: float = 1e-4):
+        self.mean = np.zeros(shape, np.float64)
+        self.var = np.ones(shape, np.float64)
+        self.count = epsilon
+
+    def update(self, batch: np.ndarray) -> None:
+        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.var, self.count = state["mean"].copy(), state["var"].copy(), state["count"]
+
+
+@dataclass
+class ObsNormalizer:
+    """z-scores observations with running statistics and clips them; frozen when `training` is false."""
+
+    shape: tuple[int, ...]
+    clip: float = 10.0
+    epsilon: float = 1e-8
+    training: bool = True
+    rms: RunningMeanStd = field(init=False)
+
+    def __post_init__(self):
+        self.rms = RunningMeanStd(self.shape)
+
+    def __call__(self, obs: np.ndarray, update: bool = True) -> np.ndarray:
+        if self.training and update:
+            self.rms.update(obs.reshape(-1, *self.shape))
+        z = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.epsilon)
+        return np.clip(z, -self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clip": self.clip, "epsilon": self.epsilon, **self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clip, self.epsilon = state["clip"], state["epsilon"]
+        self.rms.load_state_dict(state)
+
+
+class RewardScaler:
+    """Divides rewards by the running std of the discounted return (Gymnasium's NormalizeReward), then clips."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, epsilon: float = 1e-8):
+        self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
+        self.returns = np.zeros(num_envs)
+        self.rms = RunningMeanStd(())
+        self.training = True
+
+    def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+        if self.training:
+            self.returns = self.returns * self.gamma + reward
+            self.rms.update(self.returns)
+            self.returns[done] = 0.0
+        return np.clip(reward / np.sqrt(self.rms.var + self.epsilon), -self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "clip": self.clip, "returns": self.returns.copy(), **self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns = state["returns"].copy()
+        self.rms.load_state_dict(state)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a ValueError naming close matches when `env_id` is not registered with Gymnasium."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown environment id {env_id!r}.{hint} "
+        "List all ids with: python -c 'import gymnasium, mixrl; gymnasium.pprint_registry()'"
+    )
+
+
+def make_env(env_id: str, render_mode: str | None = None, **env_kwargs: Any) -> gym.Env:
+    """gym.make with a clear error for unknown ids."""
+    check_env_id(env_id)
+    return gym.make(env_id, render_mode=render_mode, **env_kwargs)
+
+
+def _is_plain_data(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, np.ndarray, np.generic, np.random.Generator)):
+        return True
+    if isinstance(value, (list, tuple, deque)):
+        return all(_is_plain_data(v) for v in value)
+    return False
+
+
+def _snapshot(obj: Any) -> dict[str, Any]:
+    """Deep copies of an object's plain-data attributes (counters, arrays, RNGs), and MuJoCo physics."""
+    state = {k: copy.deepcopy(v) for k, v in vars(obj).items() if k != "env" and _is_plain_data(v)}
+    if hasattr(obj, "model") and hasattr(obj, "data") and type(obj.data).__name__ == "MjData":
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(obj.model, spec))
+        mujoco.mj_getState(obj.model, obj.data, physics, spec)
+        state["__mujoco_state__"] = physics
+    return state
+
+
+def _restore(obj: Any, state: dict[str, Any]) -> None:
+    for key, value in state.items():
+        if key == "__mujoco_state__":
+            import mujoco
+
+            mujoco.mj_setState(obj.model, obj.data, value, mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(obj.model, obj.data)
+        else:
+            setattr(obj, key, copy.deepcopy(value))
+
+
+def _wrapper_chain(env: gym.Env) -> list[Any]:
+    chain = [env]
+    while hasattr(chain[-1], "env"):
+        chain.append(chain[-1].env)
+    return chain
+
+
+class TorchVecEnv:
+    """A synchronous Gymnasium vector env whose inputs and outputs are torch tensors on `device`.
+
+    step(action) -> (obs, reward, terminated, truncated, final_obs): `obs` is already the reset observation
+    for sub-envs that ended, `final_obs` the true last observation (equal to `obs` elsewhere). Finished
+    episodes are collected in `episode_returns` / `episode_lengths` until `pop_episodes()`.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int = 1,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        normalize_obs: bool = False,
+        normalize_reward_gamma: float | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+    ):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        check_env_id(env_id)
+        self.env_id, self.num_envs, self.device = env_id, num_envs, torch.device(device)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make(env_id, **self.env_kwargs) for _ in range(num_envs)],
+            autoreset_mode=AutoresetMode.SAME_STEP,
+        )
+        self.single_observation_space = self.envs.single_observation_space
+        self.env_action_space = self.envs.single_action_space
+        if not isinstance(self.single_observation_space, gym.spaces.Box):
+            raise ValueError(f"{env_id}: only Box observation spaces are supported, got {self.single_observation_space}")
+        self.continuous = isinstance(self.env_action_space, gym.spaces.Box)
+        if self.continuous:
+            shape = self.env_action_space.shape
+            self.single_action_space = gym.spaces.Box(-1.0, 1.0, shape, np.float32)
+            self._low, self._high = self.env_action_space.low, self.env_action_space.high
+        else:
+            self.single_action_space = self.env_action_space
+        self.obs_dim = int(np.prod(self.single_observation_space.shape))
+        self.obs_normalizer = ObsNormalizer(self.single_observation_space.shape) if normalize_obs else None
+        self.reward_scaler = (
+            RewardScaler(num_envs, normalize_reward_gamma) if normalize_reward_gamma is not None else None
+        )
+        self._seed = seed
+        self._returns = np.zeros(num_envs)
+        self._lengths = np.zeros(num_envs, np.int64)
+        self.episode_returns: list[float] = []
+        self.episode_lengths: list[int] = []
+        self.single_action_space.seed(seed)
+
+    def _to_tensor(self, x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=dtype).to(self.device)
+
+    def _obs(self, obs: np.ndarray, update: bool = True) -> torch.Tensor:
+        obs = obs.reshape(self.num_envs, -1)
+        if self.obs_normalizer is not None:
+            obs = self.obs_normalizer(obs.reshape(self.num_envs, *self.single_observation_space.shape), update)
+        return self._to_tensor(obs.reshape(self.num_envs, -1))
+
+    def reset(self) -> torch.Tensor:
+        """Reset every sub-env; the first call seeds them with seed, seed + 1, ..."""
+        obs, _ = self.envs.reset(seed=self._seed)
+        self._returns[:] = 0
+        self._lengths[:] = 0
+        return self._obs(obs)
+
+    def to_env_action(self, action: torch.Tensor) -> np.ndarray:
+        """Agent action (in [-1, 1] for Box spaces) -> numpy action in the env's own space."""
+        action = action.detach().cpu().numpy()
+        if self.continuous:
+            action = self._low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (self._high - self._low)
+            return action.astype(self.env_action_space.dtype)
+        return action.astype(np.int64).reshape(self.num_envs, *self.env_action_space.shape)
+
+    def step(self, action: torch.Tensor):
+        obs, reward, terminated, truncated, info = self.envs.step(self.to_env_action(action))
+        done = terminated | truncated
+        self._returns += reward
+        self._lengths += 1
+        for i in np.flatnonzero(done):
+            self.episode_returns.append(float(self._returns[i]))
+            self.episode_lengths.append(int(self._lengths[i]))
+            self._returns[i], self._lengths[i] = 0.0, 0
+        final_obs = obs
+        if done.any():
+            final_obs = obs.copy()
+            final_obs[info["_final_obs"]] = np.stack(info["final_obs"][info["_final_obs"]])
+        if self.reward_scaler is not None:
+            reward = self.reward_scaler(reward, done)
+        # The final observation is normalised with the statistics of this step but does not update them.
+        next_obs_tensor = self._obs(obs)
+        final_obs_tensor = next_obs_tensor if not done.any() else self._obs(final_obs, update=False)
+        return (
+            next_obs_tensor,
+            self._to_tensor(reward),
+            self._to_tensor(terminated, torch.bool),
+            self._to_tensor(truncated, torch.bool),
+            final_obs_tensor,
+        )
+
+    def pop_episodes(self) -> tuple[list[float], list[int]]:
+        """Returns and lengths of the episodes finished since the last call."""
+        returns, lengths = self.episode_returns, self.episode_lengths
+        self.episode_returns, self.episode_lengths = [], []
+        return returns, lengths
+
+    def normalizer_state(self) -> dict[str, Any] | None:
+        return None if self.obs_normalizer is None else self.obs_normalizer.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: sub-env physics, counters and RNGs, normalisers."""
+        return {
+            "vector": _snapshot(self.envs),
+            "sub_envs": [[_snapshot(w) for w in _wrapper_chain(env)] for env in self.envs.envs],
+            "action_space_rng": copy.deepcopy(self.single_action_space.np_random),
+            "returns": self._returns.copy(),
+            "lengths": self._lengths.copy(),
+            "obs_normalizer": self.normalizer_state(),
+            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _restore(self.envs, state["vector"])
+        for env, chain_state in zip(self.envs.envs, state["sub_envs"]):
+            for wrapper, wrapper_state in zip(_wrapper_chain(env), chain_state):
+                _restore(wrapper, wrapper_state)
+        self.single_action_space._np_random = copy.deepcopy(state["action_space_rng"])
+        self._returns, self._lengths = state["returns"].copy(), state["lengths"].copy()
+        if self.obs_normalizer is not None:
+            self.obs_normalizer.load_state_dict(state["obs_normalizer"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def make_vec_env(
+    env_id: str,
+    num_envs: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    normalize_obs: bool = False,
+    normalize_reward_gamma: float | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> TorchVecEnv:
+    """Vector env of `num_envs` copies of `env_id` (sync), seeded with seed, seed + 1, ..., on `device`."""
+    return TorchVecEnv(env_id, num_envs, seed, device, normalize_obs, normalize_reward_gamma, env_kwargs)

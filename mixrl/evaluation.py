@@ -1,0 +1,169 @@
+"""Deterministic rollouts, returns and MP4 videos; `Policy`, the callable that load_policy() returns."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from mixrl.envs.factory import make_env
+from mixrl.runs import find_checkpoint, load_checkpoint
+
+
+class Policy:
+    """Maps numpy observations (single or batched) to actions in the env's own action space.
+
+    Wraps a head with a `deterministic(obs)` method; applies the frozen observation normalisation and
+    rescales [-1, 1] actions to the env's bounds.
+    """
+
+    def __init__(
+        self,
+        actor: nn.Module,
+        observation_space: gym.spaces.Box,
+        action_space: gym.Space,
+        obs_normalizer: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.actor, self.observation_space, self.action_space = actor, observation_space, action_space
+        self.obs_normalizer, self.device = obs_normalizer, torch.device(device)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float64)
+        obs_shape = self.observation_space.shape
+        single = obs.shape == obs_shape
+        if not single and obs.shape[1:] != obs_shape:
+            raise ValueError(f"Observation of shape {obs.shape} does not match the policy's {obs_shape} (or (N, *{obs_shape})).")
+        batch = obs.reshape(-1, *obs_shape)
+        if self.obs_normalizer is not None:
+            norm = self.obs_normalizer
+            batch = np.clip((batch - norm["mean"]) / np.sqrt(norm["var"] + norm["epsilon"]), -norm["clip"], norm["clip"])
+        with torch.no_grad():
+            x = torch.as_tensor(batch.reshape(len(batch), -1), dtype=torch.float32, device=self.device)
+            action = self.actor.deterministic(x).cpu().numpy()
+        if isinstance(self.action_space, gym.spaces.Box):
+            low, high = self.action_space.low, self.action_space.high
+            action = (low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (high - low)).astype(self.action_space.dtype)
+        else:
+            action = action.astype(np.int64).reshape(len(batch), *self.action_space.shape)
+        return action[0] if single else action
+
+
+def policy_spec(actor: nn.Module, **kwargs: Any) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild `actor` without training code: class path, kwargs, weights."""
+    cls = type(actor)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": kwargs, "state_dict": actor.state_dict()}
+
+
+def build_actor(spec: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    module_name, _, class_name = spec["class"].rpartition(".")
+    actor = getattr(importlib.import_module(module_name), class_name)(**spec["kwargs"])
+    actor.load_state_dict(spec["state_dict"])
+    return actor.to(device).eval()
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """Rebuild the deterministic policy of a run directory or checkpoint file: `load_policy(path)(obs) -> action`."""
+    return policy_from_checkpoint(load_checkpoint(path, map_location=device), device)
+
+
+def policy_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> Policy:
+    actor = build_actor(ckpt["policy"], device)
+    return Policy(actor, ckpt["observation_space"], ckpt["action_space"], ckpt.get("obs_normalizer"), device)
+
+
+def _make_render_env(env_id: str, env_kwargs: dict[str, Any], width: int, height: int) -> gym.Env:
+    try:
+        return make_env(env_id, render_mode="rgb_array", width=width, height=height, **env_kwargs)
+    except TypeError:  # envs without width/height arguments (non-MuJoCo)
+        return make_env(env_id, render_mode="rgb_array", **env_kwargs)
+
+
+def evaluate(
+    policy: Policy,
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    video_dir: str | Path | None = None,
+    video_episodes: int = 1,
+    max_video_frames: int = 1000,
+    video_size: tuple[int, int] = (320, 240),
+) -> dict[str, Any]:
+    """Run `episodes` deterministic episodes (seeds seed, seed + 1, ...); optionally write MP4s of the first ones.
+
+    Returns {"mean_return", "std_return", "returns", "lengths", "videos"}.
+    """
+    env_kwargs = dict(env_kwargs or {})
+    env = make_env(env_id, **env_kwargs)
+    render_env = _make_render_env(env_id, env_kwargs, *video_size) if video_dir is not None else None
+    returns, lengths, videos = [], [], []
+    for episode in range(episodes):
+        recording = render_env is not None and episode < video_episodes
+        current = render_env if recording else env
+        obs, _ = current.reset(seed=seed + episode)
+        frames = [current.render()] if recording else []
+        total, length, done = 0.0, 0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = current.step(policy(obs))
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+            if recording and len(frames) < max_video_frames:
+                frames.append(current.render())
+        returns.append(total)
+        lengths.append(length)
+        if recording:
+            videos.append(str(write_video(frames, Path(video_dir) / f"episode_{episode}.mp4", current)))
+    env.close()
+    if render_env is not None:
+        render_env.close()
+    return {
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "returns": returns,
+        "lengths": lengths,
+        "videos": videos,
+    }
+
+
+def write_video(frames: list[np.ndarray], path: Path, env: gym.Env | None = None) -> Path:
+    """Encode RGB frames to an H.264 MP4 at the env's render fps."""
+    import imageio.v2 as imageio
+
+    fps = (env.metadata.get("render_fps") if env is not None else None) or 30
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+    return path
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    episodes: int = 10,
+    seed: int = 0,
+    video: bool = False,
+    device: str = "cpu",
+    max_video_frames: int = 1000,
+) -> dict[str, Any]:
+    """`mixrl eval`: evaluate a run directory or checkpoint and write eval.json (and videos/) next to it."""
+    file = find_checkpoint(path)
+    ckpt = load_checkpoint(file, map_location=device)
+    run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
+    result = evaluate(
+        policy_from_checkpoint(ckpt, device),
+        ckpt["env_id"],
+        episodes,
+        seed,
+        ckpt.get("env_kwargs"),
+        video_dir=run_dir / "videos" if video else None,
+        max_video_frames=max_video_frames,
+    )
+    result.update(checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,184 @@
+"""Learning curves of mixrl agents (several seeds) against Stable-Baselines3 at the same budget and settings.
+
+    python scripts/bench_learning.py run --variants sac sb3-sac --env-ids HalfCheetah-v5 --seeds 1 2 3 \
+        --total-timesteps 100000 --name sac
+    python scripts/bench_learning.py report --name sac
+
+`run` writes one JSON per (variant, env, seed) into results/raw/<name>/ (jobs already there are skipped, so
+several processes can share the work); `report` turns them into results/<name>.md and results/<name>.png:
+final deterministic return and area under the learning curve (mean of the evaluation curve), mean +- std
+over seeds. Evaluations: every --eval-every steps, deterministic, 5 episodes on seeds 10000 + seed + i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+# variant -> (agent module or "sb3-sac", Args overrides). Shared hyperparameters follow SB3's SAC defaults
+# except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sac": ("sac", {}),
+    "sb3-sac": ("sb3-sac", {}),
+}
+
+
+def run_mixrl(agent: str, overrides: dict[str, Any], env_id: str, seed: int, steps: int, eval_every: int) -> dict:
+    import importlib
+
+    module = importlib.import_module(f"mixrl.agents.{agent}")
+    args = module.Args(
+        env_id=env_id, seed=seed, total_timesteps=steps, eval_every=eval_every, eval_episodes=5,
+        checkpoint_every=0, save_buffer=False, run_root=str(RESULTS.parent / "runs" / "bench"), **overrides,
+    )
+    run_dir = module.main(args)
+    curve = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    return {"curve": [(c["step"], c["mean_return"]) for c in curve], "run_dir": str(run_dir)}
+
+
+def run_sb3_sac(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from mixrl.evaluation import evaluate
+
+    torch.set_num_threads(1)
+
+    class Evaluator(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.curve: list[tuple[int, float]] = []
+
+        def policy(self, obs: np.ndarray) -> np.ndarray:
+            return self.model.predict(obs, deterministic=True)[0]
+
+        def evaluate(self) -> None:
+            result = evaluate(self.policy, env_id, episodes=5, seed=10_000 + seed)
+            self.curve.append((self.num_timesteps, result["mean_return"]))
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps % eval_every == 0 and self.num_timesteps < steps:
+                self.evaluate()
+            return True
+
+    evaluator = Evaluator()
+    model = SAC(
+        "MlpPolicy", gym.make(env_id), learning_rate=3e-4, buffer_size=1_000_000, learning_starts=5000,
+        batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
+        policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed, verbose=0,
+    )
+    model.learn(total_timesteps=steps, callback=evaluator)
+    evaluator.evaluate()
+    return {"curve": evaluator.curve}
+
+
+def cmd_run(opts: argparse.Namespace) -> None:
+    out = RESULTS / "raw" / opts.name
+    out.mkdir(parents=True, exist_ok=True)
+    for env_id in opts.env_ids:
+        for variant in opts.variants:
+            for seed in opts.seeds:
+                path = out / f"{env_id}__{variant}__{seed}.json"
+                lock = path.with_suffix(".running")
+                if path.exists() or lock.exists():
+                    continue
+                lock.write_text(str(os.getpid()))
+                start = time.time()
+                agent, overrides = VARIANTS[variant]
+                print(f"[bench_learning] {variant} on {env_id}, seed {seed}, {opts.total_timesteps} steps", flush=True)
+                try:
+                    if agent == "sb3-sac":
+                        result = run_sb3_sac(env_id, seed, opts.total_timesteps, opts.eval_every)
+                    else:
+                        result = run_mixrl(agent, overrides, env_id, seed, opts.total_timesteps, opts.eval_every)
+                finally:
+                    lock.unlink()
+                result.update(
+                    variant=variant, env_id=env_id, seed=seed, total_timesteps=opts.total_timesteps,
+                    overrides=overrides, wall_seconds=time.time() - start, command=" ".join(map(shlex.quote, sys.argv)),
+                )
+                path.write_text(json.dumps(result, indent=2))
+
+
+def cmd_report(opts: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw = [json.loads(p.read_text()) for p in sorted((RESULTS / "raw" / opts.name).glob("*.json"))]
+    if not raw:
+        sys.exit(f"No results in results/raw/{opts.name}: run `bench_learning.py run --name {opts.name}` first.")
+    env_ids = sorted({r["env_id"] for r in raw})
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in raw)]
+    lines = [
+        f"# Learning benchmark: {opts.name}",
+        "",
+        "Deterministic evaluation return (5 episodes per evaluation), mean +- std over seeds. AUC is the mean of "
+        "the evaluation curve over training (area under the curve divided by its length).",
+        "",
+        "| env | variant | seeds | steps | final return | AUC | wall time per run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fig, axes = plt.subplots(1, len(env_ids), figsize=(6 * len(env_ids), 4), squeeze=False)
+    for ax, env_id in zip(axes[0], env_ids):
+        for variant in variants:
+            runs = [r for r in raw if r["env_id"] == env_id and r["variant"] == variant]
+            if not runs:
+                continue
+            finals = [r["curve"][-1][1] for r in runs]
+            aucs = [float(np.mean([v for _, v in r["curve"]])) for r in runs]
+            minutes = np.mean([r["wall_seconds"] for r in runs]) / 60
+            lines.append(
+                f"| {env_id} | {variant} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['total_timesteps']} | "
+                f"{np.mean(finals):.0f} +- {np.std(finals):.0f} | {np.mean(aucs):.0f} +- {np.std(aucs):.0f} | {minutes:.0f} min |"
+            )
+            steps = np.array([s for s, _ in runs[0]["curve"]])
+            n = min(len(r["curve"]) for r in runs)
+            values = np.array([[v for _, v in r["curve"][:n]] for r in runs])
+            ax.plot(steps[:n], values.mean(0), label=variant)
+            ax.fill_between(steps[:n], values.min(0), values.max(0), alpha=0.2)
+        ax.set_title(env_id)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("deterministic evaluation return")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{opts.name}.png", dpi=100)
+    commands = sorted({r["command"] for r in raw})
+    lines += ["", f"![curves]({opts.name}.png)", "", "Shaded: min-max over seeds. Made with:", ""]
+    lines += [f"    {c}" for c in commands] + [f"    python scripts/bench_learning.py report --name {opts.name}", ""]
+    (RESULTS / f"{opts.name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and evaluate the missing (variant, env, seed) jobs")
+    run.add_argument("--variants", nargs="+", choices=list(VARIANTS), required=True, help="what to train")
+    run.add_argument("--env-ids", nargs="+", default=["HalfCheetah-v5"], help="Gymnasium ids")
+    run.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds")
+    run.add_argument("--total-timesteps", type=int, default=100_000, help="environment steps per run")
+    run.add_argument("--eval-every", type=int, default=10_000, help="environment steps between evaluations")
+    run.add_argument("--name", required=True, help="results/raw/<name>/ and results/<name>.md")
+    report = sub.add_parser("report", help="write results/<name>.md and results/<name>.png")
+    report.add_argument("--name", required=True, help="which results/raw/<name> to report")
+    opts = parser.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    cmd_run(opts) if opts.command == "run" else cmd_report(opts)
+
+
+if __name__ == "__main__":
+    main()

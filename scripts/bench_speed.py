@@ -1,0 +1,95 @@
+"""Training speed of mixrl against Stable-Baselines3 at identical settings, alternating A B A B in one run.
+
+    python scripts/bench_speed.py sac [--rounds 2] [--steps 2000]
+
+SAC: HalfCheetah-v5, two 256-unit hidden layers, batch 256, one update per env step, one torch thread, CPU.
+Speed is measured only while learning (after the random warm-up), from each library's own step counter.
+The last line is `ALGO <unit>/s: mixrl=X sb3=Y ratio=Z`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def mixrl_sac(steps: int, warmup: int, log_every: int, **overrides) -> float:
+    """Updates per second of mixrl SAC while learning (one update per env step)."""
+    from mixrl.agents import sac
+
+    with tempfile.TemporaryDirectory() as root:
+        args = sac.Args(
+            env_id="HalfCheetah-v5", total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
+            eval_episodes=1, checkpoint_every=0, save_buffer=False, log_every=log_every, run_root=root, **overrides,
+        )
+        run_dir = sac.main(args)
+        sps = [v for step, v in read_scalars(run_dir, "charts/SPS") if step > warmup + log_every]
+    # Windows have equal step counts, so the overall rate is the harmonic mean of the window rates.
+    return len(sps) / sum(1.0 / v for v in sps)
+
+
+def sb3_sac(steps: int, warmup: int) -> float:
+    """Updates per second of Stable-Baselines3 SAC while learning (one update per env step)."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Timer(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.marks: dict[int, float] = {}
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps in (warmup + 1, warmup + steps):
+                self.marks[self.num_timesteps] = time.perf_counter()
+            return True
+
+    timer = Timer()
+    model = SAC(
+        "MlpPolicy", gym.make("HalfCheetah-v5"), learning_starts=warmup, batch_size=256, buffer_size=1_000_000,
+        train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=1, verbose=0,
+    )
+    model.learn(total_timesteps=warmup + steps, callback=timer)
+    return (steps - 1) / (timer.marks[warmup + steps] - timer.marks[warmup + 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("algo", choices=["sac"], help="algorithm to compare")
+    parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating mixrl and SB3)")
+    parser.add_argument("--steps", type=int, default=2000, help="learning steps measured per run")
+    parser.add_argument("--warmup", type=int, default=1000, help="random steps before learning (not timed)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements to this file")
+    opts = parser.parse_args()
+    torch.set_num_threads(1)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+    results: dict[str, list[float]] = {"mixrl": [], "sb3": []}
+    for rnd in range(opts.rounds):
+        results["mixrl"].append(mixrl_sac(opts.steps, opts.warmup, log_every=500))
+        print(f"round {rnd}: mixrl {results['mixrl'][-1]:.1f} updates/s", flush=True)
+        results["sb3"].append(sb3_sac(opts.steps, opts.warmup))
+        print(f"round {rnd}: sb3   {results['sb3'][-1]:.1f} updates/s", flush=True)
+    mixrl, sb3 = float(np.mean(results["mixrl"])), float(np.mean(results["sb3"]))
+    if opts.json is not None:
+        opts.json.write_text(json.dumps({"algo": opts.algo, "rounds": results, "settings": vars(opts)}, indent=2, default=str))
+    print(f"{opts.algo} updates/s: mixrl={mixrl:.1f} sb3={sb3:.1f} ratio={mixrl / sb3:.2f}")
+
+
+if __name__ == "__main__":
+    main()
