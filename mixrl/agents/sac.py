@@ -1,10 +1,27 @@
-"""Soft Actor-Critic (Haarnoja et al. 2018): twin critics, automatic entropy tuning, update-to-data ratio.
+"""Soft Actor-Critic (Haarnoja et al. 2018) with a tanh-Gaussian actor, or PMOE-SAC (Ren et al. 2021) with a
+probabilistic mixture of experts: twin critics, automatic entropy tuning, update-to-data ratio.
 
     critic:  y = r + gamma (1 - terminated) [min_j Qbar_j(s', a') - alpha log pi(a'|s')],   a' ~ pi(.|s')
              L_Q = sum_j E[(Q_j(s, a) - y)^2]
     actor:   L_pi = E[alpha log pi(a~|s) - min_j Q_j(s, a~)],   a~ ~ pi(.|s) reparameterised
     alpha:   L_alpha = -E[log alpha (log pi(a~|s) + H_target)],   H_target = -|A|
     targets: Qbar <- (1 - tau) Qbar + tau Q after every update
+
+PMOE-SAC (`--policy gmm`): pi(a|s) = sum_k w_k(s) pi_k(a|s), K tanh-Gaussian experts on a shared trunk mixed
+by w(s) = softmax(Linear(s)). The actor step draws one reparameterised action a_k from every expert and
+scores them all in one critic pass, q_k = min_j Q_j(s, a_k), k* = argmax_k q_k:
+
+    critic:  a' = a'_k', k' ~ Cat(w(s')),   log pi(a'|s') = log pi_k'(a'|s')       (the drawn expert alone)
+    actor:   L_pi = E[alpha log pi_k*(a_k*|s) - q_k*] + L_freq,   L_freq = E_{s,k}[(w_k(s) - onehot(k*)_k)^2]
+    alpha:   L_alpha = -E[log alpha (log pi_k*(a_k*|s) + H_target)]
+
+Only the winner k* gets Q and entropy gradients ("max" back-propagation); w learns only from L_freq.
+`--gmm-entropy mixture` uses the mixture density log pi(a|s) = logsumexp_k [log w_k + log pi_k(a|s)] in all
+three losses, so the entropy term trains w too. `--gmm-grad` swaps the estimator for w:
+    gumbel     a = sum_k g_k a_k, g = gumbel_softmax(logits, tau); log pi = sum_k w_k log pi_k(a_k|s);
+               w learns through Q and the entropy (this relaxed policy also acts and bootstraps)
+    reinforce  experts as above; L_w = -E[log w_k(s) (q_k - sum_j w_j q_j)], k ~ Cat(w(s))
+`--batch-reward-norm` is the PMOE reference code's r <- 10 (r - mean_B r) / (std_B r + 1e-6) (both policies).
 
 Run `python -m mixrl.agents.sac --help` (or `mixrl sac --help`) for every option.
 """
@@ -16,18 +33,33 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
-import numpy as np
 import torch
 import tyro
+from torch.nn import functional as F
 
 from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import make_vec_env
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.gaussian import TanhGaussianActor
+from mixrl.policies.mixture import (
+    ENTROPY_MODES,
+    EVAL_RULES,
+    GaussianMixtureHead,
+    draw_expert,
+    frequency_loss,
+    gmm_log_prob,
+    gumbel_softmax_action,
+    reinforce_mixing_loss,
+    sample_experts,
+    select_expert,
+)
 from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
 
 
@@ -69,6 +101,20 @@ class Args:
     """learn alpha so that the policy entropy tracks the target -|A| * target_entropy_scale"""
     target_entropy_scale: float = 1.0
     """target entropy = -|A| * this"""
+    policy: Literal["gaussian", "gmm"] = "gaussian"
+    """actor: tanh-Gaussian (SAC) or a Gaussian mixture of experts (PMOE-SAC)"""
+    num_experts: int = 4
+    """gmm: number of experts K"""
+    gmm_grad: Literal["frequency", "gumbel", "reinforce"] = "frequency"
+    """gmm: how the mixing weights w learn: PMOE's frequency loss, Gumbel-softmax relaxation or REINFORCE"""
+    gmm_entropy: Literal["component", "mixture"] = "component"
+    """gmm: log pi of the chosen expert alone, or the mixture's log-density (the entropy then trains w too)"""
+    gmm_eval_rule: Literal["argmax_w", "sampled_k_mean", "sample"] = "argmax_w"
+    """gmm: deterministic action: mean of argmax_k w_k, mean of k ~ Cat(w), or a sample of k ~ Cat(w)"""
+    gumbel_tau: float = 0.2
+    """gmm with --gmm-grad gumbel: temperature of the Gumbel-softmax relaxation"""
+    batch_reward_norm: bool = False
+    """z-score rewards within each batch and scale by 10 (a quirk of the PMOE reference code)"""
     normalize_obs: bool = False
     """z-score observations with running statistics (saved in checkpoints)"""
     eval_every: int = 10_000
@@ -93,17 +139,126 @@ class Args:
     """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
+GMM_OPTIONS = ("num_experts", "gmm_grad", "gmm_entropy", "gmm_eval_rule", "gumbel_tau")
+
+
+def check_args(args: Args) -> None:
+    """Refuse options that do not fit together, naming the fix."""
+    if args.policy not in ("gaussian", "gmm"):
+        raise ValueError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
+    if args.policy == "gaussian":
+        changed = [name for name in GMM_OPTIONS if getattr(args, name) != getattr(Args, name)]
+        if changed:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
+            raise ValueError(f"{flags} only apply to the mixture policy: add --policy gmm.")
+        return
+    if args.num_experts < 1:
+        raise ValueError(f"--num-experts must be at least 1, got {args.num_experts}.")
+    if args.gmm_grad not in ("frequency", "gumbel", "reinforce"):
+        raise ValueError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, gumbel, reinforce.")
+    if args.gmm_entropy not in ENTROPY_MODES:
+        raise ValueError(f"--gmm-entropy {args.gmm_entropy!r} is not one of: {', '.join(ENTROPY_MODES)}.")
+    actor_rules = [rule for rule in EVAL_RULES if rule != "argmax_q"]
+    if args.gmm_eval_rule not in actor_rules:
+        raise ValueError(
+            f"--gmm-eval-rule {args.gmm_eval_rule!r} is not one of: {', '.join(actor_rules)} "
+            "(argmax_q ranks the experts with a critic, which a saved policy does not carry)."
+        )
+    if args.gmm_grad == "gumbel" and args.gmm_entropy == "mixture":
+        raise ValueError(
+            "--gmm-grad gumbel acts with the blend sum_k g_k a_k, which is no sample of the mixture, so the "
+            "mixture log-density is no entropy estimate for it: use --gmm-entropy component."
+        )
+    if args.gmm_grad != "gumbel" and args.gumbel_tau != Args.gumbel_tau:
+        raise ValueError("--gumbel-tau only applies to --gmm-grad gumbel.")
+    if args.gumbel_tau <= 0.0:
+        raise ValueError(f"--gumbel-tau must be positive, got {args.gumbel_tau}.")
+
+
+def normalize_batch_rewards(rewards: torch.Tensor) -> torch.Tensor:
+    """r~ = 10 (r - mean_B r) / (std_B r + 1e-6), the per-batch reward z-score of the PMOE reference code."""
+    return 10.0 * (rewards - rewards.mean()) / (rewards.std() + 1e-6)
+
+
+def gumbel_blend(
+    logits: torch.Tensor, expert_actions: torch.Tensor, expert_log_prob: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relaxed mixture action a = sum_k g_k a_k, g = gumbel_softmax(logits, tau), and its entropy term
+    sum_k w_k log pi_k(a_k|s): the expected log-density of the expert that k ~ Cat(w) would pick."""
+    log_prob = (logits.softmax(-1) * expert_log_prob).sum(-1)
+    return gumbel_softmax_action(logits, expert_actions, tau), log_prob
+
+
+def make_sampler(args: Args, actor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """obs -> (a ~ pi(.|s), the log pi that the critic target uses); the same sampler acts in the env."""
+    if args.policy == "gaussian":
+        return actor.sample
+    if args.gmm_grad != "gumbel":
+        return partial(actor.sample, entropy=args.gmm_entropy)
+
+    def relaxed_sample(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, mean, log_std = actor.distribution_params(obs)
+        actions, _, expert_log_prob = sample_experts(mean, log_std)
+        return gumbel_blend(logits, actions, expert_log_prob, args.gumbel_tau)
+
+    return relaxed_sample
+
+
+def expert_q(qf: QEnsemble, obs: torch.Tensor, expert_actions: torch.Tensor) -> torch.Tensor:
+    """q_k = min_j Q_j(s, a_k) for all K candidates in one critic pass: (B, K, A) -> (B K, .) -> (B, K)."""
+    batch, k, _ = expert_actions.shape
+    tiled = obs.unsqueeze(1).expand(batch, k, obs.shape[-1]).reshape(batch * k, -1)
+    return qf(tiled, expert_actions.reshape(batch * k, -1)).min(0).values.view(batch, k)
+
+
+def pmoe_actor_loss(
+    args: Args, actor: GaussianMixtureHead, qf: QEnsemble, obs: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """PMOE-SAC actor objective -> (L_pi plus the loss of w, the log pi of the alpha loss, detached metrics).
+
+    frequency, reinforce:  L_pi = E[alpha log pi_k*(a_k*|s) - q_k*],  k* = argmax_k q_k, plus L_freq or L_w
+    gumbel:                L_pi = E[alpha sum_k w_k log pi_k(a_k|s) - min_j Q_j(s, sum_k g_k a_k)]
+    """
+    logits, mean, log_std = actor.distribution_params(obs)
+    actions, pre_tanh, expert_log_prob = sample_experts(mean, log_std)  # (B, K, A), (B, K, A), (B, K)
+    if args.gmm_grad == "gumbel":
+        action, log_prob = gumbel_blend(logits, actions, expert_log_prob, args.gumbel_tau)
+        loss = (alpha * log_prob - qf(obs, action).min(0).values).mean()
+        with torch.no_grad():
+            best = expert_q(qf, obs, actions).argmax(-1)  # for the win statistics only
+    else:
+        q = expert_q(qf, obs, actions)
+        q_best, best = q.max(-1)
+        if args.gmm_entropy == "component":
+            log_prob = expert_log_prob.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+        else:
+            log_prob = gmm_log_prob(logits, mean, log_std, pre_tanh=select_expert(pre_tanh, best))
+        loss = (alpha * log_prob - q_best).mean()
+        if args.gmm_grad == "frequency":
+            loss = loss + frequency_loss(logits.softmax(-1), q)
+        else:
+            loss = loss + reinforce_mixing_loss(logits, draw_expert(logits), q)
+    with torch.no_grad():
+        log_w = F.log_softmax(logits, -1)
+        wins = F.one_hot(best, actor.num_experts).float().mean(0)
+        metrics = {f"pmoe/wins_expert_{k}": frequency for k, frequency in enumerate(wins.unbind())}
+        metrics["pmoe/mixing_entropy"] = -(log_w.exp() * log_w).sum(-1).mean()
+    return loss, log_prob, metrics
+
+
 def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_entropy):
-    """The SAC gradient step as a function of a batch -> detached metrics."""
+    """The SAC (or PMOE-SAC) gradient step as a function of a batch -> detached metrics."""
     actor_optimizer, q_optimizer, alpha_optimizer = optimizers
     q_params, q_target_params = list(qf.parameters()), list(qf_target.parameters())
+    sample = make_sampler(args, actor)
 
     def update(batch: Batch) -> dict[str, torch.Tensor]:
         alpha = log_alpha.detach().exp()
+        rewards = normalize_batch_rewards(batch.rewards) if args.batch_reward_norm else batch.rewards
         with torch.no_grad():
-            next_actions, next_log_prob = actor.sample(batch.next_obs)
+            next_actions, next_log_prob = sample(batch.next_obs)
             next_q = qf_target(batch.next_obs, next_actions).min(0).values - alpha * next_log_prob
-            target = batch.rewards + args.gamma * (1.0 - batch.terminated) * next_q
+            target = rewards + args.gamma * (1.0 - batch.terminated) * next_q
         q = qf(batch.obs, batch.actions)
         qf_loss = (q - target).pow(2).mean(1).sum()
         q_optimizer.zero_grad(set_to_none=True)
@@ -112,14 +267,18 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
 
         # Actor step through frozen critics: gradients reach the actions, not the critic weights.
         qf.requires_grad_(False)
-        actions, log_prob = actor.sample(batch.obs)
-        actor_loss = (alpha * log_prob - qf(batch.obs, actions).min(0).values).mean()
+        if args.policy == "gmm":
+            actor_loss, log_prob, metrics = pmoe_actor_loss(args, actor, qf, batch.obs, alpha)
+        else:
+            actions, log_prob = actor.sample(batch.obs)
+            actor_loss = (alpha * log_prob - qf(batch.obs, actions).min(0).values).mean()
+            metrics = {}
         actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_optimizer.step()
         qf.requires_grad_(True)
 
-        metrics = {"losses/qf_loss": qf_loss.detach(), "losses/actor_loss": actor_loss.detach()}
+        metrics.update({"losses/qf_loss": qf_loss.detach(), "losses/actor_loss": actor_loss.detach()})
         if args.autotune:
             alpha_loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
             alpha_optimizer.zero_grad(set_to_none=True)
@@ -128,19 +287,28 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
             metrics["losses/alpha_loss"] = alpha_loss.detach()
         with torch.no_grad():
             torch._foreach_lerp_(q_target_params, q_params, args.tau)
-        metrics.update({"losses/alpha": alpha, "losses/qf_values": q.detach().mean(), "losses/entropy": -log_prob.detach().mean()})
+        metrics.update(
+            {
+                "losses/alpha": alpha,
+                "losses/qf_values": q.detach().mean(),
+                "losses/entropy": -log_prob.detach().mean(),
+            }
+        )
         return metrics
 
     return update
 
 
 def main(args: Args) -> Path:
-    """Train SAC; returns the run directory."""
+    """Train SAC or PMOE-SAC; returns the run directory."""
     if args.resume is not None:
         saved = load_checkpoint(args.resume)
-        total = args.total_timesteps if args.total_timesteps != Args.total_timesteps else saved["args"]["total_timesteps"]
+        total = args.total_timesteps
+        if total == Args.total_timesteps:
+            total = saved["args"]["total_timesteps"]
         args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_timesteps=total)
         args.hidden_sizes = tuple(args.hidden_sizes)
+    check_args(args)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
@@ -150,10 +318,15 @@ def main(args: Args) -> Path:
             f"SAC needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl dqn` for discrete actions."
         )
-    run = Run(args, "sac", args.env_id, args.run_root, resume=args.resume)
+    algo = "sac" if args.policy == "gaussian" else "pmoe_sac"
+    run = Run(args, algo, args.env_id, args.run_root, resume=args.resume)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
 
-    actor = TanhGaussianActor(obs_dim, action_dim, args.hidden_sizes).to(device)
+    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
+    if args.policy == "gmm":
+        actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
+    head = TanhGaussianActor if args.policy == "gaussian" else GaussianMixtureHead
+    actor = head(**actor_kwargs).to(device)
     qf = QEnsemble(obs_dim, action_dim, args.num_critics, args.hidden_sizes).to(device)
     qf_target = copy.deepcopy(qf).requires_grad_(False)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
@@ -162,11 +335,12 @@ def main(args: Args) -> Path:
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=fused)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=fused)
     target_entropy = -action_dim * args.target_entropy_scale
-    update = make_update(args, actor, qf, qf_target, log_alpha, (actor_optimizer, q_optimizer, alpha_optimizer), target_entropy)
+    optimizers = {"actor": actor_optimizer, "q": q_optimizer, "alpha": alpha_optimizer}
+    update = make_update(args, actor, qf, qf_target, log_alpha, optimizers.values(), target_entropy)
+    sample = make_sampler(args, actor)
     rb = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
 
     modules = {"actor": actor, "qf": qf, "qf_target": qf_target}
-    optimizers = {"actor": actor_optimizer, "q": q_optimizer, "alpha": alpha_optimizer}
     obs = envs.reset()
     global_step, updates_due = 0, 0.0
     if args.resume is not None:
@@ -178,7 +352,10 @@ def main(args: Args) -> Path:
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
         if "buffer" not in saved:
-            raise ValueError(f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly.")
+            raise ValueError(
+                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); "
+                "cannot resume exactly."
+            )
         rb.load_state_dict(saved["buffer"])
         envs.load_state_dict(saved["env_state"])
         obs, global_step, updates_due = saved["obs"].to(device), saved["global_step"], saved["updates_due"]
@@ -191,7 +368,7 @@ def main(args: Args) -> Path:
             "observation_space": envs.single_observation_space,
             "action_space": envs.env_action_space,
             "obs_normalizer": envs.normalizer_state(),
-            "policy": policy_spec(actor, obs_dim=obs_dim, action_dim=action_dim, hidden_sizes=args.hidden_sizes),
+            "policy": policy_spec(actor, **actor_kwargs),
             "state": {
                 **{name: m.state_dict() for name, m in modules.items()},
                 **{f"{name}_optimizer": o.state_dict() for name, o in optimizers.items()},
@@ -208,11 +385,13 @@ def main(args: Args) -> Path:
         return payload
 
     def run_evaluation() -> dict:
-        policy = Policy(actor, envs.single_observation_space, envs.env_action_space, envs.normalizer_state(), device)
+        spaces = envs.single_observation_space, envs.env_action_space
+        policy = Policy(actor, *spaces, envs.normalizer_state(), device)
         result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
-        run.log_scalars(global_step, {"eval/return": result["mean_return"], "eval/return_std": result["std_return"]})
+        mean, std = result["mean_return"], result["std_return"]
+        run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
         with open(run.dir / "evaluations.jsonl", "a") as f:
-            f.write(json.dumps({"step": global_step, "mean_return": result["mean_return"], "std_return": result["std_return"]}) + "\n")
+            f.write(json.dumps({"step": global_step, "mean_return": mean, "std_return": std}) + "\n")
         return result
 
     bar = run.progress(args.total_timesteps, initial=global_step)
@@ -224,7 +403,7 @@ def main(args: Args) -> Path:
                 actions = torch.rand(args.num_envs, action_dim, device=device) * 2.0 - 1.0
             else:
                 with torch.no_grad():
-                    actions, _ = actor.sample(obs)
+                    actions, _ = sample(obs)
             next_obs, rewards, terminated, _, final_obs = envs.step(actions)
             rb.add(obs, actions, rewards, final_obs, terminated)
             obs = next_obs
@@ -248,7 +427,10 @@ def main(args: Args) -> Path:
                 and global_step // args.eval_every > previous_step // args.eval_every
             ):
                 run_evaluation()
-            if args.checkpoint_every and global_step // args.checkpoint_every > previous_step // args.checkpoint_every:
+            if (
+                args.checkpoint_every
+                and global_step // args.checkpoint_every > previous_step // args.checkpoint_every
+            ):
                 run.save_checkpoint(checkpoint())
     except KeyboardInterrupt:
         run.save_checkpoint(checkpoint())
@@ -257,7 +439,10 @@ def main(args: Args) -> Path:
     final = run_evaluation()
     run.save_checkpoint(checkpoint(), "final")
     run.save_checkpoint(checkpoint())
-    bar.write(f"final deterministic return over {args.eval_episodes} episodes: {final['mean_return']:.1f} +- {final['std_return']:.1f}")
+    bar.write(
+        f"final deterministic return over {args.eval_episodes} episodes: "
+        f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
+    )
     run.close()
     envs.close()
     return run.dir

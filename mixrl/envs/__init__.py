@@ -10,3 +10,8 @@ gymnasium.register(
     id="mixrl/ThreeBodyTimestepContinuous-v0",
     entry_point="mixrl.envs.three_body:ThreeBodyTimestepContinuousEnv",
 )
+gymnasium.register(
+    id="mixrl/MultiGoal-v0",
+    entry_point="mixrl.envs.multigoal:MultiGoalEnv",
+    max_episode_steps=30,
+)

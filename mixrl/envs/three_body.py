@@ -1,7 +1,8 @@
 """Adaptive time-stepping for the chaotic gravitational three-body problem.
 
 An agent picks the time-step parameter mu of a 4th-order Hermite integrator every 0.1 yr and is rewarded for
-a small cumulative energy error at a low cost (Saz Ulibarrena & Portegies Zwart 2025, `reference/three_body.md`).
+a small cumulative energy error at a low cost (Saz Ulibarrena & Portegies Zwart 2025,
+`reference/three_body.md`).
 
 Units are N-body units: G = 1, total mass 1 (three bodies of 1/3), length 1 au. Time is converted from years
 and velocities from km/s with the IAU solar mass parameter, so 1 yr = 10.883 time units and the velocity unit
@@ -500,7 +501,9 @@ class ThreeBodyTimestepEnv(gym.Env):
         """(integrator parameter, Hermite-equivalent mu for the reward)."""
         index = int(np.asarray(action).reshape(()))
         if not 0 <= index < len(self.action_values):
-            raise ValueError(f"action must be an integer in [0, {len(self.action_values) - 1}], got {action!r}")
+            raise ValueError(
+                f"action must be an integer in [0, {len(self.action_values) - 1}], got {action!r}"
+            )
         return float(self.action_values[index]), float(MU_VALUES[index])
 
     # -- gym API
@@ -668,7 +671,7 @@ class EpisodeRecord:
         """Return of the first `max_steps` steps, ending at the first step with |dE| > stop_error (the
         training protocol) when stop_error is given."""
         total = 0.0
-        for i, (r, e) in enumerate(zip(self.rewards, self.errors)):
+        for i, (r, e) in enumerate(zip(self.rewards, self.errors, strict=True)):
             if max_steps is not None and i >= max_steps:
                 break
             total += r
@@ -694,7 +697,10 @@ def run_episode(
     if env is None:
         cls = ThreeBodyTimestepContinuousEnv if continuous else ThreeBodyTimestepEnv
         env = cls(
-            max_steps=max_steps, max_energy_error=max_energy_error, integrator=integrator, report_wall_time=True
+            max_steps=max_steps,
+            max_energy_error=max_energy_error,
+            integrator=integrator,
+            report_wall_time=True,
         )
     obs, _ = env.reset(options={"ic_seed": ic_seed})
     rewards, errors, params = [], [], []
@@ -729,10 +735,15 @@ def run_fixed_mu(mu_index: int, ic_seed: int, max_steps: int = 300, **kwargs) ->
     return run_episode(fixed_mu_policy(mu_index), ic_seed, max_steps, **kwargs)
 
 
-def run_aarseth(eta: float, ic_seed: int, max_steps: int = 300, max_energy_error: float = np.inf) -> EpisodeRecord:
+def run_aarseth(
+    eta: float, ic_seed: int, max_steps: int = 300, max_energy_error: float = np.inf
+) -> EpisodeRecord:
     """Baseline: Hermite with Aarseth's time-step criterion at a fixed eta (any positive value)."""
     env = ThreeBodyTimestepEnv(
-        max_steps=max_steps, max_energy_error=max_energy_error, integrator="hermite_aarseth", report_wall_time=True
+        max_steps=max_steps,
+        max_energy_error=max_energy_error,
+        integrator="hermite_aarseth",
+        report_wall_time=True,
     )
     env.action_values = np.full(len(MU_VALUES), float(eta))
     return run_episode(fixed_mu_policy(0), ic_seed, max_steps, env=env)

@@ -120,18 +120,33 @@ class GaussianMixtureHead(nn.Module):
     """PMOE actor: K tanh-Gaussian experts on a shared ReLU trunk, mixed by w(s) = softmax(Linear(s)).
 
     The mixing net reads the raw (factory-normalised) observation and shares nothing with the trunk. It is
-    created last, so with K = 1 the trunk and heads are initialised (same seed) exactly as TanhGaussianActor.
+    created last, so with K = 1 the trunk and heads are initialised (same seed) exactly as TanhGaussianActor;
+    with K = 1, w = 1 whatever the mixing layer holds, so it is zero-initialised without drawing random
+    numbers and modules created after the head are initialised as after a TanhGaussianActor too.
+    `eval_rule` (one of EVAL_RULES) is the rule `deterministic(obs)` uses when none is given.
     """
 
     def __init__(
-        self, obs_dim: int, action_dim: int, num_experts: int = 4, hidden_sizes: Sequence[int] = (256, 256)
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_experts: int = 4,
+        hidden_sizes: Sequence[int] = (256, 256),
+        eval_rule: str = "argmax_w",
     ):
         super().__init__()
-        self.num_experts, self.action_dim = num_experts, action_dim
+        if eval_rule not in EVAL_RULES:
+            raise ValueError(f"eval_rule={eval_rule!r} is not one of {EVAL_RULES}.")
+        self.num_experts, self.action_dim, self.eval_rule = num_experts, action_dim, eval_rule
         self.trunk = mlp(obs_dim, hidden_sizes)
         self.mean = nn.Linear(hidden_sizes[-1], num_experts * action_dim)
         self.log_std = nn.Linear(hidden_sizes[-1], num_experts * action_dim)
-        self.mixing = nn.Linear(obs_dim, num_experts)
+        if num_experts > 1:
+            self.mixing = nn.Linear(obs_dim, num_experts)
+        else:
+            self.mixing = nn.utils.skip_init(nn.Linear, obs_dim, 1)
+            nn.init.zeros_(self.mixing.weight)
+            nn.init.zeros_(self.mixing.bias)
 
     def mixing_logits(self, obs: torch.Tensor) -> torch.Tensor:
         """Logits of w(s), shape (..., K)."""
@@ -174,12 +189,14 @@ class GaussianMixtureHead(nn.Module):
     def deterministic(
         self,
         obs: torch.Tensor,
-        rule: str = "argmax_w",
+        rule: str | None = None,
         q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Evaluation action. Rules: `argmax_w` tanh(mu_k), k = argmax w; `sampled_k_mean` tanh(mu_k),
-        k ~ Cat(w); `sample` tanh(u_k), k ~ Cat(w); `argmax_q` tanh(mu_k), k = argmax_k q_fn(s, tanh(mu_k)),
-        where q_fn maps observations tiled to (..., K, S) and candidates (..., K, A) to Q of (..., K)."""
+        """Evaluation action by `rule` (default: the head's eval_rule). Rules: `argmax_w` tanh(mu_k),
+        k = argmax w; `sampled_k_mean` tanh(mu_k), k ~ Cat(w); `sample` tanh(u_k), k ~ Cat(w); `argmax_q`
+        tanh(mu_k), k = argmax_k q_fn(s, tanh(mu_k)), where q_fn maps observations tiled to (..., K, S) and
+        candidates (..., K, A) to Q of (..., K)."""
+        rule = self.eval_rule if rule is None else rule
         if rule not in EVAL_RULES:
             raise ValueError(f"rule={rule!r} is not one of {EVAL_RULES}.")
         if rule == "argmax_q" and q_fn is None:

@@ -1,0 +1,101 @@
+"""The `mixrl` command: one subcommand per agent (its Args become the flags), plus `eval`.
+
+    mixrl sac --env-id Hopper-v5 --total-timesteps 100000
+    mixrl eval runs/Hopper-v5__sac__1__<time> --episodes 10 --video
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
+
+# subcommand -> module with `Args` and `main(args)`; optional ones are listed only when importable.
+AGENTS = {
+    "sac": "mixrl.agents.sac",
+    "ppo": "mixrl.agents.ppo",
+    "dqn": "mixrl.agents.dqn",
+    "td3_bc": "mixrl.agents.td3_bc",
+    "a2pr": "mixrl.agents.a2pr",
+}
+
+
+@dataclass
+class EvalArgs:
+    path: Annotated[str, tyro.conf.Positional]
+    """run directory (uses checkpoints/final.pt, else latest.pt) or checkpoint file"""
+    episodes: int = 10
+    """deterministic episodes to run"""
+    seed: int = 0
+    """seed of the first episode (episode i uses seed + i)"""
+    video: bool = False
+    """write an MP4 of the first episode into <run>/videos/ (headless EGL rendering)"""
+    max_video_frames: int = 1000
+    """frames recorded per video"""
+    device: str = "cpu"
+    """torch device for the policy"""
+
+
+def run_eval(args: EvalArgs) -> None:
+    from mixrl.evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames)
+    print(f"{result['algo']} on {result['env_id']}: return {result['mean_return']:.2f} +- {result['std_return']:.2f} "
+          f"over {args.episodes} deterministic episodes")
+    for video in result["videos"]:
+        print(f"video: {video}")
+
+
+def available_agents() -> dict[str, object]:
+    modules = {}
+    for name, module_name in AGENTS.items():
+        try:
+            modules[name] = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+    return modules
+
+
+def usage(agents: dict[str, object]) -> str:
+    lines = ["usage: mixrl COMMAND [--help] [options]", "", "commands:"]
+    for name, module in agents.items():
+        lines.append(f"  {name:10s} train: {(module.__doc__ or '').strip().splitlines()[0]}")
+    lines.append(f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)")
+    lines.append("\n`mixrl COMMAND --help` lists the options of a command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    argv = sys.argv[1:] if argv is None else argv
+    agents = available_agents()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(agents))
+        return
+    command, rest = argv[0], argv[1:]
+    from mixrl.runs import NonFiniteLossError
+
+    try:
+        if command == "eval":
+            run_eval(tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy."))
+        elif command in agents:
+            module = agents[command]
+            args = tyro.cli(module.Args, args=rest, prog=f"mixrl {command}", description=module.__doc__)
+            run_dir = module.main(args)
+            print(f"run directory: {run_dir}")
+        else:
+            sys.exit(f"mixrl: unknown command {command!r}.\n\n{usage(agents)}")
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+        sys.exit(f"mixrl {command}: error: {err}")
+    except KeyboardInterrupt:
+        sys.exit(f"mixrl {command}: interrupted; the latest checkpoint is in the run directory (continue with --resume).")
+
+
+if __name__ == "__main__":
+    main()

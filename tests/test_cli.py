@@ -1,0 +1,52 @@
+"""The `mixrl` command line: help texts, a tiny training run, evaluation with video, and error messages."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def mixrl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixrl.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_commands_and_flags():
+    top = mixrl("--help")
+    assert top.returncode == 0 and "sac" in top.stdout and "eval" in top.stdout
+    sac_help = mixrl("sac", "--help")
+    assert sac_help.returncode == 0 and "--utd-ratio" in sac_help.stdout and "update-to-data" in sac_help.stdout
+    module_help = subprocess.run([sys.executable, "-m", "mixrl.agents.sac", "--help"], capture_output=True, text=True)
+    assert module_help.returncode == 0 and "--total-timesteps" in module_help.stdout
+    assert "--video" in mixrl("eval", "--help").stdout
+
+
+def test_train_then_eval_with_video(tmp_path):
+    train = mixrl(
+        "sac", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "300", "--learning-starts", "100",
+        "--batch-size", "32", "--eval-episodes", "1", "--run-root", str(tmp_path / "runs"),
+    )
+    assert train.returncode == 0, train.stderr
+    run_dir = Path(train.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
+    assert (run_dir / "checkpoints" / "final.pt").is_file() and (run_dir / "config.json").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
+
+    evaluation = mixrl("eval", str(run_dir), "--episodes", "2", "--video", "--max-video-frames", "20")
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "over 2 deterministic episodes" in evaluation.stdout
+    video = run_dir / "videos" / "episode_0.mp4"
+    assert video.is_file() and video.stat().st_size > 1000
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(video)
+    assert len(frames) >= 2 and frames[0].shape == (240, 320, 3)
+    assert len(json.loads((run_dir / "eval.json").read_text())["returns"]) == 2
+
+
+def test_errors_are_one_clear_line():
+    unknown_env = mixrl("sac", "--env-id", "HalfCheeta-v5")
+    assert unknown_env.returncode != 0 and "Did you mean: HalfCheetah-v5" in unknown_env.stderr
+    assert "Traceback" not in unknown_env.stderr
+    missing = mixrl("eval", "no/such/run")
+    assert missing.returncode != 0 and "No run directory or checkpoint" in missing.stderr
+    unknown_command = mixrl("sacc")
+    assert unknown_command.returncode != 0 and "unknown command 'sacc'" in unknown_command.stderr

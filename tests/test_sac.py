@@ -1,0 +1,111 @@
+"""SAC: checkpoints, load_policy, exact resume, error messages, non-finite losses, and one learning test."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mixrl
+from mixrl.agents import sac
+from mixrl.evaluation import evaluate, evaluate_checkpoint
+from mixrl.runs import NonFiniteLossError, load_checkpoint
+
+
+def tiny_args(tmp_path, **overrides):
+    defaults = dict(
+        env_id="Pendulum-v1", total_timesteps=400, learning_starts=200, batch_size=32, hidden_sizes=(32, 32),
+        eval_every=0, eval_episodes=1, checkpoint_every=100, run_root=str(tmp_path / "runs"),
+    )
+    return sac.Args(**{**defaults, **overrides})
+
+
+def test_checkpoint_is_self_describing_and_load_policy_matches_evaluation(tmp_path):
+    run_dir = sac.main(tiny_args(tmp_path, normalize_obs=True))
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["algo"] == "sac" and ckpt["env_id"] == "Pendulum-v1" and ckpt["global_step"] == 400
+    assert ckpt["obs_normalizer"]["count"] > 400 and ckpt["args"]["normalize_obs"]
+    assert json.loads((run_dir / "config.json").read_text())["args"]["hidden_sizes"] == [32, 32]
+
+    policy = mixrl.load_policy(run_dir)
+    obs = np.random.default_rng(0).normal(size=(7, 3))
+    batched = policy(obs)
+    assert batched.shape == (7, 1) and np.all(np.abs(batched) <= 2.0)
+    assert np.allclose(policy(obs[3]), batched[3], atol=1e-6)
+
+    # The loaded policy reproduces the trained actor on normalised observations, rescaled to [-2, 2].
+    actor = sac.TanhGaussianActor(3, 1, (32, 32))
+    actor.load_state_dict(ckpt["state"]["actor"])
+    norm = ckpt["obs_normalizer"]
+    z = np.clip((obs - norm["mean"]) / np.sqrt(norm["var"] + norm["epsilon"]), -10, 10)
+    expected = 2.0 * actor.deterministic(torch.as_tensor(z, dtype=torch.float32)).detach().numpy()
+    assert np.allclose(batched, expected, atol=1e-5)
+
+    # `mixrl eval` and evaluate(load_policy(...)) agree episode by episode.
+    from_cli = evaluate_checkpoint(run_dir, episodes=2, seed=5)
+    direct = evaluate(policy, "Pendulum-v1", episodes=2, seed=5)
+    assert from_cli["returns"] == direct["returns"]
+    assert json.loads((run_dir / "eval.json").read_text())["returns"] == direct["returns"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = load_checkpoint(sac.main(tiny_args(tmp_path / "a", total_timesteps=600)))
+    first_half = sac.main(tiny_args(tmp_path / "b", total_timesteps=300))
+    resumed = load_checkpoint(sac.main(sac.Args(resume=str(first_half), total_timesteps=600)))
+    assert resumed["global_step"] == straight["global_step"] == 600
+    for name in ("actor", "qf", "qf_target"):
+        for key, value in straight["state"][name].items():
+            assert torch.equal(value, resumed["state"][name][key]), f"{name}.{key} differs after resume"
+    assert torch.equal(straight["state"]["log_alpha"], resumed["state"]["log_alpha"])
+
+
+def test_refuses_discrete_action_spaces(tmp_path):
+    with pytest.raises(ValueError, match="continuous .*CartPole-v1.*mixrl dqn"):
+        sac.main(tiny_args(tmp_path, env_id="CartPole-v1"))
+
+
+def test_unknown_env_id(tmp_path):
+    with pytest.raises(ValueError, match="Unknown environment id 'Pendulm-v1'. Did you mean: Pendulum-v1"):
+        sac.main(tiny_args(tmp_path, env_id="Pendulm-v1"))
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No run directory or checkpoint"):
+        mixrl.load_policy(tmp_path / "nowhere")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt or not a checkpoint"):
+        mixrl.load_policy(tmp_path / "bad.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a mixrl checkpoint"):
+        mixrl.load_policy(tmp_path / "other.pt")
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    args = tiny_args(
+        tmp_path, env_id="mixrl_test/Counter-v0", learning_starts=50, total_timesteps=400, checkpoint_every=100
+    )
+    import gymnasium as gym
+
+    spec = gym.spec("mixrl_test/Counter-v0")
+    spec.kwargs["nan_reward_after"] = 250
+    try:
+        with pytest.raises(NonFiniteLossError, match=r"Loss 'losses/qf_loss' became nan at step 2\d\d"):
+            sac.main(args)
+    finally:
+        spec.kwargs.pop("nan_reward_after")
+    run_dir = next((tmp_path / "runs").iterdir())
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert ckpt["global_step"] == 200
+    assert all(torch.isfinite(v).all() for v in ckpt["state"]["actor"].values())
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
+
+
+def test_sac_learns_pendulum(tmp_path):
+    args = tiny_args(
+        tmp_path, total_timesteps=5000, learning_starts=1000, batch_size=128, hidden_sizes=(64, 64),
+        eval_episodes=5, checkpoint_every=0, q_lr=1e-3, seed=1,
+    )
+    run_dir = sac.main(args)
+    final = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
+    # A uniformly random policy scores about -1200; swinging up and balancing scores above -400.
+    assert final["mean_return"] > -400, final

@@ -1,0 +1,289 @@
+"""The three-body time-stepping task: integrators, environments, reward, initial conditions."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import mixrl.envs  # noqa: F401  (registers the ids)
+from mixrl.envs.three_body import (
+    MU_VALUES,
+    YEAR,
+    ThreeBodyTimestepEnv,
+    dopri5_evolve,
+    hermite_aarseth_evolve,
+    hermite_evolve,
+    initial_conditions,
+    leapfrog_evolve,
+    legacy_ic_parameters,
+    reward_fn,
+    run_fixed_mu,
+    total_energy,
+)
+
+ENV_IDS = ["mixrl/ThreeBodyTimestep-v0", "mixrl/ThreeBodyTimestepContinuous-v0"]
+
+
+def kepler_binary(e: float):
+    """Two bodies of mass 1/2 on a relative orbit with a = 1 (period 2 pi), starting at apocentre."""
+    m = np.array([0.5, 0.5])
+    r_apo, v_apo = 1.0 + e, math.sqrt((1.0 - e) / (1.0 + e))
+    x = np.array([[-0.5 * r_apo, 0.0], [0.5 * r_apo, 0.0]])
+    v = np.array([[0.0, -0.5 * v_apo], [0.0, 0.5 * v_apo]])
+    return x, v, m
+
+
+def kepler_relative_position(e: float, t: float) -> np.ndarray:
+    """Exact x2 - x1 of `kepler_binary(e)` at time t (Newton iterations on Kepler's equation)."""
+    mean_anomaly = math.pi + t
+    ecc_anomaly = mean_anomaly
+    for _ in range(50):
+        ecc_anomaly -= (ecc_anomaly - e * math.sin(ecc_anomaly) - mean_anomaly) / (
+            1.0 - e * math.cos(ecc_anomaly)
+        )
+    return -np.array([math.cos(ecc_anomaly) - e, math.sqrt(1.0 - e * e) * math.sin(ecc_anomaly)])
+
+
+def test_hermite_fourth_order_on_kepler_orbit():
+    e = 0.5
+    errors = []
+    for mu in [0.01, 0.005, 0.0025]:
+        x, v, m = kepler_binary(e)
+        t, steps, evals, ok = hermite_evolve(x, v, m, 0.0, 3 * 2 * math.pi, mu)
+        assert ok and evals == steps + 1
+        assert abs(t - 6 * math.pi) <= 0.5 * mu * 1.5**1.5  # within dt/2 of the target (t_coll <= 1.5^1.5)
+        errors.append(np.linalg.norm((x[1] - x[0]) - kepler_relative_position(e, t)))
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    assert np.all((ratios > 14.0) & (ratios < 19.0)), ratios
+
+
+def test_energy_conserved_at_small_mu():
+    x, v, m = initial_conditions(legacy_ic_parameters(0))
+    e0 = total_energy(x, v, m)
+    t = 0.0
+    for i in range(1, 11):  # 1 yr in ten calls, as the env does
+        t, _, _, ok = hermite_evolve(x, v, m, t, i * 0.1 * YEAR, 1e-3)
+        assert ok
+    assert abs((total_energy(x, v, m) - e0) / e0) < 1e-10
+
+
+def test_other_integrators_conserve_energy_at_their_accurate_end():
+    x0, v0, m = initial_conditions(legacy_ic_parameters(0))
+    e0 = total_energy(x0, v0, m)
+    runs = {
+        "aarseth": lambda x, v, t, te, c: hermite_aarseth_evolve(x, v, m, t, te, 1e-6, c),
+        "leapfrog": lambda x, v, t, te, c: (*leapfrog_evolve(x, v, m, t, te, 1e-5 * YEAR), c),
+        "dopri5": lambda x, v, t, te, c: dopri5_evolve(x, v, m, t, te, 1e-13, c),
+    }
+    for name, run in runs.items():
+        x, v, t, carry = x0.copy(), v0.copy(), 0.0, 0.0
+        for i in range(1, 6):
+            t, steps, evals, ok, carry = run(x, v, t, i * 0.1 * YEAR, carry)
+            assert ok and steps > 0 and evals > steps, name
+        assert abs((total_energy(x, v, m) - e0) / e0) < 1e-9, name
+
+
+def test_initial_conditions_of_seed_0():
+    k = legacy_ic_parameters(0)
+    np.testing.assert_allclose(k, [13.232, 7.152, -6.028, 13.173], atol=5e-4)
+    env = ThreeBodyTimestepEnv()
+    obs, info = env.reset(options={"ic_seed": 0})
+    np.testing.assert_array_equal(info["ic"], k)
+    com = np.array([k[0] + k[2], k[1] + k[3]]) / 3.0
+    np.testing.assert_allclose(obs[2:4], (k[0:2] - com) / 10.0)  # body 1, centre-of-mass frame, 10 au units
+    np.testing.assert_allclose(obs[0:2], -com / 10.0)
+    assert obs[12] == 0.0
+    np.testing.assert_allclose(obs[6:12].reshape(3, 2).sum(0), 0.0, atol=1e-15)  # no centre-of-mass drift
+    assert info["energy"] < 0.0  # bound
+
+
+def test_reward_matches_formula_by_hand():
+    assert reward_fn(1e-6, 1e-2, step=1) == 0.0
+    # -3000 * log10(1e-8 / 1e-10) / (8^3 * 2) + 4 / 2
+    assert reward_fn(1e-8, 1e-2, step=2) == pytest.approx(-3000 * 2 / (512 * 2) + 2.0)
+    # -3000 * (-4) / (14^3 * 5) + 4 / 4
+    assert reward_fn(1e-14, 1e-4, step=5) == pytest.approx(12000 / (2744 * 5) + 1.0)
+    assert reward_fn(1e-10, 1e-1, step=7) == pytest.approx(4.0)
+    # divide-by-zero guard at |dE| = 1 and beyond: denominator max(|log10|dE||, 1)^3 = 1
+    assert reward_fn(1.0, 1e-3, step=3) == pytest.approx(-3000 * 10 / 3 + 4 / 3)
+    assert reward_fn(0.5, 1e-3, step=3) == pytest.approx(-3000 * (math.log10(0.5) + 10) / 3 + 4 / 3)
+    # identical to the raw formula for |dE| <= 0.1
+    assert reward_fn(0.1, 1e-3, step=2) == pytest.approx(-3000 * 9 / 2 + 4 / 3)
+
+
+def test_env_reward_and_info_follow_the_formula():
+    env = ThreeBodyTimestepEnv(report_wall_time=True)
+    env.reset(options={"ic_seed": 3})
+    for i, action in enumerate([5, 2, 3, 4, 9], start=1):
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert info["mu"] == MU_VALUES[action]
+        assert reward == pytest.approx(reward_fn(info["energy_error"], MU_VALUES[action], i))
+        assert obs[12] == pytest.approx(-math.log10(info["energy_error"]))
+        if action < 9:  # within dt/2 of the target, and dt < 0.04 yr here
+            assert info["time_yr"] == pytest.approx(0.1 * i, abs=0.02)
+        assert info["force_evals"] == info["hermite_steps"] + 1 and info["wall_time"] >= 0.0
+        assert not (terminated or truncated)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_env_checker(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    check_env(env.unwrapped)
+    env.reset(seed=1)
+    env.step(env.action_space.sample())
+    frame = env.render()
+    assert frame.shape == (400, 400, 3) and frame.dtype == np.uint8 and frame.max() > 100
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_reproducible_from_seed(env_id):
+    def rollout(seed):
+        env = gym.make(env_id)
+        env.action_space.seed(seed)
+        obs, _ = env.reset(seed=seed)
+        out = [obs]
+        for _ in range(5):
+            obs, reward, *_ = env.step(env.action_space.sample())
+            out += [obs, np.array([reward])]
+        obs, _ = env.reset()  # the next episode's system comes from the same generator
+        return np.concatenate(out + [obs])
+
+    np.testing.assert_array_equal(rollout(7), rollout(7))
+    assert not np.array_equal(rollout(7)[:12], rollout(8)[:12])
+
+
+def test_truncation_and_termination():
+    env = gym.make("mixrl/ThreeBodyTimestep-v0", max_steps=3)
+    env.reset(seed=0)
+    flags = [env.step(9)[2:4] for _ in range(3)]
+    assert flags == [(False, False), (False, False), (False, True)]
+    env = gym.make("mixrl/ThreeBodyTimestep-v0", max_energy_error=1e-12)
+    env.reset(seed=0)
+    _, _, terminated, truncated, info = env.step(9)
+    assert terminated and not truncated and info["energy_error"] > 1e-12
+
+
+def test_continuous_action_is_log10_mu():
+    env = gym.make("mixrl/ThreeBodyTimestepContinuous-v0")
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([-2.5], np.float32))
+    assert info["mu"] == pytest.approx(10**-2.5)
+
+
+def test_fixed_mu_baseline_record():
+    record = run_fixed_mu(9, ic_seed=0, max_steps=20)
+    assert record.steps == 20 and len(record.rewards) == 20 and record.rewards[0] == 0.0
+    assert record.final_error == record.errors[-1] and record.hermite_steps > 0
+    assert record.force_evals == record.hermite_steps + 20
+
+
+# ------------------------------------------------------------------------------------------------ DQN
+def tiny_dqn_args(tmp_path, **overrides):
+    from mixrl.agents import dqn
+
+    defaults = dict(
+        total_timesteps=300,
+        learning_starts=64,
+        batch_size=32,
+        hidden_sizes=(32, 32),
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=100,
+        run_root=str(tmp_path / "runs"),
+    )
+    return dqn.Args(**{**defaults, **overrides})
+
+
+def test_dqn_smoke_run_checkpoint_and_load_policy(tmp_path):
+    import mixrl
+    from mixrl.agents import dqn
+    from mixrl.runs import load_checkpoint
+
+    run_dir = dqn.main(tiny_dqn_args(tmp_path, double_dqn=True))
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["algo"] == "dqn" and ckpt["env_id"] == "mixrl/ThreeBodyTimestep-v0"
+    assert ckpt["global_step"] == 300 and ckpt["buffer"]["size"] == 300
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    stored = ckpt["buffer"]["data"][:, 13]  # the action column
+    assert torch_equal_int(stored) and stored.min() >= 0 and stored.max() <= 9
+
+    policy = mixrl.load_policy(run_dir)
+    obs = np.random.default_rng(0).normal(size=(6, 13))
+    actions = policy(obs)
+    assert actions.shape == (6,) and actions.dtype == np.int64 and np.all((actions >= 0) & (actions < 10))
+    assert policy(obs[2]) == actions[2]
+    env = gym.make("mixrl/ThreeBodyTimestep-v0")
+    obs, _ = env.reset(seed=0)
+    env.step(policy(obs))
+
+    from mixrl.policies.discrete import QNetwork
+
+    net = QNetwork(13, 10, (32, 32))
+    net.load_state_dict(ckpt["state"]["q_network"])
+    import torch
+
+    q = net(torch.as_tensor(obs, dtype=torch.float32)[None])
+    assert int(q.argmax()) == policy(obs)
+    assert dqn.epsilon(dqn.Args(), torch.tensor([0.0, 1e6])).tolist() == pytest.approx([0.9, 0.05])
+
+
+def torch_equal_int(values) -> bool:
+    return bool((values == values.round()).all())
+
+
+def test_dqn_resume_continues_exactly(tmp_path):
+    import torch
+
+    from mixrl.agents import dqn
+    from mixrl.runs import load_checkpoint
+
+    straight = load_checkpoint(dqn.main(tiny_dqn_args(tmp_path / "a", total_timesteps=400)))
+    first_half = dqn.main(tiny_dqn_args(tmp_path / "b", total_timesteps=200))
+    resumed = load_checkpoint(dqn.main(dqn.Args(resume=str(first_half), total_timesteps=400)))
+    assert resumed["global_step"] == straight["global_step"] == 400
+    for name in ("q_network", "q_target"):
+        for key, value in straight["state"][name].items():
+            assert torch.equal(value, resumed["state"][name][key]), f"{name}.{key} differs after resume"
+
+
+def test_dqn_refuses_continuous_actions(tmp_path):
+    from mixrl.agents import dqn
+
+    with pytest.raises(ValueError, match="Discrete action space.*ThreeBodyTimestepContinuous"):
+        dqn.main(tiny_dqn_args(tmp_path, env_id="mixrl/ThreeBodyTimestepContinuous-v0"))
+
+
+class MatchSignEnv(gym.Env):
+    """One-step episodes: obs is +1 or -1, reward 1 for action 1 on +1 and action 0 on -1, else 0."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.sign = 1.0 if self.np_random.random() < 0.5 else -1.0
+        return np.array([self.sign], np.float32), {}
+
+    def step(self, action):
+        reward = float(int(action) == (1 if self.sign > 0 else 0))
+        return np.array([self.sign], np.float32), reward, True, False, {}
+
+
+def test_dqn_learns_a_contextual_bandit(tmp_path):
+    from mixrl.agents import dqn
+    from mixrl.evaluation import evaluate
+    from mixrl.runs import load_checkpoint
+
+    if "mixrl_test/MatchSign-v0" not in gym.registry:
+        gym.register(id="mixrl_test/MatchSign-v0", entry_point=MatchSignEnv)
+    args = tiny_dqn_args(tmp_path, env_id="mixrl_test/MatchSign-v0", total_timesteps=600, eps_decay=100.0)
+    run_dir = dqn.main(args)
+    import mixrl
+
+    result = evaluate(mixrl.load_policy(run_dir), "mixrl_test/MatchSign-v0", episodes=20)
+    assert result["mean_return"] == 1.0
+    assert load_checkpoint(run_dir)["global_step"] == 600
