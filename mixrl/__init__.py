@@ -1,8 +1,8 @@
 """mixrl: single-file RL agents on shared policy heads, replay buffers and Gymnasium/MuJoCo environments.
 
-    import mixrl
-    policy = mixrl.load_policy("runs/HalfCheetah-v5__sac__1__<time>")   # run directory or checkpoint
-    action = policy(obs)                                                  # numpy in, env action out
+import mixrl
+policy = mixrl.load_policy("runs/HalfCheetah-v5__sac__1__<time>")   # run directory or checkpoint
+action = policy(obs)                                                  # numpy in, env action out
 """
 
 import torch

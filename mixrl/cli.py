@@ -1,7 +1,7 @@
 """The `mixrl` command: one subcommand per agent (its Args become the flags), plus `eval`.
 
-    mixrl sac --env-id Hopper-v5 --total-timesteps 100000
-    mixrl eval runs/Hopper-v5__sac__1__<time> --episodes 10 --video
+mixrl sac --env-id Hopper-v5 --total-timesteps 100000
+mixrl eval runs/Hopper-v5__sac__1__<time> --episodes 10 --video
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ class EvalArgs:
 def run_eval(args: EvalArgs) -> None:
     from mixrl.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames)
-    print(f"{result['algo']} on {result['env_id']}: return {result['mean_return']:.2f} +- {result['std_return']:.2f} "
-          f"over {args.episodes} deterministic episodes")
+    result = evaluate_checkpoint(
+        args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames
+    )
+    print(
+        f"{result['algo']} on {result['env_id']}: return {result['mean_return']:.2f} +- {result['std_return']:.2f} "
+        f"over {args.episodes} deterministic episodes"
+    )
     for video in result["videos"]:
         print(f"video: {video}")
 
@@ -64,7 +68,9 @@ def usage(agents: dict[str, object]) -> str:
     lines = ["usage: mixrl COMMAND [--help] [options]", "", "commands:"]
     for name, module in agents.items():
         lines.append(f"  {name:10s} train: {(module.__doc__ or '').strip().splitlines()[0]}")
-    lines.append(f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)")
+    lines.append(
+        f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)"
+    )
     lines.append("\n`mixrl COMMAND --help` lists the options of a command.")
     return "\n".join(lines)
 
@@ -83,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if command == "eval":
-            run_eval(tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy."))
+            run_eval(
+                tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy.")
+            )
         elif command in agents:
             module = agents[command]
             args = tyro.cli(module.Args, args=rest, prog=f"mixrl {command}", description=module.__doc__)
@@ -94,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
         sys.exit(f"mixrl {command}: error: {err}")
     except KeyboardInterrupt:
-        sys.exit(f"mixrl {command}: interrupted; the latest checkpoint is in the run directory (continue with --resume).")
+        sys.exit(
+            f"mixrl {command}: interrupted; the latest checkpoint is in the run directory (continue with --resume)."
+        )
 
 
 if __name__ == "__main__":

@@ -39,17 +39,23 @@ class Policy:
         obs_shape = self.observation_space.shape
         single = obs.shape == obs_shape
         if not single and obs.shape[1:] != obs_shape:
-            raise ValueError(f"Observation of shape {obs.shape} does not match the policy's {obs_shape} (or (N, *{obs_shape})).")
+            raise ValueError(
+                f"Observation of shape {obs.shape} does not match the policy's {obs_shape} (or (N, *{obs_shape}))."
+            )
         batch = obs.reshape(-1, *obs_shape)
         if self.obs_normalizer is not None:
             norm = self.obs_normalizer
-            batch = np.clip((batch - norm["mean"]) / np.sqrt(norm["var"] + norm["epsilon"]), -norm["clip"], norm["clip"])
+            batch = np.clip(
+                (batch - norm["mean"]) / np.sqrt(norm["var"] + norm["epsilon"]), -norm["clip"], norm["clip"]
+            )
         with torch.no_grad():
             x = torch.as_tensor(batch.reshape(len(batch), -1), dtype=torch.float32, device=self.device)
             action = self.actor.deterministic(x).cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Box):
             low, high = self.action_space.low, self.action_space.high
-            action = (low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (high - low)).astype(self.action_space.dtype)
+            action = (low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (high - low)).astype(
+                self.action_space.dtype
+            )
         else:
             action = action.astype(np.int64).reshape(len(batch), *self.action_space.shape)
         return action[0] if single else action
@@ -58,7 +64,11 @@ class Policy:
 def policy_spec(actor: nn.Module, **kwargs: Any) -> dict[str, Any]:
     """What a checkpoint stores to rebuild `actor` without training code: class path, kwargs, weights."""
     cls = type(actor)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": kwargs, "state_dict": actor.state_dict()}
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "kwargs": kwargs,
+        "state_dict": actor.state_dict(),
+    }
 
 
 def build_actor(spec: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
@@ -164,6 +174,8 @@ def evaluate_checkpoint(
         video_dir=run_dir / "videos" if video else None,
         max_video_frames=max_video_frames,
     )
-    result.update(checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes)
+    result.update(
+        checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes
+    )
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result

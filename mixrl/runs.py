@@ -1,7 +1,7 @@
 """One run, one directory: config, TensorBoard, progress bar, atomic self-describing checkpoints and resume.
 
-    runs/<env>__<algo>__<seed>__<time>/
-        config.json  events.out.tfevents.*  checkpoints/{latest,final}.pt  videos/  eval.json
+runs/<env>__<algo>__<seed>__<time>/
+    config.json  events.out.tfevents.*  checkpoints/{latest,final}.pt  videos/  eval.json
 """
 
 from __future__ import annotations
@@ -55,7 +55,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def library_versions() -> dict[str, str]:
     import gymnasium
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+    }
     try:
         import mujoco
 
@@ -109,7 +113,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(file, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise ValueError(f"Could not read checkpoint {file}: {err}. The file is corrupt or not a checkpoint.") from err
+        raise ValueError(
+            f"Could not read checkpoint {file}: {err}. The file is corrupt or not a checkpoint."
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{file} is not a mixrl checkpoint (expected format {CHECKPOINT_FORMAT!r}).")
     return ckpt
@@ -118,7 +124,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 class Run:
     """The directory, TensorBoard writer and progress bar of one training run."""
 
-    def __init__(self, args: Any, algo: str, env_id: str, root: str | Path = "runs", resume: str | Path | None = None):
+    def __init__(
+        self, args: Any, algo: str, env_id: str, root: str | Path = "runs", resume: str | Path | None = None
+    ):
         self.algo, self.env_id = algo, env_id
         if resume is not None:
             self.dir = Path(resume)
@@ -132,7 +140,12 @@ class Run:
                 self.dir = Path(root) / f"{name}_{suffix}"
                 suffix += 1
             self.dir.mkdir(parents=True)
-            config = {"algo": algo, "env_id": env_id, "args": dataclasses.asdict(args), "versions": library_versions()}
+            config = {
+                "algo": algo,
+                "env_id": env_id,
+                "args": dataclasses.asdict(args),
+                "versions": library_versions(),
+            }
             (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
         self.checkpoint_dir = self.dir / "checkpoints"
         self.writer = SummaryWriter(str(self.dir))
@@ -167,7 +180,13 @@ class Run:
         """Atomically write checkpoints/<name>.pt with the format tag, algorithm and library versions."""
         path = self.checkpoint_dir / f"{name}.pt"
         atomic_torch_save(
-            {"format": CHECKPOINT_FORMAT, "algo": self.algo, "env_id": self.env_id, "versions": library_versions(), **payload},
+            {
+                "format": CHECKPOINT_FORMAT,
+                "algo": self.algo,
+                "env_id": self.env_id,
+                "versions": library_versions(),
+                **payload,
+            },
             path,
         )
         return path

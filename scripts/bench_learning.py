@@ -33,13 +33,22 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def run_mixrl(agent: str, overrides: dict[str, Any], env_id: str, seed: int, steps: int, eval_every: int) -> dict:
+def run_mixrl(
+    agent: str, overrides: dict[str, Any], env_id: str, seed: int, steps: int, eval_every: int
+) -> dict:
     import importlib
 
     module = importlib.import_module(f"mixrl.agents.{agent}")
     args = module.Args(
-        env_id=env_id, seed=seed, total_timesteps=steps, eval_every=eval_every, eval_episodes=5,
-        checkpoint_every=0, save_buffer=False, run_root=str(RESULTS.parent / "runs" / "bench"), **overrides,
+        env_id=env_id,
+        seed=seed,
+        total_timesteps=steps,
+        eval_every=eval_every,
+        eval_episodes=5,
+        checkpoint_every=0,
+        save_buffer=False,
+        run_root=str(RESULTS.parent / "runs" / "bench"),
+        **overrides,
     )
     run_dir = module.main(args)
     curve = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
@@ -75,9 +84,21 @@ def run_sb3_sac(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
 
     evaluator = Evaluator()
     model = SAC(
-        "MlpPolicy", gym.make(env_id), learning_rate=3e-4, buffer_size=1_000_000, learning_starts=5000,
-        batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
-        policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed, verbose=0,
+        "MlpPolicy",
+        gym.make(env_id),
+        learning_rate=3e-4,
+        buffer_size=1_000_000,
+        learning_starts=5000,
+        batch_size=256,
+        tau=0.005,
+        gamma=0.99,
+        train_freq=1,
+        gradient_steps=1,
+        ent_coef="auto",
+        policy_kwargs={"net_arch": [256, 256]},
+        device="cpu",
+        seed=seed,
+        verbose=0,
     )
     model.learn(total_timesteps=steps, callback=evaluator)
     evaluator.evaluate()
@@ -97,17 +118,27 @@ def cmd_run(opts: argparse.Namespace) -> None:
                 lock.write_text(str(os.getpid()))
                 start = time.time()
                 agent, overrides = VARIANTS[variant]
-                print(f"[bench_learning] {variant} on {env_id}, seed {seed}, {opts.total_timesteps} steps", flush=True)
+                print(
+                    f"[bench_learning] {variant} on {env_id}, seed {seed}, {opts.total_timesteps} steps",
+                    flush=True,
+                )
                 try:
                     if agent == "sb3-sac":
                         result = run_sb3_sac(env_id, seed, opts.total_timesteps, opts.eval_every)
                     else:
-                        result = run_mixrl(agent, overrides, env_id, seed, opts.total_timesteps, opts.eval_every)
+                        result = run_mixrl(
+                            agent, overrides, env_id, seed, opts.total_timesteps, opts.eval_every
+                        )
                 finally:
                     lock.unlink()
                 result.update(
-                    variant=variant, env_id=env_id, seed=seed, total_timesteps=opts.total_timesteps,
-                    overrides=overrides, wall_seconds=time.time() - start, command=" ".join(map(shlex.quote, sys.argv)),
+                    variant=variant,
+                    env_id=env_id,
+                    seed=seed,
+                    total_timesteps=opts.total_timesteps,
+                    overrides=overrides,
+                    wall_seconds=time.time() - start,
+                    command=" ".join(map(shlex.quote, sys.argv)),
                 )
                 path.write_text(json.dumps(result, indent=2))
 
@@ -120,7 +151,9 @@ def cmd_report(opts: argparse.Namespace) -> None:
 
     raw = [json.loads(p.read_text()) for p in sorted((RESULTS / "raw" / opts.name).glob("*.json"))]
     if not raw:
-        sys.exit(f"No results in results/raw/{opts.name}: run `bench_learning.py run --name {opts.name}` first.")
+        sys.exit(
+            f"No results in results/raw/{opts.name}: run `bench_learning.py run --name {opts.name}` first."
+        )
     env_ids = sorted({r["env_id"] for r in raw})
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in raw)]
     lines = [
@@ -142,8 +175,9 @@ def cmd_report(opts: argparse.Namespace) -> None:
             aucs = [float(np.mean([v for _, v in r["curve"]])) for r in runs]
             minutes = np.mean([r["wall_seconds"] for r in runs]) / 60
             lines.append(
-                f"| {env_id} | {variant} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['total_timesteps']} | "
-                f"{np.mean(finals):.0f} +- {np.std(finals):.0f} | {np.mean(aucs):.0f} +- {np.std(aucs):.0f} | {minutes:.0f} min |"
+                f"| {env_id} | {variant} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['total_timesteps']} "
+                f"| {np.mean(finals):.0f} +- {np.std(finals):.0f} | {np.mean(aucs):.0f} +- {np.std(aucs):.0f} "
+                f"| {minutes:.0f} min |"
             )
             steps = np.array([s for s, _ in runs[0]["curve"]])
             n = min(len(r["curve"]) for r in runs)
@@ -158,13 +192,18 @@ def cmd_report(opts: argparse.Namespace) -> None:
     fig.savefig(RESULTS / f"{opts.name}.png", dpi=100)
     commands = sorted({r["command"] for r in raw})
     lines += ["", f"![curves]({opts.name}.png)", "", "Shaded: min-max over seeds. Made with:", ""]
-    lines += [f"    {c}" for c in commands] + [f"    python scripts/bench_learning.py report --name {opts.name}", ""]
+    lines += [f"    {c}" for c in commands] + [
+        f"    python scripts/bench_learning.py report --name {opts.name}",
+        "",
+    ]
     (RESULTS / f"{opts.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train and evaluate the missing (variant, env, seed) jobs")
     run.add_argument("--variants", nargs="+", choices=list(VARIANTS), required=True, help="what to train")

@@ -34,8 +34,16 @@ def mixrl_sac(steps: int, warmup: int, log_every: int, **overrides) -> float:
 
     with tempfile.TemporaryDirectory() as root:
         args = sac.Args(
-            env_id="HalfCheetah-v5", total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
-            eval_episodes=1, checkpoint_every=0, save_buffer=False, log_every=log_every, run_root=root, **overrides,
+            env_id="HalfCheetah-v5",
+            total_timesteps=warmup + steps,
+            learning_starts=warmup,
+            eval_every=0,
+            eval_episodes=1,
+            checkpoint_every=0,
+            save_buffer=False,
+            log_every=log_every,
+            run_root=root,
+            **overrides,
         )
         run_dir = sac.main(args)
         sps = [v for step, v in read_scalars(run_dir, "charts/SPS") if step > warmup + log_every]
@@ -61,15 +69,26 @@ def sb3_sac(steps: int, warmup: int) -> float:
 
     timer = Timer()
     model = SAC(
-        "MlpPolicy", gym.make("HalfCheetah-v5"), learning_starts=warmup, batch_size=256, buffer_size=1_000_000,
-        train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=1, verbose=0,
+        "MlpPolicy",
+        gym.make("HalfCheetah-v5"),
+        learning_starts=warmup,
+        batch_size=256,
+        buffer_size=1_000_000,
+        train_freq=1,
+        gradient_steps=1,
+        policy_kwargs={"net_arch": [256, 256]},
+        device="cpu",
+        seed=1,
+        verbose=0,
     )
     model.learn(total_timesteps=warmup + steps, callback=timer)
     return (steps - 1) / (timer.marks[warmup + steps] - timer.marks[warmup + 1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("algo", choices=["sac"], help="algorithm to compare")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating mixrl and SB3)")
     parser.add_argument("--steps", type=int, default=2000, help="learning steps measured per run")
@@ -87,7 +106,9 @@ def main() -> None:
         print(f"round {rnd}: sb3   {results['sb3'][-1]:.1f} updates/s", flush=True)
     mixrl, sb3 = float(np.mean(results["mixrl"])), float(np.mean(results["sb3"]))
     if opts.json is not None:
-        opts.json.write_text(json.dumps({"algo": opts.algo, "rounds": results, "settings": vars(opts)}, indent=2, default=str))
+        opts.json.write_text(
+            json.dumps({"algo": opts.algo, "rounds": results, "settings": vars(opts)}, indent=2, default=str)
+        )
     print(f"{opts.algo} updates/s: mixrl={mixrl:.1f} sb3={sb3:.1f} ratio={mixrl / sb3:.2f}")
 
 

@@ -7,23 +7,40 @@ from pathlib import Path
 
 
 def mixrl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mixrl.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mixrl.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_help_lists_commands_and_flags():
     top = mixrl("--help")
     assert top.returncode == 0 and "sac" in top.stdout and "eval" in top.stdout
     sac_help = mixrl("sac", "--help")
-    assert sac_help.returncode == 0 and "--utd-ratio" in sac_help.stdout and "update-to-data" in sac_help.stdout
-    module_help = subprocess.run([sys.executable, "-m", "mixrl.agents.sac", "--help"], capture_output=True, text=True)
+    assert (
+        sac_help.returncode == 0 and "--utd-ratio" in sac_help.stdout and "update-to-data" in sac_help.stdout
+    )
+    module_help = subprocess.run(
+        [sys.executable, "-m", "mixrl.agents.sac", "--help"], capture_output=True, text=True
+    )
     assert module_help.returncode == 0 and "--total-timesteps" in module_help.stdout
     assert "--video" in mixrl("eval", "--help").stdout
 
 
 def test_train_then_eval_with_video(tmp_path):
     train = mixrl(
-        "sac", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "300", "--learning-starts", "100",
-        "--batch-size", "32", "--eval-episodes", "1", "--run-root", str(tmp_path / "runs"),
+        "sac",
+        "--env-id",
+        "InvertedPendulum-v5",
+        "--total-timesteps",
+        "300",
+        "--learning-starts",
+        "100",
+        "--batch-size",
+        "32",
+        "--eval-episodes",
+        "1",
+        "--run-root",
+        str(tmp_path / "runs"),
     )
     assert train.returncode == 0, train.stderr
     run_dir = Path(train.stdout.strip().splitlines()[-1].removeprefix("run directory: "))

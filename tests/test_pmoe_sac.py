@@ -41,11 +41,11 @@ def test_single_expert_pmoe_equals_sac(tmp_path):
         "losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha", "losses/qf_values",
         "losses/entropy",
     }
-    assert len(losses["losses/actor_loss"]) == 60
+    assert len(losses["losses/actor_loss"]) == 61
     assert scalars(mixture, "losses/") == losses
     assert scalars(mixture, "pmoe/") == {
-        "pmoe/wins_expert_0": [(step, 1.0) for step in range(101, 161)],
-        "pmoe/mixing_entropy": [(step, 0.0) for step in range(101, 161)],
+        "pmoe/wins_expert_0": [(step, 1.0) for step in range(100, 161)],
+        "pmoe/mixing_entropy": [(step, 0.0) for step in range(100, 161)],
     }
     expected, actual = load_checkpoint(gaussian)["state"], load_checkpoint(mixture)["state"]
     assert actual["actor"].pop("mixing.weight").abs().sum() == actual["actor"].pop("mixing.bias").abs().sum() == 0

@@ -14,8 +14,15 @@ from mixrl.runs import NonFiniteLossError, load_checkpoint
 
 def tiny_args(tmp_path, **overrides):
     defaults = dict(
-        env_id="Pendulum-v1", total_timesteps=400, learning_starts=200, batch_size=32, hidden_sizes=(32, 32),
-        eval_every=0, eval_episodes=1, checkpoint_every=100, run_root=str(tmp_path / "runs"),
+        env_id="Pendulum-v1",
+        total_timesteps=400,
+        learning_starts=200,
+        batch_size=32,
+        hidden_sizes=(32, 32),
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=100,
+        run_root=str(tmp_path / "runs"),
     )
     return sac.Args(**{**defaults, **overrides})
 
@@ -82,7 +89,11 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     args = tiny_args(
-        tmp_path, env_id="mixrl_test/Counter-v0", learning_starts=50, total_timesteps=400, checkpoint_every=100
+        tmp_path,
+        env_id="mixrl_test/Counter-v0",
+        learning_starts=50,
+        total_timesteps=400,
+        checkpoint_every=100,
     )
     import gymnasium as gym
 
@@ -102,8 +113,15 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
 
 def test_sac_learns_pendulum(tmp_path):
     args = tiny_args(
-        tmp_path, total_timesteps=5000, learning_starts=1000, batch_size=128, hidden_sizes=(64, 64),
-        eval_episodes=5, checkpoint_every=0, q_lr=1e-3, seed=1,
+        tmp_path,
+        total_timesteps=5000,
+        learning_starts=1000,
+        batch_size=128,
+        hidden_sizes=(64, 64),
+        eval_episodes=5,
+        checkpoint_every=0,
+        q_lr=1e-3,
+        seed=1,
     )
     run_dir = sac.main(args)
     final = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])

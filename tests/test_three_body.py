@@ -263,6 +263,9 @@ class MatchSignEnv(gym.Env):
     observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.sign = 1.0 if self.np_random.random() < 0.5 else -1.0

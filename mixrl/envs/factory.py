@@ -89,7 +89,12 @@ class RewardScaler:
         return np.clip(reward / np.sqrt(self.rms.var + self.epsilon), -self.clip, self.clip)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "clip": self.clip, "returns": self.returns.copy(), **self.rms.state_dict()}
+        return {
+            "gamma": self.gamma,
+            "clip": self.clip,
+            "returns": self.returns.copy(),
+            **self.rms.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.returns = state["returns"].copy()
@@ -115,7 +120,9 @@ def make_env(env_id: str, render_mode: str | None = None, **env_kwargs: Any) -> 
 
 
 def _is_plain_data(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str, np.ndarray, np.generic, np.random.Generator)):
+    if value is None or isinstance(
+        value, (bool, int, float, str, np.ndarray, np.generic, np.random.Generator)
+    ):
         return True
     if isinstance(value, (list, tuple, deque)):
         return all(_is_plain_data(v) for v in value)
@@ -183,7 +190,9 @@ class TorchVecEnv:
         self.single_observation_space = self.envs.single_observation_space
         self.env_action_space = self.envs.single_action_space
         if not isinstance(self.single_observation_space, gym.spaces.Box):
-            raise ValueError(f"{env_id}: only Box observation spaces are supported, got {self.single_observation_space}")
+            raise ValueError(
+                f"{env_id}: only Box observation spaces are supported, got {self.single_observation_space}"
+            )
         self.continuous = isinstance(self.env_action_space, gym.spaces.Box)
         if self.continuous:
             shape = self.env_action_space.shape
@@ -209,7 +218,9 @@ class TorchVecEnv:
     def _obs(self, obs: np.ndarray, update: bool = True) -> torch.Tensor:
         obs = obs.reshape(self.num_envs, -1)
         if self.obs_normalizer is not None:
-            obs = self.obs_normalizer(obs.reshape(self.num_envs, *self.single_observation_space.shape), update)
+            obs = self.obs_normalizer(
+                obs.reshape(self.num_envs, *self.single_observation_space.shape), update
+            )
         return self._to_tensor(obs.reshape(self.num_envs, -1))
 
     def reset(self) -> torch.Tensor:

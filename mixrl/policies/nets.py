@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
 _INPLACE = (nn.ReLU,)
 
 
@@ -22,7 +21,10 @@ def mlp(
     layers: list[nn.Module] = []
     last = in_dim
     for width in hidden_sizes:
-        layers += [nn.Linear(last, width), activation(inplace=True) if activation in _INPLACE else activation()]
+        layers += [
+            nn.Linear(last, width),
+            activation(inplace=True) if activation in _INPLACE else activation(),
+        ]
         last = width
     if out_dim is not None:
         layers.append(nn.Linear(last, out_dim))
