@@ -1,4 +1,5 @@
-"""Replay buffer for off-policy agents: preallocated tensors on the agent's device, vectorised add and sample."""
+"""Buffers: a replay buffer for off-policy agents and a rollout buffer with GAE for on-policy ones; preallocated
+tensors on the agent's device, vectorised add and sample."""
 
 from __future__ import annotations
 
@@ -73,3 +74,69 @@ class ReplayBuffer:
             )
         self.data[: state["size"]] = state["data"].to(self.device)
         self.pos, self.size = state["pos"], state["size"]
+
+
+class RolloutBuffer:
+    """One on-policy rollout of `num_steps` steps in `num_envs` envs, as preallocated (T, N, ...) tensors.
+
+    Row t holds (s_t, a_t, r_t, s'_t, terminated_t, truncated_t), where s'_t is the true next observation (the
+    factory's `final_obs`: the last observation of an episode that ended at t, else s_{t+1}).
+    """
+
+    def __init__(
+        self, num_steps: int, num_envs: int, obs_dim: int, action_dim: int, device: str | torch.device = "cpu"
+    ):
+        shape = (num_steps, num_envs)
+        self.obs = torch.zeros(*shape, obs_dim, device=device)
+        self.actions = torch.zeros(*shape, action_dim, device=device)
+        self.rewards = torch.zeros(shape, device=device)
+        self.next_obs = torch.zeros(*shape, obs_dim, device=device)
+        self.terminated = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.truncated = torch.zeros(shape, dtype=torch.bool, device=device)
+
+    def add(
+        self,
+        t: int,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        truncated: torch.Tensor,
+    ) -> None:
+        """Write step t of every env (tensors with a leading num_envs axis)."""
+        self.obs[t] = obs
+        self.actions[t] = actions
+        self.rewards[t] = rewards
+        self.next_obs[t] = next_obs
+        self.terminated[t] = terminated
+        self.truncated[t] = truncated
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over (T, N) tensors -> (advantages, lambda-returns).
+
+        delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t)
+        A_t     = delta_t + gamma lambda (1 - done_t) A_{t+1},   A_T = 0
+        R_t     = A_t + V(s_t)
+
+    `next_values[t]` is V of the true next observation s'_t, so a truncated step bootstraps from its final
+    observation and a terminated one does not; `dones` (terminated or truncated) stops the recursion at every
+    episode end. The last row bootstraps through next_values alone.
+    """
+    not_terminated = (~terminated).to(rewards.dtype)
+    deltas = rewards + gamma * not_terminated * next_values - values
+    decay = gamma * gae_lambda * (~dones).to(rewards.dtype)
+    advantages = torch.empty_like(deltas)
+    advantage = torch.zeros_like(deltas[0])
+    for t in reversed(range(deltas.shape[0])):
+        advantage = advantages[t] = deltas[t] + decay[t] * advantage
+    return advantages, advantages + values

@@ -1,7 +1,8 @@
-"""The `mixrl` command: one subcommand per agent (its Args become the flags), plus `eval`.
+"""The `mixrl` command: one subcommand per agent (its Args become the flags), plus `eval` and `dataset`.
 
 mixrl sac --env-id Hopper-v5 --total-timesteps 100000
 mixrl eval runs/Hopper-v5__sac__1__<time> --episodes 10 --video
+mixrl dataset collect medium --policy runs/Hopper-v5__sac__1__<time> --expert runs/<expert run>
 """
 
 from __future__ import annotations
@@ -53,6 +54,46 @@ def run_eval(args: EvalArgs) -> None:
         print(f"video: {video}")
 
 
+@dataclass
+class DatasetListArgs:
+    """List the Minari datasets in $MINARI_DATASETS_PATH (default ~/.minari/datasets)."""
+
+
+@dataclass
+class DatasetInfoArgs:
+    """Show a local Minari dataset: environment, spaces, size, returns and reference scores."""
+
+    dataset_id: Annotated[str, tyro.conf.Positional]
+    """Minari dataset id, e.g. mixrl/hopper-v5/medium-v0"""
+
+
+def run_dataset(rest: list[str]) -> None:
+    from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, list_datasets
+
+    args = tyro.extras.subcommand_cli_from_dict(
+        {"collect": CollectArgs, "list": DatasetListArgs, "info": DatasetInfoArgs},
+        args=rest,
+        prog="mixrl dataset",
+        description="Make, list and inspect Minari datasets for the offline agents (td3_bc, a2pr).",
+    )
+    if isinstance(args, CollectArgs):
+        collect(args)
+    elif isinstance(args, DatasetListArgs):
+        summaries, problems = list_datasets()
+        print(f"{len(summaries)} datasets in {datasets_root()}")
+        for d in summaries:
+            refs = f"{d['ref_min_score']:.1f} / {d['ref_max_score']:.1f}" if d["ref_max_score"] is not None else "-"
+            print(
+                f"  {d['dataset_id']:40s} {d['env_id']!s:20s} {d['episodes']:6d} episodes {d['steps']:9d} steps  "
+                f"ref min / max {refs}"
+            )
+        for problem in problems:
+            print(f"  unreadable: {problem}")
+    else:
+        for key, value in dataset_info(args.dataset_id).items():
+            print(f"{key:22s} {value:.2f}" if isinstance(value, float) else f"{key:22s} {value}")
+
+
 def available_agents() -> dict[str, object]:
     modules = {}
     for name, module_name in AGENTS.items():
@@ -71,6 +112,7 @@ def usage(agents: dict[str, object]) -> str:
     lines.append(
         f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)"
     )
+    lines.append(f"  {'dataset':10s} collect | list | info: Minari datasets for the offline agents (td3_bc, a2pr)")
     lines.append("\n`mixrl COMMAND --help` lists the options of a command.")
     return "\n".join(lines)
 
@@ -92,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             run_eval(
                 tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy.")
             )
+        elif command == "dataset":
+            run_dataset(rest)
         elif command in agents:
             module = agents[command]
             args = tyro.cli(module.Args, args=rest, prog=f"mixrl {command}", description=module.__doc__)

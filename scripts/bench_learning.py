@@ -26,10 +26,14 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 # variant -> (agent module or "sb3-sac", Args overrides). Shared hyperparameters follow SB3's SAC defaults
-# except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm.
+# except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm. The PMOE-SAC
+# variants (K = 4 experts, component entropy, argmax_w evaluation) change only the actor and its estimator.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sac": ("sac", {}),
     "sb3-sac": ("sb3-sac", {}),
+    "pmoe-sac": ("sac", {"policy": "gmm", "num_experts": 4}),
+    "sac-gumbel": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "gumbel"}),
+    "sac-reinforce": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "reinforce"}),
 }
 
 

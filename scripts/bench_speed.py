@@ -1,10 +1,14 @@
 """Training speed of mixrl against Stable-Baselines3 at identical settings, alternating A B A B in one run.
 
     python scripts/bench_speed.py sac [--rounds 2] [--steps 2000]
+    python scripts/bench_speed.py pmoe-sac [--rounds 2] [--steps 2000]
 
 SAC: HalfCheetah-v5, two 256-unit hidden layers, batch 256, one update per env step, one torch thread, CPU.
 Speed is measured only while learning (after the random warm-up), from each library's own step counter.
 The last line is `ALGO <unit>/s: mixrl=X sb3=Y ratio=Z`.
+
+`pmoe-sac` compares mixrl PMOE-SAC (`--policy gmm`, K = 4 experts) with mixrl SAC at the same settings instead,
+and ends with `pmoe-sac updates/s: pmoe=X sac=Y cost=Y/X` (how many times slower PMOE-SAC trains).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("algo", choices=["sac"], help="algorithm to compare")
-    parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating mixrl and SB3)")
+    parser.add_argument("algo", choices=["sac", "pmoe-sac"], help="algorithm to compare")
+    parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating the two contenders)")
     parser.add_argument("--steps", type=int, default=2000, help="learning steps measured per run")
     parser.add_argument("--warmup", type=int, default=1000, help="random steps before learning (not timed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements to this file")
@@ -98,18 +103,27 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-    results: dict[str, list[float]] = {"mixrl": [], "sb3": []}
+    mixrl = partial(mixrl_sac, opts.steps, opts.warmup, log_every=500)
+    contenders = {
+        "sac": {"mixrl": mixrl, "sb3": partial(sb3_sac, opts.steps, opts.warmup)},
+        "pmoe-sac": {"pmoe": partial(mixrl, policy="gmm", num_experts=4), "sac": mixrl},
+    }[opts.algo]
+    results: dict[str, list[float]] = {name: [] for name in contenders}
     for rnd in range(opts.rounds):
-        results["mixrl"].append(mixrl_sac(opts.steps, opts.warmup, log_every=500))
-        print(f"round {rnd}: mixrl {results['mixrl'][-1]:.1f} updates/s", flush=True)
-        results["sb3"].append(sb3_sac(opts.steps, opts.warmup))
-        print(f"round {rnd}: sb3   {results['sb3'][-1]:.1f} updates/s", flush=True)
-    mixrl, sb3 = float(np.mean(results["mixrl"])), float(np.mean(results["sb3"]))
+        for name, measure in contenders.items():
+            results[name].append(measure())
+            print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} updates/s", flush=True)
+    mean = {name: float(np.mean(values)) for name, values in results.items()}
     if opts.json is not None:
         opts.json.write_text(
             json.dumps({"algo": opts.algo, "rounds": results, "settings": vars(opts)}, indent=2, default=str)
         )
-    print(f"{opts.algo} updates/s: mixrl={mixrl:.1f} sb3={sb3:.1f} ratio={mixrl / sb3:.2f}")
+    if opts.algo == "sac":
+        mixrl_rate, sb3_rate = mean["mixrl"], mean["sb3"]
+        print(f"sac updates/s: mixrl={mixrl_rate:.1f} sb3={sb3_rate:.1f} ratio={mixrl_rate / sb3_rate:.2f}")
+    else:
+        pmoe_rate, sac_rate = mean["pmoe"], mean["sac"]
+        print(f"pmoe-sac updates/s: pmoe={pmoe_rate:.1f} sac={sac_rate:.1f} cost={sac_rate / pmoe_rate:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The three-body time-stepping task: integrators, environments, reward, initial conditions."""
+"""The three-body time-stepping task: integrators, environments, reward, initial conditions, and DQN."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
-import mixrl.envs  # noqa: F401  (registers the ids)
+import mixrl
+from mixrl.agents import dqn
 from mixrl.envs.three_body import (
     MU_VALUES,
     YEAR,
@@ -24,6 +26,9 @@ from mixrl.envs.three_body import (
     run_fixed_mu,
     total_energy,
 )
+from mixrl.evaluation import evaluate
+from mixrl.policies.discrete import QNetwork
+from mixrl.runs import load_checkpoint
 
 ENV_IDS = ["mixrl/ThreeBodyTimestep-v0", "mixrl/ThreeBodyTimestepContinuous-v0"]
 
@@ -42,9 +47,7 @@ def kepler_relative_position(e: float, t: float) -> np.ndarray:
     mean_anomaly = math.pi + t
     ecc_anomaly = mean_anomaly
     for _ in range(50):
-        ecc_anomaly -= (ecc_anomaly - e * math.sin(ecc_anomaly) - mean_anomaly) / (
-            1.0 - e * math.cos(ecc_anomaly)
-        )
+        ecc_anomaly -= (ecc_anomaly - e * math.sin(ecc_anomaly) - mean_anomaly) / (1.0 - e * math.cos(ecc_anomaly))
     return -np.array([math.cos(ecc_anomaly) - e, math.sqrt(1.0 - e * e) * math.sin(ecc_anomaly)])
 
 
@@ -183,8 +186,6 @@ def test_fixed_mu_baseline_record():
 
 # ------------------------------------------------------------------------------------------------ DQN
 def tiny_dqn_args(tmp_path, **overrides):
-    from mixrl.agents import dqn
-
     defaults = dict(
         total_timesteps=300,
         learning_starts=64,
@@ -199,17 +200,13 @@ def tiny_dqn_args(tmp_path, **overrides):
 
 
 def test_dqn_smoke_run_checkpoint_and_load_policy(tmp_path):
-    import mixrl
-    from mixrl.agents import dqn
-    from mixrl.runs import load_checkpoint
-
     run_dir = dqn.main(tiny_dqn_args(tmp_path, double_dqn=True))
     ckpt = load_checkpoint(run_dir)
     assert ckpt["algo"] == "dqn" and ckpt["env_id"] == "mixrl/ThreeBodyTimestep-v0"
     assert ckpt["global_step"] == 300 and ckpt["buffer"]["size"] == 300
     assert (run_dir / "checkpoints" / "best.pt").is_file()
-    stored = ckpt["buffer"]["data"][:, 13]  # the action column
-    assert torch_equal_int(stored) and stored.min() >= 0 and stored.max() <= 9
+    stored = ckpt["buffer"]["data"][:, 13]  # the action column: indices stored as floats
+    assert torch.equal(stored, stored.round()) and stored.min() >= 0 and stored.max() <= 9
 
     policy = mixrl.load_policy(run_dir)
     obs = np.random.default_rng(0).normal(size=(6, 13))
@@ -220,27 +217,14 @@ def test_dqn_smoke_run_checkpoint_and_load_policy(tmp_path):
     obs, _ = env.reset(seed=0)
     env.step(policy(obs))
 
-    from mixrl.policies.discrete import QNetwork
-
     net = QNetwork(13, 10, (32, 32))
     net.load_state_dict(ckpt["state"]["q_network"])
-    import torch
-
     q = net(torch.as_tensor(obs, dtype=torch.float32)[None])
     assert int(q.argmax()) == policy(obs)
     assert dqn.epsilon(dqn.Args(), torch.tensor([0.0, 1e6])).tolist() == pytest.approx([0.9, 0.05])
 
 
-def torch_equal_int(values) -> bool:
-    return bool((values == values.round()).all())
-
-
 def test_dqn_resume_continues_exactly(tmp_path):
-    import torch
-
-    from mixrl.agents import dqn
-    from mixrl.runs import load_checkpoint
-
     straight = load_checkpoint(dqn.main(tiny_dqn_args(tmp_path / "a", total_timesteps=400)))
     first_half = dqn.main(tiny_dqn_args(tmp_path / "b", total_timesteps=200))
     resumed = load_checkpoint(dqn.main(dqn.Args(resume=str(first_half), total_timesteps=400)))
@@ -251,8 +235,6 @@ def test_dqn_resume_continues_exactly(tmp_path):
 
 
 def test_dqn_refuses_continuous_actions(tmp_path):
-    from mixrl.agents import dqn
-
     with pytest.raises(ValueError, match="Discrete action space.*ThreeBodyTimestepContinuous"):
         dqn.main(tiny_dqn_args(tmp_path, env_id="mixrl/ThreeBodyTimestepContinuous-v0"))
 
@@ -277,16 +259,10 @@ class MatchSignEnv(gym.Env):
 
 
 def test_dqn_learns_a_contextual_bandit(tmp_path):
-    from mixrl.agents import dqn
-    from mixrl.evaluation import evaluate
-    from mixrl.runs import load_checkpoint
-
     if "mixrl_test/MatchSign-v0" not in gym.registry:
         gym.register(id="mixrl_test/MatchSign-v0", entry_point=MatchSignEnv)
     args = tiny_dqn_args(tmp_path, env_id="mixrl_test/MatchSign-v0", total_timesteps=600, eps_decay=100.0)
     run_dir = dqn.main(args)
-    import mixrl
-
     result = evaluate(mixrl.load_policy(run_dir), "mixrl_test/MatchSign-v0", episodes=20)
     assert result["mean_return"] == 1.0
     assert load_checkpoint(run_dir)["global_step"] == 600

@@ -47,6 +47,9 @@ class Args:
     """replay buffer capacity in transitions"""
     gamma: float = 0.99
     """discount factor"""
+    reward_scale: float = 1.0
+    """multiply rewards by this before learning (logged returns stay unscaled); with the Huber loss it sets
+    which TD errors fall in the quadratic (mean-seeking) rather than the linear (median-seeking) part"""
     tau: float = 0.005
     """Polyak rate of the target network: Qbar <- (1 - tau) Qbar + tau Q, after every update"""
     batch_size: int = 128
@@ -145,9 +148,7 @@ def main(args: Args) -> Path:
         args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_timesteps=total)
         args.hidden_sizes = tuple(args.hidden_sizes)
     if args.learning_starts < args.batch_size:
-        raise ValueError(
-            f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size})."
-        )
+        raise ValueError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
@@ -178,8 +179,7 @@ def main(args: Args) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         if "buffer" not in saved:
             raise ValueError(
-                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); "
-                "cannot resume exactly."
+                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
             )
         rb.load_state_dict(saved["buffer"])
         envs.load_state_dict(saved["env_state"])
@@ -248,7 +248,13 @@ def main(args: Args) -> Path:
 
             next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
             done = terminated | truncated
-            rb.add(obs, actions, rewards, final_obs, done if args.truncation_is_terminal else terminated)
+            rb.add(
+                obs,
+                actions,
+                rewards * args.reward_scale,
+                final_obs,
+                done if args.truncation_is_terminal else terminated,
+            )
             obs = next_obs
             episode_steps = torch.where(done, torch.zeros_like(episode_steps), episode_steps + 1)
             previous_step, global_step = global_step, global_step + args.num_envs

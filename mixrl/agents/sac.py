@@ -227,8 +227,12 @@ def pmoe_actor_loss(
         with torch.no_grad():
             best = expert_q(qf, obs, actions).argmax(-1)  # for the win statistics only
     else:
-        q = expert_q(qf, obs, actions)
-        q_best, best = q.max(-1)
+        # k* from a no-gradient pass over all K candidates; the max passes gradient to a_k* alone, so only
+        # a_k* is scored again with gradient (which skips the backward pass through K - 1 candidates).
+        with torch.no_grad():
+            q = expert_q(qf, obs, actions)
+        best = q.argmax(-1)
+        q_best = qf(obs, select_expert(actions, best)).min(0).values
         if args.gmm_entropy == "component":
             log_prob = expert_log_prob.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         else:

@@ -11,6 +11,7 @@ The episode terminates on reaching a goal. Time limits come from the TimeLimit w
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -33,6 +34,24 @@ def goal_reached(position: np.ndarray) -> int | None:
     distances = goal_distances(position)
     nearest = int(np.argmin(distances))
     return nearest if distances[nearest] <= GOAL_RADIUS else None
+
+
+def follow_policy(
+    policy: Callable[[np.ndarray], np.ndarray],
+    start: Sequence[float] = (0.0, 0.0),
+    max_steps: int = MAX_EPISODE_STEPS,
+) -> tuple[np.ndarray, int | None]:
+    """Run `policy` (observation -> action) from `start` until it reaches a goal or `max_steps` pass.
+
+    Returns the visited positions (T + 1, 2) and the index of the goal reached (None: no goal).
+    """
+    env = MultiGoalEnv()
+    obs, _ = env.reset(options={"position": start})
+    for _ in range(max_steps):
+        obs, _, terminated, _, _ = env.step(policy(obs))
+        if terminated:
+            break
+    return np.array(env.trajectory), goal_reached(obs)
 
 
 class MultiGoalEnv(gym.Env):

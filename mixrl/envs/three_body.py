@@ -447,8 +447,12 @@ class ThreeBodyTimestepEnv(gym.Env):
 
     `integrator` selects the scheme the action drives: "hermite" (mu, the task of the paper),
     "hermite_aarseth" (eta of Aarseth's criterion), "leapfrog" (fixed dt in yr) or "dopri5" (tolerance);
-    action index i maps to the i-th value of `INTEGRATOR_ACTIONS[integrator]`. The reward's cost term
-    always uses the Hermite mu of the same index, so the reward scale does not depend on the integrator.
+    action index i maps to the i-th value of `action_values` (default `INTEGRATOR_ACTIONS[integrator]`,
+    ten values, the most accurate first). The reward's cost term always uses the Hermite mu of the same
+    index, so the reward scale does not depend on the integrator.
+
+    An integration that fails (non-finite state, or a call exceeding MAX_STEPS_PER_CALL steps) terminates
+    the episode with reward -w1, energy_error inf, obs[12] = -20 and info["integration_failed"].
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -458,6 +462,7 @@ class ThreeBodyTimestepEnv(gym.Env):
         max_steps: int = 100,
         max_energy_error: float = 0.1,
         integrator: str = "hermite",
+        action_values: np.ndarray | None = None,
         w1: float = 3000.0,
         w3: float = 4.0,
         report_wall_time: bool = False,
@@ -473,7 +478,10 @@ class ThreeBodyTimestepEnv(gym.Env):
         self.max_steps = int(max_steps)
         self.max_energy_error = float(max_energy_error)
         self.integrator = integrator
-        self.action_values = INTEGRATOR_ACTIONS[integrator].copy()
+        values = INTEGRATOR_ACTIONS[integrator] if action_values is None else action_values
+        self.action_values = np.asarray(values, np.float64).reshape(-1).copy()
+        if len(self.action_values) != len(MU_VALUES) or not (self.action_values > 0).all():
+            raise ValueError(f"action_values must be {len(MU_VALUES)} positive numbers, got {action_values!r}")
         self.w1, self.w3 = float(w1), float(w3)
         self.report_wall_time = report_wall_time
         self.render_mode = render_mode
@@ -486,7 +494,6 @@ class ThreeBodyTimestepEnv(gym.Env):
         self._t = 0.0
         self._carry = 0.0  # step carried between calls by the Aarseth and Dormand-Prince integrators
         self._e0 = -1.0
-        self._energy_error = 0.0
         self._step = 0
         self._trail: list[np.ndarray] = []
         self.episode_steps = 0
@@ -501,9 +508,7 @@ class ThreeBodyTimestepEnv(gym.Env):
         """(integrator parameter, Hermite-equivalent mu for the reward)."""
         index = int(np.asarray(action).reshape(()))
         if not 0 <= index < len(self.action_values):
-            raise ValueError(
-                f"action must be an integer in [0, {len(self.action_values) - 1}], got {action!r}"
-            )
+            raise ValueError(f"action must be an integer in [0, {len(self.action_values) - 1}], got {action!r}")
         return float(self.action_values[index]), float(MU_VALUES[index])
 
     # -- gym API
@@ -520,7 +525,6 @@ class ThreeBodyTimestepEnv(gym.Env):
         self._t = 0.0
         self._carry = 0.0
         self._e0 = float(total_energy(self._x, self._v, self._m))
-        self._energy_error = 0.0
         self._step = 0
         self._trail = [self._x.copy()]
         self.episode_steps = 0
@@ -544,7 +548,6 @@ class ThreeBodyTimestepEnv(gym.Env):
         rel = (energy - self._e0) / self._e0 + 1e-20
         failed = not (ok and math.isfinite(rel) and np.isfinite(self._x).all())
         error = abs(rel) if not failed else np.inf
-        self._energy_error = error
         log_error = math.log10(error) if not failed else 20.0
         reward = reward_fn(error, mu, self._step, self.w1, self.w3) if not failed else -self.w1
         terminated = failed or error > self.max_energy_error
@@ -596,7 +599,7 @@ class ThreeBodyTimestepContinuousEnv(ThreeBodyTimestepEnv):
     """`ThreeBodyTimestepEnv` with a continuous action log10(mu) in [-4, -1] (shape (1,)).
 
     For the other integrators the position of the action in [-4, -1] is mapped log-linearly onto the
-    range of `INTEGRATOR_ACTIONS[integrator]`.
+    range of `action_values`.
     """
 
     def _make_action_space(self) -> gym.spaces.Space:
@@ -735,15 +738,13 @@ def run_fixed_mu(mu_index: int, ic_seed: int, max_steps: int = 300, **kwargs) ->
     return run_episode(fixed_mu_policy(mu_index), ic_seed, max_steps, **kwargs)
 
 
-def run_aarseth(
-    eta: float, ic_seed: int, max_steps: int = 300, max_energy_error: float = np.inf
-) -> EpisodeRecord:
+def run_aarseth(eta: float, ic_seed: int, max_steps: int = 300, max_energy_error: float = np.inf) -> EpisodeRecord:
     """Baseline: Hermite with Aarseth's time-step criterion at a fixed eta (any positive value)."""
     env = ThreeBodyTimestepEnv(
         max_steps=max_steps,
         max_energy_error=max_energy_error,
         integrator="hermite_aarseth",
+        action_values=np.full(len(MU_VALUES), float(eta)),
         report_wall_time=True,
     )
-    env.action_values = np.full(len(MU_VALUES), float(eta))
     return run_episode(fixed_mu_policy(0), ic_seed, max_steps, env=env)

@@ -20,7 +20,7 @@ from mixrl.policies.gaussian import (
     tanh_gaussian_log_prob,
     tanh_log_det_jacobian,
 )
-from mixrl.policies.nets import mlp
+from mixrl.policies.nets import mlp, orthogonal_init
 
 ENTROPY_MODES = ("component", "mixture")
 EVAL_RULES = ("argmax_w", "sampled_k_mean", "sample", "argmax_q")
@@ -75,7 +75,8 @@ def draw_expert(logits: torch.Tensor) -> torch.Tensor:
     the random stream exactly as the unimodal TanhGaussianActor does."""
     if logits.shape[-1] == 1:
         return torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
-    return torch.distributions.Categorical(logits=logits).sample()
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).view(logits.shape[:-1])
 
 
 def select_expert(per_expert: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -211,3 +212,53 @@ class GaussianMixtureHead(nn.Module):
         else:
             k = draw_expert(logits)
         return select_expert(candidates, k)
+
+
+class DiagonalGaussianMixtureActor(nn.Module):
+    """PMOE-PPO actor: K unsquashed diagonal Gaussian experts on a shared tanh trunk, mixed by w = softmax(Linear(s)).
+
+        pi(a|s) = sum_k w_k(s) N(a; mu_k(s), diag(exp(2 log_std_k))),   log_std a state-independent (K, A) parameter
+
+    The mixture counterpart of DiagonalGaussianActor (orthogonal init, mean head gain 0.01, log-std 0): with K = 1
+    it is initialised (same seed) exactly as that actor, its log-density is the same Gaussian's, `sample` draws
+    the same random numbers, and the mixing layer (w = 1) is zero-initialised without drawing any. The mixing
+    net reads the (factory-normalised) observation and shares nothing with the trunk. `deterministic(obs)` is
+    the mean of the heaviest expert, mu_k with k = argmax_k w_k(s).
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, num_experts: int = 5, hidden_sizes: Sequence[int] = (64, 64)):
+        super().__init__()
+        self.num_experts, self.action_dim = num_experts, action_dim
+        self.trunk = mlp(obs_dim, hidden_sizes, activation=nn.Tanh)
+        for layer in self.trunk:
+            if isinstance(layer, nn.Linear):
+                orthogonal_init(layer)
+        self.mean = orthogonal_init(nn.Linear(hidden_sizes[-1], num_experts * action_dim), gain=0.01)
+        self.log_std = nn.Parameter(torch.zeros(num_experts, action_dim))
+        if num_experts > 1:
+            self.mixing = nn.Linear(obs_dim, num_experts)
+        else:
+            self.mixing = nn.utils.skip_init(nn.Linear, obs_dim, 1)
+            nn.init.zeros_(self.mixing.weight)
+            nn.init.zeros_(self.mixing.bias)
+
+    def distribution_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (..., K), mean (..., K, A), log_std (..., K, A)): everything gmm_log_prob needs."""
+        mean = self.mean(self.trunk(obs)).unflatten(-1, (self.num_experts, self.action_dim))
+        return self.mixing(obs), mean, self.log_std.expand_as(mean)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k ~ Cat(w(s)), a ~ N(mu_k, sigma_k), and the mixture log pi(a|s) (not the expert's alone)."""
+        logits, mean, log_std = self.distribution_params(obs)
+        k = draw_expert(logits)
+        expert_mean = select_expert(mean, k)
+        action = expert_mean + select_expert(log_std, k).exp() * torch.randn_like(expert_mean)
+        return action, gmm_log_prob(logits, mean, log_std, action, squash=False)
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Mixture log pi(a|s) by logsumexp over the experts: finite for any action."""
+        return gmm_log_prob(*self.distribution_params(obs), action, squash=False)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        logits, mean, _ = self.distribution_params(obs)
+        return select_expert(mean, logits.argmax(-1))

@@ -1,0 +1,374 @@
+"""A2PR (Liu et al., ICML 2024): TD3+BC whose BC target is chosen per sample by advantage among the dataset
+action and a VAE reconstruction of the policy's action, and whose BC term is masked where neither is good.
+
+One iteration, in this order (Q_1 is the first critic; V_old is V(s) before the value step):
+
+    1 critic:  eps = clip(N(0, sigma^2), -c, c),   a' = clip(pibar(s') + eps, -1, 1)
+               y = r + gamma nd min_j Qbar_j(s', a'),   L_Q = sum_j mean_B (Q_j(s, a) - y)^2,   nd = 1 - terminated
+    2 value:   y_V = min(r + gamma nd min_j Q_j(s', a'), y)    (the just-updated online critics, the same a')
+               L_V = mean_B (V(s) - y_V)^2                     (plain MSE: V estimates E_{a~beta} Q(s, a))
+    3 VAE:     (a_hat, mu, sigma) = VAE(s, a),   w = vae_recon_weight 1[Q_1(s, a) > V_old(s)]
+               L_VAE = mean_{B,A} w (a_hat - a)^2 + 0.5 mean_{B,Z} KL(N(mu, sigma^2) || N(0, I))   (KL unmasked)
+    4 actor (every policy_freq iterations):
+               pi = pi(s),   lambda = alpha / mean_B |Q_1(s, pi)|  (no gradient),   L_RL = -lambda mean_B Q_1(s, pi)
+               a_gen = VAE(s, pi)  (encode-decode, with noise)
+               A_data = Q_1(s, a) - V_old,   A_gen = Q_1(s, a_gen) - V_old,   a_bar = a_gen if A_gen >= A_data else a
+               m = bc_weight 1[Q_1(s, a_gen) >= V_old  OR  Q_1(s, a) > V_old]     (an OR: m is never 2 bc_weight)
+               L_pi = L_RL + mean_{B,A} m (pi - a_bar)^2,   then pibar, Qbar <- (1 - tau) . + tau .
+
+Faithful to the authors' code: a_bar is not detached, so where a_gen is chosen the BC gradient reaches pi through
+the VAE (`--detach-bc-target` cuts it). `--no-vae-branch` sets m = bc_weight and a_bar = a everywhere and skips
+steps 2-3: with --bc-weight 1 and TD3+BC's 2 x 256 networks this is exactly TD3+BC's update.
+
+States are z-scored with the dataset's statistics, actions are in [-1, 1] (max_action = 1); evaluation and
+checkpoints as in td3_bc.py (eval/normalized_score is the D4RL score). Defaults follow the paper's code; its
+per-dataset settings (alpha, bc_weight, vae_recon_weight, gamma) are in scripts/bench_offline.py.
+Run `python -m mixrl.agents.a2pr --help` (or `mixrl a2pr --help`) for every option.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+from torch import nn
+
+from mixrl.buffers import Batch
+from mixrl.datasets import load_dataset
+from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.policies.critics import QEnsemble, ValueNetwork
+from mixrl.policies.deterministic import DeterministicActor, smoothed_target_actions
+from mixrl.policies.vae import ConditionalVAE, kl_to_standard_normal
+from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class Args:
+    dataset_id: str = "mixrl/hopper-v5/medium-v0"
+    """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
+    env_id: str | None = None
+    """evaluation environment (default: the one the dataset records)"""
+    seed: int = 1024
+    """seed of torch, NumPy, Python and the evaluation episodes"""
+    total_steps: int = 1_000_000
+    """gradient steps (iterations) to train for; on --resume, a new value extends the run"""
+    batch_size: int = 256
+    """transitions per iteration, sampled uniformly with replacement"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target actor and critics"""
+    policy_noise: float = 0.2
+    """std sigma of the target-policy smoothing noise (actions in [-1, 1])"""
+    noise_clip: float = 0.5
+    """the smoothing noise is clipped to [-c, c]"""
+    policy_freq: int = 2
+    """actor and target updates once every this many iterations"""
+    alpha: float = 2.5
+    """weight of the Q term: lambda = alpha / mean|Q_1(s, pi(s))| (the paper's code uses 40 on HalfCheetah)"""
+    bc_weight: float = 0.5
+    """weight m of the BC term where it is on (the authors' code calls it `mask`)"""
+    vae_recon_weight: float = 1.0
+    """weight of the VAE reconstruction on positive-advantage samples (the authors' `vae_weight`)"""
+    detach_bc_target: bool = False
+    """stop the BC gradient at the VAE reconstruction a_gen (false: the authors' code, gradient flows through)"""
+    vae_branch: bool = True
+    """choose the BC target by advantage and mask it (false: m = bc_weight, target = a, no V/VAE training)"""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics (one optimiser for both)"""
+    value_lr: float = 3e-4
+    """Adam learning rate of V"""
+    vae_lr: float = 1e-3
+    """Adam learning rate of the VAE"""
+    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    """hidden layer widths of the actor"""
+    critic_hidden: tuple[int, ...] = (256, 256, 256, 256)
+    """hidden layer widths of each critic"""
+    value_hidden: tuple[int, ...] = (256, 256, 256, 256)
+    """hidden layer widths of V"""
+    vae_hidden: tuple[int, ...] = (750, 750)
+    """hidden layer widths of the VAE's encoder and decoder"""
+    latent_dim: int = 0
+    """VAE latent size (0: twice the action size)"""
+    normalize_obs: bool = True
+    """z-score states with the dataset's mean and std + 1e-3 (kept in checkpoints for evaluation)"""
+    reward_scale: float = 1.0
+    """rewards are used as r * reward_scale + reward_shift"""
+    reward_shift: float = 0.0
+    """rewards are used as r * reward_scale + reward_shift (AntMaze: -1)"""
+    eval_every: int = 5000
+    """gradient steps between evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """deterministic episodes per evaluation"""
+    checkpoint_every: int = 50_000
+    """gradient steps between checkpoints/latest.pt writes"""
+    log_every: int = 1000
+    """gradient steps between loss/SPS logs"""
+    device: str = "cpu"
+    """torch device, e.g. cpu or cuda (the whole dataset is put there)"""
+    threads: int = 1
+    """torch CPU threads (more than one thrashes on small machines)"""
+    torch_deterministic: bool = True
+    """use deterministic torch kernels"""
+    run_root: str = "runs"
+    """parent folder of run directories"""
+    resume: str | None = None
+    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
+
+
+HIDDEN = ("actor_hidden", "critic_hidden", "value_hidden", "vae_hidden")
+
+
+def check_args(args: Args) -> None:
+    """Refuse values that cannot train, naming the fix."""
+    if args.policy_freq < 1 or args.batch_size < 1 or args.total_steps < 0 or args.latent_dim < 0:
+        raise ValueError("--policy-freq and --batch-size must be at least 1, --total-steps and --latent-dim >= 0.")
+    if min(args.policy_noise, args.noise_clip, args.bc_weight, args.vae_recon_weight) < 0:
+        raise ValueError("--policy-noise, --noise-clip, --bc-weight and --vae-recon-weight must be non-negative.")
+
+
+def vae_loss(
+    recon: torch.Tensor, actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_VAE, KL): mean_{B,A} w (a_hat - a)^2 + 0.5 KL; the reconstruction is weighted per sample by w (B,),
+    the KL is not."""
+    kl = kl_to_standard_normal(mean, std)
+    return (weight.unsqueeze(-1) * (recon - actions).pow(2)).mean() + 0.5 * kl, kl
+
+
+def bc_target_and_weight(
+    q_data: torch.Tensor,
+    q_gen: torch.Tensor,
+    v: torch.Tensor,
+    actions: torch.Tensor,
+    generated: torch.Tensor,
+    bc_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a_bar, m): a_bar = a_gen where Q_1(s, a_gen) - V >= Q_1(s, a) - V, else a;
+    m = bc_weight 1[Q_1(s, a_gen) >= V  OR  Q_1(s, a) > V], shape (B,)."""
+    use_generated = (q_gen - v >= q_data - v).unsqueeze(-1)
+    target = torch.where(use_generated, generated, actions)
+    weight = bc_weight * torch.logical_or(q_gen >= v, q_data > v).float()
+    return target, weight
+
+
+def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], step: int = 0):
+    """The A2PR iteration as a function of a batch -> detached metrics; `step` counts the iterations done.
+
+    `modules`: actor, actor_target, qf, qf_target and, with the VAE branch, value and vae; `optimizers` the same
+    keys without the targets (qf's is "critic")."""
+    actor, actor_target, qf, qf_target = (modules[k] for k in ("actor", "actor_target", "qf", "qf_target"))
+    value, vae = modules.get("value"), modules.get("vae")
+    actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
+    q_params, q_target_params = list(qf.parameters()), list(qf_target.parameters())
+
+    def update(batch: Batch) -> dict[str, torch.Tensor]:
+        nonlocal step
+        step += 1
+        obs, actions = batch.obs, batch.actions
+        rewards = batch.rewards * args.reward_scale + args.reward_shift
+        not_done = 1.0 - batch.terminated
+        # 1. critics: TD3 target with smoothed target-policy actions
+        with torch.no_grad():
+            next_actions = smoothed_target_actions(actor_target, batch.next_obs, args.policy_noise, args.noise_clip)
+            target = rewards + args.gamma * not_done * qf_target(batch.next_obs, next_actions).min(0).values
+        q = qf(obs, actions)
+        qf_loss = (q - target).pow(2).mean(1).sum()
+        optimizers["critic"].zero_grad(set_to_none=True)
+        qf_loss.backward()
+        optimizers["critic"].step()
+        metrics = {"losses/qf_loss": qf_loss.detach(), "losses/qf_values": q.detach().mean()}
+
+        if args.vae_branch:
+            # 2. V: MSE to the smaller of the updated critics' backup and the target backup
+            v = value(obs)
+            v_old = v.detach()
+            with torch.no_grad():
+                online = rewards + args.gamma * not_done * qf(batch.next_obs, next_actions).min(0).values
+                q_data = qf(obs, actions)[0]
+            value_loss = (v - torch.minimum(online, target)).pow(2).mean()
+            optimizers["value"].zero_grad(set_to_none=True)
+            value_loss.backward()
+            optimizers["value"].step()
+            # 3. VAE (EPBL): reconstruct only positive-advantage dataset actions, A = Q_1(s, a) - V_old(s) > 0
+            recon, mean, std = vae(obs, actions)
+            vae_mask = (q_data > v_old).float()
+            loss_vae, kl = vae_loss(recon, actions, mean, std, args.vae_recon_weight * vae_mask)
+            optimizers["vae"].zero_grad(set_to_none=True)
+            loss_vae.backward()
+            optimizers["vae"].step()
+            metrics.update(
+                {
+                    "losses/value_loss": value_loss.detach(),
+                    "losses/vae_loss": loss_vae.detach(),
+                    "losses/vae_kl": kl.detach(),
+                    "losses/v_values": v_old.mean(),
+                    "a2pr/vae_mask_fraction": vae_mask.mean(),
+                }
+            )
+
+        if step % args.policy_freq == 0:
+            # 4. actor, through frozen critics and VAE: gradients reach the actions, not their weights
+            qf.requires_grad_(False)
+            pi = actor(obs)
+            q_pi = qf(obs, pi)[0]
+            lam = args.alpha / q_pi.abs().mean().detach()
+            if args.vae_branch:
+                vae.requires_grad_(False)
+                generated = vae(obs, pi)[0]
+                with torch.no_grad():
+                    q_gen = qf(obs, generated)[0]
+                if args.detach_bc_target:
+                    generated = generated.detach()
+                bc_target, m = bc_target_and_weight(q_data, q_gen, v_old, actions, generated, args.bc_weight)
+                bc_loss = (m.unsqueeze(-1) * (pi - bc_target).pow(2)).mean()
+                metrics["a2pr/bc_on_fraction"] = (m > 0).float().mean()
+                metrics["a2pr/generated_target_fraction"] = (q_gen - v_old >= q_data - v_old).float().mean()
+            else:
+                bc_loss = args.bc_weight * (pi - actions).pow(2).mean()
+            actor_loss = -lam * q_pi.mean() + bc_loss
+            optimizers["actor"].zero_grad(set_to_none=True)
+            actor_loss.backward()
+            optimizers["actor"].step()
+            qf.requires_grad_(True)
+            if args.vae_branch:
+                vae.requires_grad_(True)
+            with torch.no_grad():
+                torch._foreach_lerp_(q_target_params, q_params, args.tau)
+                torch._foreach_lerp_(actor_target_params, actor_params, args.tau)
+            metrics.update(
+                {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc_loss.detach(), "losses/lambda": lam}
+            )
+        return metrics
+
+    return update
+
+
+def main(args: Args) -> Path:
+    """Train A2PR on a Minari dataset; returns the run directory."""
+    if args.resume is not None:
+        saved = load_checkpoint(args.resume)
+        total = args.total_steps if args.total_steps != Args.total_steps else saved["args"]["total_steps"]
+        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_steps=total)
+        for name in HIDDEN:
+            setattr(args, name, tuple(getattr(args, name)))
+    check_args(args)
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device(args.device)
+    data = load_dataset(args.dataset_id, device, args.normalize_obs)
+    env_id = args.env_id or data.env_id
+    if env_id is None:
+        raise ValueError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
+    env_kwargs = data.env_kwargs if env_id == data.env_id else {}
+    obs_space, action_space = data.check_env(env_id, env_kwargs)
+    run = Run(args, "a2pr", env_id, args.run_root, resume=args.resume)
+    obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim
+
+    # Actor and critics first, as in td3_bc.py, and V and the VAE only when used: equal seeds then give
+    # td3_bc.py's initial weights and random stream.
+    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.actor_hidden}
+    actor = DeterministicActor(**actor_kwargs).to(device)
+    qf = QEnsemble(obs_dim, action_dim, 2, args.critic_hidden).to(device)
+    actor_target = copy.deepcopy(actor).requires_grad_(False)
+    qf_target = copy.deepcopy(qf).requires_grad_(False)
+    modules = {"actor": actor, "actor_target": actor_target, "qf": qf, "qf_target": qf_target}
+    fused = device.type in ("cpu", "cuda")
+    optimizers = {
+        "actor": torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=fused),
+        "critic": torch.optim.Adam(qf.parameters(), lr=args.critic_lr, fused=fused),
+    }
+    if args.vae_branch:
+        modules["value"] = ValueNetwork(obs_dim, args.value_hidden).to(device)
+        latent_dim = args.latent_dim or 2 * action_dim
+        modules["vae"] = ConditionalVAE(obs_dim, action_dim, latent_dim, args.vae_hidden).to(device)
+        optimizers["value"] = torch.optim.Adam(modules["value"].parameters(), lr=args.value_lr, fused=fused)
+        optimizers["vae"] = torch.optim.Adam(modules["vae"].parameters(), lr=args.vae_lr, fused=fused)
+
+    global_step = 0
+    if args.resume is not None:
+        for name, module in modules.items():
+            module.load_state_dict(saved["state"][name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["state"][f"{name}_optimizer"])
+        global_step = saved["global_step"]
+        set_rng_state(saved["rng"])
+    update = make_update(args, modules, optimizers, global_step)
+
+    def checkpoint() -> dict:
+        return {
+            "args": dataclasses.asdict(args),
+            "dataset_id": args.dataset_id,
+            "env_kwargs": env_kwargs,
+            "observation_space": obs_space,
+            "action_space": action_space,
+            "obs_normalizer": data.obs_normalizer,
+            "policy": policy_spec(actor, **actor_kwargs),
+            "state": {
+                **{name: m.state_dict() for name, m in modules.items()},
+                **{f"{name}_optimizer": o.state_dict() for name, o in optimizers.items()},
+            },
+            "global_step": global_step,
+            "rng": rng_state(),
+        }
+
+    def run_evaluation(steps_per_second: float) -> dict:
+        policy = Policy(actor, obs_space, action_space, data.obs_normalizer, device)
+        result = evaluate(policy, env_id, args.eval_episodes, args.seed + 100, env_kwargs)
+        score = data.normalized_score(result["mean_return"])
+        scalars = {"eval/return": result["mean_return"], "eval/return_std": result["std_return"]}
+        if score is not None:
+            scalars["eval/normalized_score"] = score
+            bar.set_postfix(score=f"{score:.1f}")
+        run.log_scalars(global_step, scalars)
+        line = {"step": global_step, **scalars, "steps_per_second": steps_per_second}
+        with open(run.dir / "evaluations.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return line
+
+    bar = run.progress(args.total_steps, initial=global_step)
+    metrics: dict[str, torch.Tensor] = {}
+    start_step, train_seconds = global_step, 0.0
+    try:
+        while global_step < args.total_steps:
+            tick = time.perf_counter()
+            metrics.update(update(data.buffer.sample(args.batch_size)))
+            train_seconds += time.perf_counter() - tick
+            global_step += 1
+            bar.update(1)
+            if global_step % args.log_every == 0:
+                check_finite(metrics, global_step)
+                sps = (global_step - start_step) / train_seconds
+                run.log_scalars(global_step, {**metrics, "charts/SPS": sps})
+            if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_steps:
+                run_evaluation((global_step - start_step) / train_seconds)
+            if args.checkpoint_every and global_step % args.checkpoint_every == 0:
+                check_finite(metrics, global_step)
+                run.save_checkpoint(checkpoint())
+    except KeyboardInterrupt:
+        run.save_checkpoint(checkpoint())
+        run.close()
+        raise
+    check_finite(metrics, global_step)
+    final = run_evaluation((global_step - start_step) / max(train_seconds, 1e-9))
+    run.save_checkpoint(checkpoint(), "final")
+    run.save_checkpoint(checkpoint())
+    score = final.get("eval/normalized_score")
+    bar.write(
+        f"final deterministic return over {args.eval_episodes} episodes: {final['eval/return']:.1f} "
+        f"+- {final['eval/return_std']:.1f}" + (f", normalised score {score:.1f}" if score is not None else "")
+    )
+    run.close()
+    return run.dir
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

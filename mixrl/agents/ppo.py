@@ -1,0 +1,408 @@
+"""Proximal Policy Optimization (Schulman et al. 2017) for continuous actions, as CleanRL's ppo_continuous_action,
+or PMOE-PPO (Ren et al. 2021) with a Gaussian-mixture (mixture-of-experts) actor.
+
+Each iteration collects T = num_steps steps in each of N envs with a ~ pi_old(.|s) (unbounded; clipped to [-1, 1]
+only on the way to the env, the unclipped a is stored), then runs update_epochs epochs of minibatch Adam steps on
+
+    GAE:     delta_t = r_t + gamma (1 - terminated_t) V_old(s'_t) - V_old(s_t),   s'_t the true next observation
+             A_t = delta_t + gamma lambda (1 - done_t) A_{t+1},   R_t = A_t + V_old(s_t)        (lambda-returns)
+    policy:  rho = exp(log pi(a|s) - log pi_old(a|s)),   L_clip = -E[min(rho A^, clip(rho, 1 - eps, 1 + eps) A^)]
+             A^ = advantages z-scored within each minibatch
+    value:   L_V = 1/2 E[max((V(s) - R)^2, (V_old(s) + clip(V(s) - V_old(s), -eps, eps) - R)^2)]   (--clip-vloss)
+    total:   L = L_clip + c_V L_V - c_H H[pi(.|s)],   global gradient norm clipped, learning rate annealed linearly
+
+PMOE-PPO (`--policy gmm`): pi(a|s) = sum_k w_k(s) N(a; mu_k(s), sigma_k), w(s) = softmax(Linear(s)). It acts with
+k ~ Cat(w), a ~ N(mu_k, sigma_k); log pi is the mixture's, by logsumexp, so the surrogate trains w as well. An
+auxiliary Q(s, a) learns the lambda-returns and names the best expert for the frequency loss:
+
+    L_Q    = E[(Q(s, a) - R)^2]
+    L_freq = E_{s,k}[(w_k(s) - onehot(argmax_j Q(s, a_j))_k)^2],   a_j ~ N(mu_j(s), sigma_j), one per expert, detached
+    total:   L = L_clip + c_V L_V + L_freq + L_Q     (no entropy bonus: the mixture has no closed-form entropy)
+
+V_old and log pi_old are computed after each rollout in one batched pass (the parameters do not change during a
+rollout) with the same function the update uses, so the ratio is exactly 1 on the first minibatch.
+`losses/entropy` is the Monte-Carlo estimate -mean log pi_old(a|s) over the rollout, for both policies.
+
+Run `python -m mixrl.agents.ppo --help` (or `mixrl ppo --help`) for every option.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import tyro
+from torch import nn
+
+from mixrl.buffers import RolloutBuffer, compute_gae
+from mixrl.envs.factory import make_vec_env
+from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.policies.critics import ValueNetwork
+from mixrl.policies.gaussian import DiagonalGaussianActor
+from mixrl.policies.mixture import DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
+from mixrl.policies.nets import mlp, orthogonal_init
+from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class Args:
+    env_id: str = "HalfCheetah-v5"
+    """Gymnasium id of a task with a continuous (Box) action space"""
+    seed: int = 1
+    """seed of the envs, torch, NumPy and Python"""
+    total_timesteps: int = 1_000_000
+    """environment steps to train for (summed over envs, rounded down to whole rollouts); --resume may extend it"""
+    num_envs: int = 1
+    """parallel environments (synchronous)"""
+    num_steps: int = 2048
+    """steps per env in each rollout; a rollout holds num_envs * num_steps transitions"""
+    num_minibatches: int = 32
+    """minibatches per epoch (must divide num_envs * num_steps)"""
+    update_epochs: int = 10
+    """passes over each rollout"""
+    learning_rate: float = 3e-4
+    """Adam learning rate (its starting value with --anneal-lr)"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly towards zero over the iterations"""
+    adam_eps: float = 1e-5
+    """Adam epsilon"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalised advantage estimation"""
+    clip_coef: float = 0.2
+    """eps of the clipped surrogate (and of the value clipping)"""
+    clip_vloss: bool = True
+    """clip the value update around V_old as the surrogate clips the ratio"""
+    norm_adv: bool = True
+    """z-score the advantages within each minibatch"""
+    ent_coef: float = 0.0
+    """c_H, weight of the entropy bonus (Gaussian policy only)"""
+    vf_coef: float = 0.5
+    """c_V, weight of the value loss"""
+    max_grad_norm: float = 0.5
+    """clip the global gradient norm of all parameters to this"""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the actor and the critic (tanh)"""
+    policy: Literal["gaussian", "gmm"] = "gaussian"
+    """actor: diagonal Gaussian (PPO) or a Gaussian mixture of experts (PMOE-PPO)"""
+    num_experts: int = 5
+    """gmm: number of experts K"""
+    q_hidden_sizes: tuple[int, ...] = (64, 64, 64)
+    """gmm: hidden layer widths of the auxiliary Q(s, a) network (ReLU) behind the frequency loss"""
+    normalize_obs: bool = True
+    """z-score observations with running statistics, clipped to +-10 (saved in checkpoints, used by load_policy)"""
+    normalize_reward: bool = True
+    """divide rewards by the running std of the discounted return, clipped to +-10 (saved in checkpoints)"""
+    eval_every: int = 50_000
+    """environment steps between deterministic evaluations, checked after each iteration (0: only at the end)"""
+    eval_episodes: int = 5
+    """episodes per evaluation"""
+    checkpoint_every: int = 50_000
+    """environment steps between checkpoints/latest.pt writes, checked after each iteration"""
+    device: str = "cpu"
+    """torch device, e.g. cpu or cuda"""
+    threads: int = 1
+    """torch CPU threads (more than one thrashes on small machines)"""
+    torch_deterministic: bool = True
+    """use deterministic torch kernels"""
+    run_root: str = "runs"
+    """parent folder of run directories"""
+    resume: str | None = None
+    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
+
+
+GMM_OPTIONS = ("num_experts", "q_hidden_sizes")
+
+
+class Batch(NamedTuple):
+    """A rollout flattened to T N rows, or one minibatch of its rows."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+
+
+def check_args(args: Args) -> None:
+    """Refuse options that do not fit together, naming the fix."""
+    if args.policy not in ("gaussian", "gmm"):
+        raise ValueError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
+    if args.policy == "gaussian":
+        changed = [name for name in GMM_OPTIONS if getattr(args, name) != getattr(Args, name)]
+        if changed:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
+            raise ValueError(f"{flags} only apply to the mixture policy: add --policy gmm.")
+    elif args.num_experts < 1:
+        raise ValueError(f"--num-experts must be at least 1, got {args.num_experts}.")
+    elif args.ent_coef != 0.0:
+        raise ValueError("--ent-coef needs a closed-form entropy, which the mixture policy lacks: use --ent-coef 0.")
+    batch_size = args.num_envs * args.num_steps
+    if args.num_minibatches < 1 or batch_size % args.num_minibatches:
+        raise ValueError(
+            f"--num-minibatches {args.num_minibatches} must divide the rollout of num_envs * num_steps = "
+            f"{batch_size} transitions."
+        )
+    if args.norm_adv and batch_size // args.num_minibatches < 2:
+        raise ValueError("--norm-adv needs minibatches of at least 2 transitions: use fewer --num-minibatches.")
+    if args.total_timesteps < batch_size:
+        raise ValueError(
+            f"--total-timesteps {args.total_timesteps} is less than one rollout of num_envs * num_steps = "
+            f"{batch_size} transitions."
+        )
+
+
+def make_critic(obs_dim: int, hidden_sizes: tuple[int, ...]) -> ValueNetwork:
+    """V(s): a tanh MLP with PPO's orthogonal init (hidden layers gain sqrt 2, output gain 1)."""
+    critic = ValueNetwork(obs_dim, hidden_sizes, nn.Tanh)
+    layers = [layer for layer in critic.net if isinstance(layer, nn.Linear)]
+    for layer in layers[:-1]:
+        orthogonal_init(layer)
+    orthogonal_init(layers[-1], gain=1.0)
+    return critic
+
+
+def q_values(qf: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Q(s, a) on [s, a]: obs (..., S) and actions (..., A) -> (...,)."""
+    return qf(torch.cat([obs, actions], -1)).squeeze(-1)
+
+
+def rollout_batch(args: Args, rollout: RolloutBuffer, actor: nn.Module, critic: nn.Module) -> Batch:
+    """The rollout as T N rows with V_old(s), log pi_old(a|s) (one batched pass each), advantages and returns."""
+    values = critic(rollout.obs)
+    next_values = critic(rollout.next_obs)
+    dones = rollout.terminated | rollout.truncated
+    advantages, returns = compute_gae(
+        rollout.rewards, values, next_values, rollout.terminated, dones, args.gamma, args.gae_lambda
+    )
+    obs, actions = rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1)
+    return Batch(obs, actions, actor.log_prob(obs, actions), advantages.flatten(), returns.flatten(), values.flatten())
+
+
+def ppo_loss(
+    args: Args, actor: nn.Module, critic: nn.Module, qf: nn.Module | None, mb: Batch
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one minibatch (advantages already normalised) -> (L, detached log rho, the loss terms)."""
+    if args.policy == "gmm":
+        logits, mean, log_std = actor.distribution_params(mb.obs)
+        log_prob = gmm_log_prob(logits, mean, log_std, mb.actions, squash=False)
+    else:
+        log_prob = actor.log_prob(mb.obs, mb.actions)
+    eps = args.clip_coef
+    log_ratio = log_prob - mb.log_probs
+    ratio = log_ratio.exp()
+    policy_loss = torch.max(-mb.advantages * ratio, -mb.advantages * ratio.clamp(1.0 - eps, 1.0 + eps)).mean()
+
+    values = critic(mb.obs)
+    value_loss = (values - mb.returns).square()
+    if args.clip_vloss:
+        clipped = mb.values + (values - mb.values).clamp(-eps, eps)
+        value_loss = torch.max(value_loss, (clipped - mb.returns).square())
+    value_loss = 0.5 * value_loss.mean()
+    loss = policy_loss + args.vf_coef * value_loss
+    terms = {"losses/policy_loss": policy_loss, "losses/value_loss": value_loss}
+    if args.ent_coef:
+        loss = loss - args.ent_coef * actor.entropy(mb.obs).mean()
+    if qf is not None:
+        with torch.no_grad():
+            candidates = mean + log_std.exp() * torch.randn_like(mean)  # a_k ~ N(mu_k, sigma_k): (B, K, A)
+            tiled = mb.obs.unsqueeze(-2).expand(*candidates.shape[:-1], mb.obs.shape[-1])
+            expert_q = q_values(qf, tiled, candidates)
+        freq_loss = frequency_loss(logits.softmax(-1), expert_q)
+        q_loss = (q_values(qf, mb.obs, mb.actions) - mb.returns).square().mean()
+        loss = loss + freq_loss + q_loss
+        terms.update({"losses/frequency_loss": freq_loss, "losses/q_loss": q_loss})
+    return loss, log_ratio.detach(), terms
+
+
+def make_update(
+    args: Args, actor: nn.Module, critic: nn.Module, qf: nn.Module | None, optimizer: torch.optim.Optimizer
+) -> Callable[[Batch], dict[str, torch.Tensor]]:
+    """The PPO update of one rollout -> detached metrics, with no host synchronisation."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    batch_size = args.num_envs * args.num_steps
+    num_mb, mb_size = args.num_minibatches, batch_size // args.num_minibatches
+
+    def update(batch: Batch) -> dict[str, torch.Tensor]:
+        log_ratios = torch.empty(args.update_epochs, num_mb, mb_size, device=batch.obs.device)
+        for epoch in range(args.update_epochs):
+            # One gather per field and epoch; minibatch i is then the contiguous row block [i] of each field.
+            perm = torch.randperm(batch_size, device=batch.obs.device)
+            epoch_batch = Batch(*(field[perm].unflatten(0, (num_mb, mb_size)) for field in batch))
+            if args.norm_adv:
+                adv = epoch_batch.advantages
+                adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+                epoch_batch = epoch_batch._replace(advantages=adv)
+            for i in range(num_mb):
+                loss, log_ratio, terms = ppo_loss(args, actor, critic, qf, Batch(*(field[i] for field in epoch_batch)))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
+                optimizer.step()
+                log_ratios[epoch, i] = log_ratio
+        # The loss terms and KL estimates of the last minibatch; the clip fraction over all of them.
+        metrics = {name: value.detach() for name, value in terms.items()}
+        metrics["losses/old_approx_kl"] = (-log_ratio).mean()
+        metrics["losses/approx_kl"] = (log_ratio.exp() - 1.0 - log_ratio).mean()
+        metrics["losses/clipfrac"] = ((log_ratios.exp() - 1.0).abs() > args.clip_coef).float().mean()
+        return metrics
+
+    return update
+
+
+def main(args: Args) -> Path:
+    """Train PPO or PMOE-PPO; returns the run directory."""
+    if args.resume is not None:
+        saved = load_checkpoint(args.resume)
+        total = args.total_timesteps
+        if total == Args.total_timesteps:
+            total = saved["args"]["total_timesteps"]
+        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_timesteps=total)
+        args.hidden_sizes, args.q_hidden_sizes = tuple(args.hidden_sizes), tuple(args.q_hidden_sizes)
+    check_args(args)
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device(args.device)
+    envs = make_vec_env(
+        args.env_id,
+        args.num_envs,
+        args.seed,
+        device,
+        normalize_obs=args.normalize_obs,
+        normalize_reward_gamma=args.gamma if args.normalize_reward else None,
+    )
+    if not envs.continuous:
+        raise ValueError(
+            f"PPO needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
+            "Use `mixrl dqn` for discrete actions."
+        )
+    algo = "ppo" if args.policy == "gaussian" else "pmoe_ppo"
+    run = Run(args, algo, args.env_id, args.run_root, resume=args.resume)
+    obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
+
+    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
+    if args.policy == "gmm":
+        actor_kwargs["num_experts"] = args.num_experts
+    head = DiagonalGaussianActor if args.policy == "gaussian" else DiagonalGaussianMixtureActor
+    actor = head(**actor_kwargs).to(device)
+    critic = make_critic(obs_dim, args.hidden_sizes).to(device)
+    modules: dict[str, nn.Module] = {"actor": actor, "critic": critic}
+    qf = None
+    if args.policy == "gmm":
+        qf = modules["qf"] = mlp(obs_dim + action_dim, args.q_hidden_sizes, 1).to(device)
+    params = [p for module in modules.values() for p in module.parameters()]
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=args.adam_eps, fused=fused)
+    update = make_update(args, actor, critic, qf, optimizer)
+    rollout = RolloutBuffer(args.num_steps, args.num_envs, obs_dim, action_dim, device)
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // batch_size
+
+    obs = envs.reset()
+    global_step = 0
+    if args.resume is not None:
+        state = saved["state"]
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        optimizer.load_state_dict(state["optimizer"])
+        envs.load_state_dict(saved["env_state"])
+        obs, global_step = saved["obs"].to(device), saved["global_step"]
+        set_rng_state(saved["rng"])
+
+    def checkpoint() -> dict:
+        return {
+            "args": dataclasses.asdict(args),
+            "env_kwargs": {},
+            "observation_space": envs.single_observation_space,
+            "action_space": envs.env_action_space,
+            "obs_normalizer": envs.normalizer_state(),
+            "policy": policy_spec(actor, **actor_kwargs),
+            "state": {
+                **{name: module.state_dict() for name, module in modules.items()},
+                "optimizer": optimizer.state_dict(),
+            },
+            "global_step": global_step,
+            "obs": obs,
+            "rng": rng_state(),
+            "env_state": envs.state_dict(),
+        }
+
+    def run_evaluation() -> dict:
+        spaces = envs.single_observation_space, envs.env_action_space
+        policy = Policy(actor, *spaces, envs.normalizer_state(), device)
+        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
+        mean, std = result["mean_return"], result["std_return"]
+        run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
+        with open(run.dir / "evaluations.jsonl", "a") as f:
+            f.write(json.dumps({"step": global_step, "mean_return": mean, "std_return": std}) + "\n")
+        return result
+
+    bar = run.progress(num_iterations * batch_size, initial=global_step)
+    # What Ctrl-C saves: a copy of the state after the last whole iteration, so that --resume stays exact.
+    snapshot = copy.deepcopy(checkpoint())
+    last_time = time.time()
+    try:
+        for iteration in range(global_step // batch_size + 1, num_iterations + 1):
+            if args.anneal_lr:
+                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1) / num_iterations) * args.learning_rate
+            with torch.no_grad():
+                for t in range(args.num_steps):
+                    actions, _ = actor.sample(obs)
+                    next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
+                    rollout.add(t, obs, actions, rewards, final_obs, terminated, truncated)
+                    obs = next_obs
+                    global_step += args.num_envs
+                    bar.update(args.num_envs)
+                    run.log_episodes(global_step, *envs.pop_episodes())
+                batch = rollout_batch(args, rollout, actor, critic)
+            metrics = update(batch)
+            check_finite(metrics, global_step)
+            snapshot = copy.deepcopy(checkpoint())
+            sps = batch_size / max(time.time() - last_time, 1e-9)
+            residual_var = (batch.returns - batch.values).var(correction=0)
+            metrics.update(
+                {
+                    "losses/explained_variance": 1.0 - residual_var / batch.returns.var(correction=0),
+                    "losses/entropy": -batch.log_probs.mean(),
+                    "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                    "charts/SPS": sps,
+                }
+            )
+            run.log_scalars(global_step, metrics)
+            previous_step = global_step - batch_size
+            if (
+                args.eval_every
+                and iteration < num_iterations
+                and global_step // args.eval_every > previous_step // args.eval_every
+            ):
+                run_evaluation()
+            if args.checkpoint_every and global_step // args.checkpoint_every > previous_step // args.checkpoint_every:
+                run.save_checkpoint(snapshot)
+            last_time = time.time()
+    except KeyboardInterrupt:
+        run.save_checkpoint(snapshot)
+        run.close()
+        raise
+    final = run_evaluation()
+    run.save_checkpoint(snapshot, "final")
+    run.save_checkpoint(snapshot)
+    bar.write(
+        f"final deterministic return over {args.eval_episodes} episodes: "
+        f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
+    )
+    run.close()
+    envs.close()
+    return run.dir
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,256 @@
+"""TD3+BC (Fujimoto & Gu 2021): offline TD3 whose actor loss adds behaviour cloning of the dataset's actions.
+
+    critic:  eps = clip(N(0, sigma^2), -c, c),   a' = clip(pibar(s') + eps, -1, 1)
+             y = r + gamma (1 - terminated) min_j Qbar_j(s', a'),    L_Q = sum_j mean_B (Q_j(s, a) - y)^2
+    actor (every policy_freq updates):
+             lambda = alpha / mean_B |Q_1(s, pi(s))|   (no gradient)
+             L_pi = -lambda mean_B Q_1(s, pi(s)) + mean_{B,A} (pi(s) - a)^2
+    targets: pibar, Qbar <- (1 - tau) . + tau . after each actor update
+
+States are z-scored with the dataset's mean and std (+1e-3), the same transform at evaluation; actions are in
+[-1, 1] (max_action = 1), rescaled from the env's bounds. The budget is gradient steps over a fixed Minari
+dataset (`mixrl dataset collect ...`, see mixrl/datasets.py); every --eval-every steps the deterministic actor
+runs --eval-episodes episodes (seeds seed + 100, ...) and logs eval/return and the D4RL score
+eval/normalized_score = 100 (R - ref_min_score) / (ref_max_score - ref_min_score).
+
+Run `python -m mixrl.agents.td3_bc --help` (or `mixrl td3_bc --help`) for every option.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from mixrl.buffers import Batch
+from mixrl.datasets import load_dataset
+from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.policies.critics import QEnsemble
+from mixrl.policies.deterministic import DeterministicActor, smoothed_target_actions
+from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class Args:
+    dataset_id: str = "mixrl/hopper-v5/medium-v0"
+    """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
+    env_id: str | None = None
+    """evaluation environment (default: the one the dataset records)"""
+    seed: int = 0
+    """seed of torch, NumPy, Python and the evaluation episodes"""
+    total_steps: int = 1_000_000
+    """gradient steps to train for; on --resume, a new value extends the run"""
+    batch_size: int = 256
+    """transitions per gradient step, sampled uniformly with replacement"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target actor and critics"""
+    policy_noise: float = 0.2
+    """std sigma of the target-policy smoothing noise (actions in [-1, 1])"""
+    noise_clip: float = 0.5
+    """the smoothing noise is clipped to [-c, c]"""
+    policy_freq: int = 2
+    """actor and target updates once every this many critic updates"""
+    alpha: float = 2.5
+    """weight of the Q term against BC: lambda = alpha / mean|Q_1(s, pi(s))|"""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics (one optimiser for both)"""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """hidden layer widths of actor and critics"""
+    normalize_obs: bool = True
+    """z-score states with the dataset's mean and std + 1e-3 (kept in checkpoints for evaluation)"""
+    reward_scale: float = 1.0
+    """rewards are used as r * reward_scale + reward_shift"""
+    reward_shift: float = 0.0
+    """rewards are used as r * reward_scale + reward_shift (AntMaze: -1)"""
+    eval_every: int = 5000
+    """gradient steps between evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """deterministic episodes per evaluation"""
+    checkpoint_every: int = 50_000
+    """gradient steps between checkpoints/latest.pt writes"""
+    log_every: int = 1000
+    """gradient steps between loss/SPS logs"""
+    device: str = "cpu"
+    """torch device, e.g. cpu or cuda (the whole dataset is put there)"""
+    threads: int = 1
+    """torch CPU threads (more than one thrashes on small machines)"""
+    torch_deterministic: bool = True
+    """use deterministic torch kernels"""
+    run_root: str = "runs"
+    """parent folder of run directories"""
+    resume: str | None = None
+    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
+
+
+def check_args(args: Args) -> None:
+    """Refuse values that cannot train, naming the fix."""
+    if args.policy_freq < 1 or args.batch_size < 1 or args.total_steps < 0:
+        raise ValueError("--policy-freq and --batch-size must be at least 1, --total-steps non-negative.")
+    if args.policy_noise < 0 or args.noise_clip < 0:
+        raise ValueError("--policy-noise and --noise-clip must be non-negative.")
+
+
+def make_update(args: Args, actor, actor_target, qf, qf_target, actor_optimizer, critic_optimizer, step: int = 0):
+    """The TD3+BC gradient step as a function of a batch -> detached metrics; `step` counts the updates done."""
+    actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
+    q_params, q_target_params = list(qf.parameters()), list(qf_target.parameters())
+
+    def update(batch: Batch) -> dict[str, torch.Tensor]:
+        nonlocal step
+        step += 1
+        rewards = batch.rewards * args.reward_scale + args.reward_shift
+        with torch.no_grad():
+            next_actions = smoothed_target_actions(actor_target, batch.next_obs, args.policy_noise, args.noise_clip)
+            target = (
+                rewards + args.gamma * (1.0 - batch.terminated) * qf_target(batch.next_obs, next_actions).min(0).values
+            )
+        q = qf(batch.obs, batch.actions)
+        qf_loss = (q - target).pow(2).mean(1).sum()
+        critic_optimizer.zero_grad(set_to_none=True)
+        qf_loss.backward()
+        critic_optimizer.step()
+        metrics = {"losses/qf_loss": qf_loss.detach(), "losses/qf_values": q.detach().mean()}
+
+        if step % args.policy_freq == 0:
+            # Actor step through frozen critics: gradients reach the actions, not the critic weights.
+            qf.requires_grad_(False)
+            pi = actor(batch.obs)
+            q_pi = qf(batch.obs, pi)[1]
+            lam = args.alpha / q_pi.abs().mean().detach()
+            bc_loss = (pi - batch.actions).pow(2).mean()
+            actor_loss = -lam * q_pi.mean() + bc_loss
+            actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_optimizer.step()
+            qf.requires_grad_(True)
+            with torch.no_grad():
+                torch._foreach_lerp_(q_target_params, q_params, args.tau)
+                torch._foreach_lerp_(actor_target_params, actor_params, args.tau)
+            metrics.update(
+                {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc_loss.detach(), "losses/lambda": lam}
+            )
+        return metrics
+
+    return update
+
+
+def main(args: Args) -> Path:
+    """Train TD3+BC on a Minari dataset; returns the run directory."""
+    if args.resume is not None:
+        saved = load_checkpoint(args.resume)
+        total = args.total_steps if args.total_steps != Args.total_steps else saved["args"]["total_steps"]
+        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_steps=total)
+        args.hidden_sizes = tuple(args.hidden_sizes)
+    check_args(args)
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device(args.device)
+    data = load_dataset(args.dataset_id, device, args.normalize_obs)
+    env_id = args.env_id or data.env_id
+    if env_id is None:
+        raise ValueError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
+    env_kwargs = data.env_kwargs if env_id == data.env_id else {}
+    obs_space, action_space = data.check_env(env_id, env_kwargs)
+    run = Run(args, "td3_bc", env_id, args.run_root, resume=args.resume)
+    obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim
+
+    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
+    actor = DeterministicActor(**actor_kwargs).to(device)
+    qf = QEnsemble(obs_dim, action_dim, 2, args.hidden_sizes).to(device)
+    actor_target = copy.deepcopy(actor).requires_grad_(False)
+    qf_target = copy.deepcopy(qf).requires_grad_(False)
+    fused = device.type in ("cpu", "cuda")
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=fused)
+    critic_optimizer = torch.optim.Adam(qf.parameters(), lr=args.critic_lr, fused=fused)
+    modules = {"actor": actor, "actor_target": actor_target, "qf": qf, "qf_target": qf_target}
+    optimizers = {"actor": actor_optimizer, "critic": critic_optimizer}
+
+    global_step = 0
+    if args.resume is not None:
+        for name, module in modules.items():
+            module.load_state_dict(saved["state"][name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["state"][f"{name}_optimizer"])
+        global_step = saved["global_step"]
+        set_rng_state(saved["rng"])
+    update = make_update(args, actor, actor_target, qf, qf_target, actor_optimizer, critic_optimizer, global_step)
+
+    def checkpoint() -> dict:
+        return {
+            "args": dataclasses.asdict(args),
+            "dataset_id": args.dataset_id,
+            "env_kwargs": env_kwargs,
+            "observation_space": obs_space,
+            "action_space": action_space,
+            "obs_normalizer": data.obs_normalizer,
+            "policy": policy_spec(actor, **actor_kwargs),
+            "state": {
+                **{name: m.state_dict() for name, m in modules.items()},
+                **{f"{name}_optimizer": o.state_dict() for name, o in optimizers.items()},
+            },
+            "global_step": global_step,
+            "rng": rng_state(),
+        }
+
+    def run_evaluation(steps_per_second: float) -> dict:
+        policy = Policy(actor, obs_space, action_space, data.obs_normalizer, device)
+        result = evaluate(policy, env_id, args.eval_episodes, args.seed + 100, env_kwargs)
+        score = data.normalized_score(result["mean_return"])
+        scalars = {"eval/return": result["mean_return"], "eval/return_std": result["std_return"]}
+        if score is not None:
+            scalars["eval/normalized_score"] = score
+            bar.set_postfix(score=f"{score:.1f}")
+        run.log_scalars(global_step, scalars)
+        line = {"step": global_step, **scalars, "steps_per_second": steps_per_second}
+        with open(run.dir / "evaluations.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return line
+
+    bar = run.progress(args.total_steps, initial=global_step)
+    metrics: dict[str, torch.Tensor] = {}
+    start_step, train_seconds = global_step, 0.0
+    try:
+        while global_step < args.total_steps:
+            tick = time.perf_counter()
+            metrics.update(update(data.buffer.sample(args.batch_size)))
+            train_seconds += time.perf_counter() - tick
+            global_step += 1
+            bar.update(1)
+            if global_step % args.log_every == 0:
+                check_finite(metrics, global_step)
+                sps = (global_step - start_step) / train_seconds
+                run.log_scalars(global_step, {**metrics, "charts/SPS": sps})
+            if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_steps:
+                run_evaluation((global_step - start_step) / train_seconds)
+            if args.checkpoint_every and global_step % args.checkpoint_every == 0:
+                check_finite(metrics, global_step)
+                run.save_checkpoint(checkpoint())
+    except KeyboardInterrupt:
+        run.save_checkpoint(checkpoint())
+        run.close()
+        raise
+    check_finite(metrics, global_step)
+    final = run_evaluation((global_step - start_step) / max(train_seconds, 1e-9))
+    run.save_checkpoint(checkpoint(), "final")
+    run.save_checkpoint(checkpoint())
+    score = final.get("eval/normalized_score")
+    bar.write(
+        f"final deterministic return over {args.eval_episodes} episodes: {final['eval/return']:.1f} "
+        f"+- {final['eval/return_std']:.1f}" + (f", normalised score {score:.1f}" if score is not None else "")
+    )
+    run.close()
+    return run.dir
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
