@@ -101,7 +101,10 @@ def collect_command(dataset_id: str) -> str:
     parts = dataset_id.split("/")
     kind = parts[-1].rsplit("-v", 1)[0]
     if len(parts) != 3 or parts[0] != "mixrl" or kind not in KINDS:
-        return f"mixrl dataset collect KIND --policy RUN --expert EXPERT_RUN --dataset-id {dataset_id} ({RUN_HINT})"
+        return (
+            f"`minari download {dataset_id}` where a network is available, or make your own with "
+            f"mixrl dataset collect KIND --policy RUN --expert EXPERT_RUN --dataset-id {dataset_id} ({RUN_HINT})"
+        )
     env_id = next((name for name in gym.registry if name.lower().replace("/", "-") == parts[1]), parts[1])
     source = {
         "random": f"--env-id {env_id} --expert EXPERT_RUN",
@@ -200,6 +203,8 @@ def replay_episodes(ckpt: dict[str, Any], source: str) -> list:
             f"{source} was saved without its replay buffer: train the run with --save-buffer to make a "
             "medium-replay dataset from it."
         )
+    if not isinstance(ckpt["action_space"], gym.spaces.Box):
+        raise ValueError(f"{source} acts in {ckpt['action_space']}; medium-replay needs a continuous-action run (SAC).")
     if ckpt["args"].get("normalize_obs"):
         raise ValueError(
             f"{source} was trained with --normalize-obs, so its replay buffer holds running-normalised "
@@ -321,7 +326,7 @@ def open_dataset(dataset_id: str):
     if not (path / "data").is_dir():
         raise FileNotFoundError(
             f"No Minari dataset {dataset_id!r} in {datasets_root()} (set MINARI_DATASETS_PATH to the folder "
-            f"that holds it). Make it with: {collect_command(dataset_id)}"
+            f"that holds it). Get it with: {collect_command(dataset_id)}"
         )
     try:
         return minari.MinariDataset(path / "data")

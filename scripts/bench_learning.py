@@ -13,11 +13,13 @@ over seeds. Evaluations: every --eval-every steps, deterministic, 5 episodes on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,20 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
-# variant -> (agent module or "sb3-sac", Args overrides). Shared hyperparameters follow SB3's SAC defaults
-# except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm. The PMOE-SAC
-# variants (K = 4 experts, component entropy, argmax_w evaluation) change only the actor and its estimator.
+# variant -> (agent module or "sb3-sac" / "sb3-ppo", Args overrides). Shared hyperparameters follow SB3's SAC
+# defaults except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm. The
+# PMOE-SAC variants (K = 4 experts, component entropy, argmax_w evaluation) change only the actor and its
+# estimator. PPO runs mixrl's defaults (CleanRL's settings), which sb3-ppo reproduces as far as SB3 allows
+# (run_sb3_ppo); pmoe-ppo (K = 5 experts, argmax_w evaluation) changes only the actor and adds its losses.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sac": ("sac", {}),
     "sb3-sac": ("sb3-sac", {}),
     "pmoe-sac": ("sac", {"policy": "gmm", "num_experts": 4}),
     "sac-gumbel": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "gumbel"}),
     "sac-reinforce": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "reinforce"}),
+    "ppo": ("ppo", {}),
+    "sb3-ppo": ("sb3-ppo", {}),
+    "pmoe-ppo": ("ppo", {"policy": "gmm", "num_experts": 5}),
 }
 
 
@@ -43,6 +50,8 @@ def run_mixrl(
     import importlib
 
     module = importlib.import_module(f"mixrl.agents.{agent}")
+    if "save_buffer" in {field.name for field in dataclasses.fields(module.Args)}:
+        overrides = {"save_buffer": False, **overrides}  # off-policy agents: no replay buffer in checkpoints
     args = module.Args(
         env_id=env_id,
         seed=seed,
@@ -50,7 +59,6 @@ def run_mixrl(
         eval_every=eval_every,
         eval_episodes=5,
         checkpoint_every=0,
-        save_buffer=False,
         run_root=str(RESULTS.parent / "runs" / "bench"),
         **overrides,
     )
@@ -59,15 +67,14 @@ def run_mixrl(
     return {"curve": [(c["step"], c["mean_return"]) for c in curve], "run_dir": str(run_dir)}
 
 
-def run_sb3_sac(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
-    import gymnasium as gym
-    import torch
-    from stable_baselines3 import SAC
+def sb3_evaluator(
+    env_id: str, seed: int, steps: int, eval_every: int, normalize: Callable[[np.ndarray], np.ndarray] | None = None
+):
+    """A Stable-Baselines3 callback that evaluates the deterministic policy every `eval_every` steps with mixrl's
+    protocol (5 episodes on seeds 10000 + seed + i); `normalize` maps raw observations to the model's input."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     from mixrl.evaluation import evaluate
-
-    torch.set_num_threads(1)
 
     class Evaluator(BaseCallback):
         def __init__(self):
@@ -75,7 +82,7 @@ def run_sb3_sac(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
             self.curve: list[tuple[int, float]] = []
 
         def policy(self, obs: np.ndarray) -> np.ndarray:
-            return self.model.predict(obs, deterministic=True)[0]
+            return self.model.predict(obs if normalize is None else normalize(obs), deterministic=True)[0]
 
         def evaluate(self) -> None:
             result = evaluate(self.policy, env_id, episodes=5, seed=10_000 + seed)
@@ -86,7 +93,16 @@ def run_sb3_sac(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
                 self.evaluate()
             return True
 
-    evaluator = Evaluator()
+    return Evaluator()
+
+
+def run_sb3_sac(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import SAC
+
+    torch.set_num_threads(1)
+    evaluator = sb3_evaluator(env_id, seed, steps, eval_every)
     model = SAC(
         "MlpPolicy",
         gym.make(env_id),
@@ -100,6 +116,44 @@ def run_sb3_sac(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
         gradient_steps=1,
         ent_coef="auto",
         policy_kwargs={"net_arch": [256, 256]},
+        device="cpu",
+        seed=seed,
+        verbose=0,
+    )
+    model.learn(total_timesteps=steps, callback=evaluator)
+    evaluator.evaluate()
+    return {"curve": evaluator.curve}
+
+
+def run_sb3_ppo(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
+    """SB3 PPO at mixrl's PPO defaults: one env, 2048 steps, minibatches of 64, 10 epochs, learning rate 3e-4
+    annealed linearly, Adam eps 1e-5, gamma 0.99, lambda 0.95, clip 0.2, grad norm 0.5, separate 64-64 tanh
+    actor and critic with orthogonal init, observations and rewards normalised (clip 10). Differences SB3 does not
+    let us remove: its value clipping uses the clipped prediction alone (mixrl, as CleanRL, the larger of the
+    clipped and unclipped errors), and its value loss is MSE where mixrl's is 1/2 MSE (so vf_coef 0.25 here
+    gives the same loss as mixrl's 0.5)."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    torch.set_num_threads(1)
+    envs = VecNormalize(DummyVecEnv([lambda: gym.make(env_id)]), gamma=0.99, clip_obs=10.0, clip_reward=10.0)
+    evaluator = sb3_evaluator(env_id, seed, steps, eval_every, normalize=envs.normalize_obs)
+    model = PPO(
+        "MlpPolicy",
+        envs,
+        learning_rate=lambda progress: 3e-4 * progress,
+        n_steps=2048,
+        batch_size=64,
+        n_epochs=10,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_range=0.2,
+        clip_range_vf=0.2,
+        ent_coef=0.0,
+        vf_coef=0.25,
+        max_grad_norm=0.5,
         device="cpu",
         seed=seed,
         verbose=0,
@@ -129,6 +183,8 @@ def cmd_run(opts: argparse.Namespace) -> None:
                 try:
                     if agent == "sb3-sac":
                         result = run_sb3_sac(env_id, seed, opts.total_timesteps, opts.eval_every)
+                    elif agent == "sb3-ppo":
+                        result = run_sb3_ppo(env_id, seed, opts.total_timesteps, opts.eval_every)
                     else:
                         result = run_mixrl(
                             agent, overrides, env_id, seed, opts.total_timesteps, opts.eval_every

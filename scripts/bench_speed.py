@@ -9,6 +9,12 @@ The last line is `ALGO <unit>/s: mixrl=X sb3=Y ratio=Z`.
 
 `pmoe-sac` compares mixrl PMOE-SAC (`--policy gmm`, K = 4 experts) with mixrl SAC at the same settings instead,
 and ends with `pmoe-sac updates/s: pmoe=X sac=Y cost=Y/X` (how many times slower PMOE-SAC trains).
+
+    python scripts/bench_speed.py ppo [--rounds 2] [--iterations 1]
+
+PPO: HalfCheetah-v5, 8 sync envs, 2048 steps per env per rollout, 10 epochs of minibatches of 64, separate 64-64
+tanh actor and critic, no value clipping, no observation or reward normalisation, learning rate annealed, one
+torch thread, CPU. Speed is environment steps per second over whole iterations (collection and update).
 """
 
 from __future__ import annotations
@@ -90,14 +96,81 @@ def sb3_sac(steps: int, warmup: int) -> float:
     return (steps - 1) / (timer.marks[warmup + steps] - timer.marks[warmup + 1])
 
 
+PPO_ENVS, PPO_STEPS, PPO_MINIBATCH = 8, 2048, 64
+
+
+def mixrl_ppo(iterations: int) -> float:
+    """Environment steps per second of mixrl PPO over whole iterations (collection and update)."""
+    from mixrl.agents import ppo
+
+    batch = PPO_ENVS * PPO_STEPS
+    with tempfile.TemporaryDirectory() as root:
+        args = ppo.Args(
+            env_id="HalfCheetah-v5",
+            total_timesteps=iterations * batch,
+            num_envs=PPO_ENVS,
+            num_steps=PPO_STEPS,
+            num_minibatches=batch // PPO_MINIBATCH,
+            update_epochs=10,
+            clip_vloss=False,
+            normalize_obs=False,
+            normalize_reward=False,
+            eval_every=0,
+            eval_episodes=1,
+            checkpoint_every=0,
+            run_root=root,
+        )
+        run_dir = ppo.main(args)
+        sps = [v for _, v in read_scalars(run_dir, "charts/SPS")]
+    # One SPS value per iteration, all of equal size: the overall rate is their harmonic mean.
+    return len(sps) / sum(1.0 / v for v in sps)
+
+
+def sb3_ppo(iterations: int) -> float:
+    """Environment steps per second of Stable-Baselines3 PPO over whole iterations (collection and update)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    class Timer(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.marks: list[float] = []
+
+        def _on_rollout_start(self) -> None:
+            self.marks.append(time.perf_counter())
+
+        def _on_training_end(self) -> None:
+            self.marks.append(time.perf_counter())
+
+        def _on_step(self) -> bool:
+            return True
+
+    timer = Timer()
+    model = PPO(
+        "MlpPolicy",  # separate 64-64 tanh actor and critic, orthogonal init, Adam eps 1e-5
+        make_vec_env("HalfCheetah-v5", n_envs=PPO_ENVS, seed=1),  # DummyVecEnv: synchronous
+        learning_rate=lambda progress: 3e-4 * progress,
+        n_steps=PPO_STEPS,
+        batch_size=PPO_MINIBATCH,
+        n_epochs=10,
+        device="cpu",
+        seed=1,
+        verbose=0,
+    )
+    model.learn(total_timesteps=iterations * PPO_ENVS * PPO_STEPS, callback=timer)
+    return iterations * PPO_ENVS * PPO_STEPS / (timer.marks[-1] - timer.marks[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("algo", choices=["sac", "pmoe-sac"], help="algorithm to compare")
+    parser.add_argument("algo", choices=["sac", "pmoe-sac", "ppo"], help="algorithm to compare")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating the two contenders)")
     parser.add_argument("--steps", type=int, default=2000, help="learning steps measured per run")
     parser.add_argument("--warmup", type=int, default=1000, help="random steps before learning (not timed)")
+    parser.add_argument("--iterations", type=int, default=1, help="ppo: rollout-and-update iterations per run")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements to this file")
     opts = parser.parse_args()
     torch.set_num_threads(1)
@@ -107,20 +180,22 @@ def main() -> None:
     contenders = {
         "sac": {"mixrl": mixrl, "sb3": partial(sb3_sac, opts.steps, opts.warmup)},
         "pmoe-sac": {"pmoe": partial(mixrl, policy="gmm", num_experts=4), "sac": mixrl},
+        "ppo": {"mixrl": partial(mixrl_ppo, opts.iterations), "sb3": partial(sb3_ppo, opts.iterations)},
     }[opts.algo]
+    unit = "env-steps/s" if opts.algo == "ppo" else "updates/s"
     results: dict[str, list[float]] = {name: [] for name in contenders}
     for rnd in range(opts.rounds):
         for name, measure in contenders.items():
             results[name].append(measure())
-            print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} updates/s", flush=True)
+            print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} {unit}", flush=True)
     mean = {name: float(np.mean(values)) for name, values in results.items()}
     if opts.json is not None:
         opts.json.write_text(
             json.dumps({"algo": opts.algo, "rounds": results, "settings": vars(opts)}, indent=2, default=str)
         )
-    if opts.algo == "sac":
+    if opts.algo in ("sac", "ppo"):
         mixrl_rate, sb3_rate = mean["mixrl"], mean["sb3"]
-        print(f"sac updates/s: mixrl={mixrl_rate:.1f} sb3={sb3_rate:.1f} ratio={mixrl_rate / sb3_rate:.2f}")
+        print(f"{opts.algo} {unit}: mixrl={mixrl_rate:.1f} sb3={sb3_rate:.1f} ratio={mixrl_rate / sb3_rate:.2f}")
     else:
         pmoe_rate, sac_rate = mean["pmoe"], mean["sac"]
         print(f"pmoe-sac updates/s: pmoe={pmoe_rate:.1f} sac={sac_rate:.1f} cost={sac_rate / pmoe_rate:.2f}")

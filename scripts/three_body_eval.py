@@ -88,9 +88,7 @@ class Summary:
     return_30yr: float
 
 
-def summarise(
-    name: str, integrator: str, param: float | None, records: list[EpisodeRecord], policy_time
-) -> Summary:
+def summarise(name: str, integrator: str, param: float | None, records: list[EpisodeRecord], policy_time) -> Summary:
     err = np.array([r.final_error for r in records])
     steps = np.array([r.hermite_steps for r in records], np.float64)
     wall = np.array([r.wall_time for r in records])
@@ -200,9 +198,7 @@ def table(rows: list[Summary], wall_unit: float = 1e-3) -> list[str]:
     return lines
 
 
-def plot(
-    path: Path, rl_records, fixed_records, fixed: list[Summary], aarseth: list[Summary], rl, transfer, actions
-):
+def plot(path: Path, rl_records, fixed_records, fixed: list[Summary], aarseth: list[Summary], rl, transfer, actions):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,8 +369,7 @@ def main(args: Args) -> None:
         recs = [run_aarseth(eta, s, args.max_steps) for s in seeds]
         aarseth.append(summarise(f"Aarseth eta={eta:.0e}", "hermite_aarseth", float(eta), recs, []))
         print(
-            f"Aarseth eta={eta:.0e}: median |dE| {aarseth[-1].err_median:.2e}, "
-            f"steps {aarseth[-1].steps_median:.0f}",
+            f"Aarseth eta={eta:.0e}: median |dE| {aarseth[-1].err_median:.2e}, steps {aarseth[-1].steps_median:.0f}",
             flush=True,
         )
 
@@ -382,9 +377,7 @@ def main(args: Args) -> None:
     if policy is not None:
         rl_records, ptimes = run_policy(policy, seeds, args.max_steps)
         rl = summarise("RL policy (DQN)", "hermite", None, rl_records, ptimes)
-        actions = np.concatenate(
-            [np.searchsorted(MU_VALUES, np.array(r.params) * (1 - 1e-9)) for r in rl_records]
-        )
+        actions = np.concatenate([np.searchsorted(MU_VALUES, np.array(r.params) * (1 - 1e-9)) for r in rl_records])
         print(f"RL: median |dE| {rl.err_median:.2e}, steps {rl.steps_median:.0f}", flush=True)
 
     transfer: dict[str, tuple[list[Summary], Summary | None]] = {}
@@ -404,17 +397,14 @@ def main(args: Args) -> None:
                 )
             )
             print(
-                f"{fixed_t[-1].name}: median |dE| {fixed_t[-1].err_median:.2e}, "
-                f"steps {fixed_t[-1].steps_median:.0f}",
+                f"{fixed_t[-1].name}: median |dE| {fixed_t[-1].err_median:.2e}, steps {fixed_t[-1].steps_median:.0f}",
                 flush=True,
             )
         rl_t = None
         if policy is not None:
             recs, ptimes = run_policy(policy, t_seeds, args.max_steps, integrator)
             rl_t = summarise(f"{integrator}, RL policy", integrator, None, recs, ptimes)
-            print(
-                f"{rl_t.name}: median |dE| {rl_t.err_median:.2e}, steps {rl_t.steps_median:.0f}", flush=True
-            )
+            print(f"{rl_t.name}: median |dE| {rl_t.err_median:.2e}, steps {rl_t.steps_median:.0f}", flush=True)
         transfer[integrator] = (fixed_t, rl_t)
 
     plot(out.with_suffix(".png"), rl_records, fixed_records, fixed, aarseth, rl, transfer, actions)
@@ -437,8 +427,7 @@ def main(args: Args) -> None:
             for r in (rl_records or [])
         ],
         "transfer": {
-            k: {"fixed": [asdict(s) for s in f], "rl": asdict(r) if r else None}
-            for k, (f, r) in transfer.items()
+            k: {"fixed": [asdict(s) for s in f], "rl": asdict(r) if r else None} for k, (f, r) in transfer.items()
         },
     }
     out.with_suffix(".json").write_text(json.dumps(data, indent=1))
@@ -449,8 +438,7 @@ def write_report(args, command, out, speed, fixed, aarseth, rl, transfer, action
     lines = [
         "# Adaptive time-stepping for the three-body problem: RL policy vs fixed mu and Aarseth's criterion",
         "",
-        f"Made by `{command}` ({elapsed / 60:.1f} min on {platform.machine()}, {platform.python_version()}; "
-        "one core).",
+        f"Made by `{command}` ({elapsed / 60:.1f} min on {platform.machine()}, {platform.python_version()}; one core).",
         "",
         f"Systems: ic seeds 0-{args.seeds - 1} (the paper's initial conditions), {args.max_steps} RL steps "
         f"of 0.1 yr ({args.max_steps / 10:g} yr), no early stop. Cost: Hermite steps (deterministic; force "
@@ -524,9 +512,7 @@ def write_report(args, command, out, speed, fixed, aarseth, rl, transfer, action
             lines += [f"### {integrator}", "", *table(rows), ""]
             if rl_t is not None:
                 dom = [
-                    s.name
-                    for s in fixed_t
-                    if s.steps_median <= rl_t.steps_median and s.err_median <= rl_t.err_median
+                    s.name for s in fixed_t if s.steps_median <= rl_t.steps_median and s.err_median <= rl_t.err_median
                 ]
                 lines += [
                     f"RL policy dominated by a fixed {INTEGRATOR_PARAM_NAMES[integrator]}: "

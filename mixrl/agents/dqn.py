@@ -9,7 +9,8 @@
 
 Time limits are not terminal: a truncated transition bootstraps from its true last observation. The
 defaults are those of the adaptive time-stepping paper (`reference/three_body.md`) on
-mixrl/ThreeBodyTimestep-v0. Run `python -m mixrl.agents.dqn --help` (or `mixrl dqn --help`) for every option.
+mixrl/ThreeBodyTimestep-v0, except for a global exploration counter and rewards scaled by 0.01 for
+learning. Run `python -m mixrl.agents.dqn --help` (or `mixrl dqn --help`) for every option.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ class Args:
     """replay buffer capacity in transitions"""
     gamma: float = 0.99
     """discount factor"""
-    reward_scale: float = 1.0
-    """multiply rewards by this before learning (logged returns stay unscaled); with the Huber loss it sets
-    which TD errors fall in the quadratic (mean-seeking) rather than the linear (median-seeking) part"""
+    reward_scale: float = 0.01
+    """multiply rewards by this before learning (logged returns stay unscaled). With the Huber loss it sets
+    which TD errors fall in the quadratic (mean-seeking) rather than the linear (median-seeking) part; the
+    original code learned from unscaled rewards (1.0), which underrates rare catastrophic errors"""
     tau: float = 0.005
     """Polyak rate of the target network: Qbar <- (1 - tau) Qbar + tau Q, after every update"""
     batch_size: int = 128

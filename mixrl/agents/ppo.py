@@ -40,10 +40,12 @@ from typing import Literal, NamedTuple
 import torch
 import tyro
 from torch import nn
+from torch.nn import functional as F
 
 from mixrl.buffers import RolloutBuffer, compute_gae
 from mixrl.envs.factory import make_vec_env
 from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.optim import FlatAdam, flatten_parameters
 from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
@@ -200,14 +202,14 @@ def ppo_loss(
     eps = args.clip_coef
     log_ratio = log_prob - mb.log_probs
     ratio = log_ratio.exp()
-    policy_loss = torch.max(-mb.advantages * ratio, -mb.advantages * ratio.clamp(1.0 - eps, 1.0 + eps)).mean()
+    policy_loss = -torch.min(ratio * mb.advantages, ratio.clamp(1.0 - eps, 1.0 + eps) * mb.advantages).mean()
 
     values = critic(mb.obs)
-    value_loss = (values - mb.returns).square()
     if args.clip_vloss:
         clipped = mb.values + (values - mb.values).clamp(-eps, eps)
-        value_loss = torch.max(value_loss, (clipped - mb.returns).square())
-    value_loss = 0.5 * value_loss.mean()
+        value_loss = 0.5 * torch.max((values - mb.returns).square(), (clipped - mb.returns).square()).mean()
+    else:
+        value_loss = 0.5 * F.mse_loss(values, mb.returns)
     loss = policy_loss + args.vf_coef * value_loss
     terms = {"losses/policy_loss": policy_loss, "losses/value_loss": value_loss}
     if args.ent_coef:
@@ -218,42 +220,48 @@ def ppo_loss(
             tiled = mb.obs.unsqueeze(-2).expand(*candidates.shape[:-1], mb.obs.shape[-1])
             expert_q = q_values(qf, tiled, candidates)
         freq_loss = frequency_loss(logits.softmax(-1), expert_q)
-        q_loss = (q_values(qf, mb.obs, mb.actions) - mb.returns).square().mean()
+        q_loss = F.mse_loss(q_values(qf, mb.obs, mb.actions), mb.returns)
         loss = loss + freq_loss + q_loss
         terms.update({"losses/frequency_loss": freq_loss, "losses/q_loss": q_loss})
     return loss, log_ratio.detach(), terms
 
 
 def make_update(
-    args: Args, actor: nn.Module, critic: nn.Module, qf: nn.Module | None, optimizer: torch.optim.Optimizer
+    args: Args,
+    actor: nn.Module,
+    critic: nn.Module,
+    qf: nn.Module | None,
+    optimizer: FlatAdam,
 ) -> Callable[[Batch], dict[str, torch.Tensor]]:
-    """The PPO update of one rollout -> detached metrics, with no host synchronisation."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    """The PPO update of one rollout -> detached metrics, without host synchronisation. The optimiser steps the
+    flat tensor of all parameters (flatten_parameters)."""
+    params = optimizer.params
     batch_size = args.num_envs * args.num_steps
     num_mb, mb_size = args.num_minibatches, batch_size // args.num_minibatches
 
     def update(batch: Batch) -> dict[str, torch.Tensor]:
-        log_ratios = torch.empty(args.update_epochs, num_mb, mb_size, device=batch.obs.device)
-        for epoch in range(args.update_epochs):
-            # One gather per field and epoch; minibatch i is then the contiguous row block [i] of each field.
-            perm = torch.randperm(batch_size, device=batch.obs.device)
-            epoch_batch = Batch(*(field[perm].unflatten(0, (num_mb, mb_size)) for field in batch))
-            if args.norm_adv:
-                adv = epoch_batch.advantages
+        log_ratios = []
+        for _ in range(args.update_epochs):
+            # One gather per field and epoch; the minibatches are then contiguous row blocks of the shuffled rows.
+            perm = torch.randperm(batch_size, device=params.device)
+            shuffled = Batch(*(field[perm].unflatten(0, (num_mb, mb_size)) for field in batch))
+            if args.norm_adv:  # every minibatch z-scored on its own, all at once
+                adv = shuffled.advantages
                 adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
-                epoch_batch = epoch_batch._replace(advantages=adv)
-            for i in range(num_mb):
-                loss, log_ratio, terms = ppo_loss(args, actor, critic, qf, Batch(*(field[i] for field in epoch_batch)))
-                optimizer.zero_grad(set_to_none=True)
+                shuffled = shuffled._replace(advantages=adv)
+            for mb in zip(*(field.unbind(0) for field in shuffled)):
+                loss, log_ratio, terms = ppo_loss(args, actor, critic, qf, Batch(*mb))
+                params.grad.zero_()
                 loss.backward()
-                nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
+                # g <- g max_norm / ||g|| where ||g|| > max_norm, ||g|| the norm of all gradients together
+                params.grad.view(1, -1).renorm_(2, 0, args.max_grad_norm)
                 optimizer.step()
-                log_ratios[epoch, i] = log_ratio
-        # The loss terms and KL estimates of the last minibatch; the clip fraction over all of them.
+                log_ratios.append(log_ratio)
+        # The loss terms and KL estimates of the last minibatch; the clip fraction over all minibatches.
         metrics = {name: value.detach() for name, value in terms.items()}
         metrics["losses/old_approx_kl"] = (-log_ratio).mean()
         metrics["losses/approx_kl"] = (log_ratio.exp() - 1.0 - log_ratio).mean()
-        metrics["losses/clipfrac"] = ((log_ratios.exp() - 1.0).abs() > args.clip_coef).float().mean()
+        metrics["losses/clipfrac"] = ((torch.stack(log_ratios).exp() - 1.0).abs() > args.clip_coef).float().mean()
         return metrics
 
     return update
@@ -299,9 +307,7 @@ def main(args: Args) -> Path:
     qf = None
     if args.policy == "gmm":
         qf = modules["qf"] = mlp(obs_dim + action_dim, args.q_hidden_sizes, 1).to(device)
-    params = [p for module in modules.values() for p in module.parameters()]
-    fused = device.type in ("cpu", "cuda")
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=args.adam_eps, fused=fused)
+    optimizer = FlatAdam(flatten_parameters(list(modules.values())), lr=args.learning_rate, eps=args.adam_eps)
     update = make_update(args, actor, critic, qf, optimizer)
     rollout = RolloutBuffer(args.num_steps, args.num_envs, obs_dim, action_dim, device)
     batch_size = args.num_envs * args.num_steps
@@ -353,7 +359,7 @@ def main(args: Args) -> Path:
     try:
         for iteration in range(global_step // batch_size + 1, num_iterations + 1):
             if args.anneal_lr:
-                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1) / num_iterations) * args.learning_rate
+                optimizer.lr = (1.0 - (iteration - 1) / num_iterations) * args.learning_rate
             with torch.no_grad():
                 for t in range(args.num_steps):
                     actions, _ = actor.sample(obs)
@@ -373,7 +379,7 @@ def main(args: Args) -> Path:
                 {
                     "losses/explained_variance": 1.0 - residual_var / batch.returns.var(correction=0),
                     "losses/entropy": -batch.log_probs.mean(),
-                    "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                    "charts/learning_rate": optimizer.lr,
                     "charts/SPS": sps,
                 }
             )

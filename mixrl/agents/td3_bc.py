@@ -125,7 +125,7 @@ def make_update(args: Args, actor, actor_target, qf, qf_target, actor_optimizer,
             # Actor step through frozen critics: gradients reach the actions, not the critic weights.
             qf.requires_grad_(False)
             pi = actor(batch.obs)
-            q_pi = qf(batch.obs, pi)[1]
+            q_pi = qf(batch.obs, pi)[0]
             lam = args.alpha / q_pi.abs().mean().detach()
             bc_loss = (pi - batch.actions).pow(2).mean()
             actor_loss = -lam * q_pi.mean() + bc_loss

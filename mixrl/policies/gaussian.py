@@ -87,8 +87,8 @@ class DiagonalGaussianActor(nn.Module):
         return action, gaussian_log_prob(mean, log_std, action)
 
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        mean, log_std = self.distribution_params(obs)
-        return gaussian_log_prob(mean, log_std, action)
+        # The state-independent log-std broadcasts over the batch: no expanded copy enters the autograd graph.
+        return gaussian_log_prob(self.mean(self.trunk(obs)), self.log_std, action)
 
     def entropy(self, obs: torch.Tensor) -> torch.Tensor:
         _, log_std = self.distribution_params(obs)

@@ -1,0 +1,287 @@
+"""Offline RL benchmark: TD3+BC and A2PR on D4RL-style Minari datasets made from mixrl SAC runs.
+
+    python scripts/bench_offline.py --envs HalfCheetah-v5 Hopper-v5 --seeds 0 1 2 --gradient-steps 1000000
+
+Per environment it
+  1. trains two SAC runs (or takes the checkpoints already in <work-dir>/sac/<env>/{medium,expert}.pt):
+     "medium" for --sac-medium-steps env steps (saving its replay buffer), "expert" for --sac-expert-steps;
+  2. makes the datasets <namespace>/<env>/{expert,medium,medium-replay,medium-expert}-v0 in
+     $MINARI_DATASETS_PATH (existing ones are reused): expert and medium are --dataset-steps transitions of the
+     deterministic policies with --action-noise Gaussian noise, medium-replay is the medium run's whole replay
+     buffer, medium-expert the concatenation of medium and expert; every dataset carries the reference scores of
+     the expert dataset (random policy and deterministic expert, --ref-episodes episodes each);
+  3. trains TD3+BC and A2PR for --gradient-steps on each dataset of --kinds and seed, alternating the two
+     algorithms so that their gradient steps per second are measured side by side, and evaluates each final
+     policy over --final-episodes deterministic episodes (seeds seed + 100, ...).
+A2PR uses the authors' per-dataset alpha, bc_weight, vae_recon_weight and gamma (A2PR_SETTINGS) unless
+--no-a2pr-paper-settings. Finished runs are recorded in <work-dir>/runs.jsonl and skipped when the script is run
+again, so an interrupted benchmark continues. The report, <results>.md and <results>.json, gives the D4RL
+normalised score of the final policy per dataset (mean +- std over seeds) and its mean over datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tyro
+
+from mixrl.agents import a2pr, sac, td3_bc
+from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, normalized_score
+from mixrl.evaluation import evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (alpha, bc_weight, vae_recon_weight, gamma) of the A2PR authors per D4RL dataset: README, or draft README where
+# the README gives none (reference/a2pr.md, section 3).
+A2PR_SETTINGS: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("halfcheetah", "medium"): (40.0, 1.0, 1.0, 0.99),
+    ("halfcheetah", "medium-replay"): (40.0, 0.8, 1.5, 0.995),
+    ("halfcheetah", "medium-expert"): (40.0, 15.0, 1.0, 0.99),
+    ("hopper", "medium"): (2.5, 0.4, 1.0, 0.995),
+    ("hopper", "medium-replay"): (2.5, 0.5, 1.5, 0.99),
+    ("hopper", "medium-expert"): (2.5, 4.0, 1.0, 0.99),
+    ("walker2d", "medium"): (2.5, 1.0, 1.5, 0.99),
+    ("walker2d", "medium-replay"): (2.5, 1.2, 1.5, 0.995),
+    ("walker2d", "medium-expert"): (2.5, 0.8, 1.0, 0.99),
+}
+ALGOS = ("td3_bc", "a2pr")
+
+
+@dataclass
+class Args:
+    envs: tuple[str, ...] = ("HalfCheetah-v5", "Hopper-v5")
+    """Gymnasium ids of the MuJoCo tasks"""
+    kinds: tuple[str, ...] = ("medium", "medium-replay", "medium-expert")
+    """datasets to train on per env"""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """seeds of the offline runs"""
+    gradient_steps: int = 1_000_000
+    """gradient steps per offline run"""
+    eval_every: int = 5000
+    """gradient steps between the runs' periodic evaluations"""
+    eval_episodes: int = 10
+    """episodes per periodic evaluation"""
+    final_episodes: int = 50
+    """deterministic episodes that score each final policy"""
+    a2pr_paper_settings: bool = True
+    """A2PR with the authors' per-dataset alpha, bc_weight, vae_recon_weight and gamma (else the defaults)"""
+    sac_medium_steps: int = 200_000
+    """env steps of the SAC run whose policy makes medium and whose replay buffer makes medium-replay"""
+    sac_expert_steps: int = 1_000_000
+    """env steps of the SAC run whose policy makes expert and sets ref_max_score"""
+    sac_learning_starts: int = 5000
+    """uniform-random env steps before SAC learns"""
+    dataset_steps: int = 1_000_000
+    """transitions of the medium and expert datasets"""
+    action_noise: float = 0.1
+    """std of the Gaussian action noise of the medium and expert rollouts (half action ranges)"""
+    ref_episodes: int = 10
+    """episodes that measure each reference score"""
+    namespace: str = "mixrl-bench"
+    """dataset ids are <namespace>/<env id, lower case>/<kind>-v0"""
+    work_dir: str = "runs/bench_offline"
+    """SAC checkpoints, offline runs and runs.jsonl"""
+    results: str = "results/offline"
+    """report path without extension: writes <results>.md and <results>.json"""
+    device: str = "cpu"
+    """torch device of the SAC runs and the offline agents"""
+
+
+def dataset_id(args: Args, env_id: str, kind: str) -> str:
+    return f"{args.namespace}/{env_id.lower()}/{kind}-v0"
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def sac_checkpoints(args: Args, env_id: str) -> tuple[Path, Path]:
+    """<work-dir>/sac/<env>/{medium,expert}.pt, training the SAC runs that are missing."""
+    folder = Path(args.work_dir) / "sac" / env_id
+    for name, steps, seed in (("medium", args.sac_medium_steps, 0), ("expert", args.sac_expert_steps, 1)):
+        target = folder / f"{name}.pt"
+        if target.exists():
+            continue
+        print(f"[{env_id}] SAC {name}: {steps} env steps", flush=True)
+        sac_args = sac.Args(
+            env_id=env_id,
+            seed=seed,
+            total_timesteps=steps,
+            learning_starts=args.sac_learning_starts,
+            eval_every=0,
+            checkpoint_every=50_000,
+            device=args.device,
+            run_root=str(folder / "runs"),
+        )
+        copy_atomic(sac.main(sac_args) / "checkpoints" / "final.pt", target)
+    return folder / "medium.pt", folder / "expert.pt"
+
+
+def make_datasets(args: Args, env_id: str) -> None:
+    """The expert, medium, medium-replay and medium-expert datasets of one env (those missing)."""
+    medium, expert = sac_checkpoints(args, env_id)
+    ids = {kind: dataset_id(args, env_id, kind) for kind in ("expert", "medium", "medium-replay", "medium-expert")}
+    common = {"steps": args.dataset_steps, "ref_episodes": args.ref_episodes}
+    if not (datasets_root() / ids["expert"]).exists():
+        noise = args.action_noise
+        collect(CollectArgs("expert", policy=str(expert), dataset_id=ids["expert"], action_noise=noise, **common))
+    refs = dataset_info(ids["expert"])
+    refs = {"ref_min_score": refs["ref_min_score"], "ref_max_score": refs["ref_max_score"]}
+    todo = [
+        CollectArgs("medium", policy=str(medium), action_noise=args.action_noise, **common, **refs),
+        CollectArgs("medium-replay", policy=str(medium), **refs),
+        CollectArgs("medium-expert", sources=(ids["medium"], ids["expert"]), **refs),
+    ]
+    for collect_args in todo:
+        collect_args.dataset_id = ids[collect_args.kind]
+        if not (datasets_root() / collect_args.dataset_id).exists():
+            collect(collect_args)
+
+
+def agent_args(args: Args, algo: str, env_id: str, kind: str, seed: int):
+    """The Args of one offline run."""
+    common = {
+        "dataset_id": dataset_id(args, env_id, kind),
+        "seed": seed,
+        "total_steps": args.gradient_steps,
+        "eval_every": args.eval_every,
+        "eval_episodes": args.eval_episodes,
+        "run_root": str(Path(args.work_dir) / "runs"),
+        "device": args.device,
+    }
+    if algo == "td3_bc":
+        return td3_bc.Args(**common)
+    settings = A2PR_SETTINGS.get((env_id.split("-")[0].lower(), kind))
+    if args.a2pr_paper_settings and settings is not None:
+        alpha, bc_weight, vae_recon_weight, gamma = settings
+        common.update(alpha=alpha, bc_weight=bc_weight, vae_recon_weight=vae_recon_weight, gamma=gamma)
+    return a2pr.Args(**common)
+
+
+def run_one(args: Args, algo: str, env_id: str, kind: str, seed: int) -> dict[str, Any]:
+    """Train one offline run and score its final policy."""
+    module = td3_bc if algo == "td3_bc" else a2pr
+    run_args = agent_args(args, algo, env_id, kind, seed)
+    run_dir = module.main(run_args)
+    last = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
+    info = dataset_info(run_args.dataset_id)
+    returns = evaluate_checkpoint(run_dir, args.final_episodes, seed + 100, device=args.device)["returns"]
+    scores = normalized_score(np.array(returns), info["ref_min_score"], info["ref_max_score"])
+    return {
+        "algo": algo,
+        "env_id": env_id,
+        "kind": kind,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "gradient_steps": args.gradient_steps,
+        "final_return": float(np.mean(returns)),
+        "final_score": float(np.mean(scores)),
+        "final_score_episode_std": float(np.std(scores)),
+        "steps_per_second": last["steps_per_second"],
+        "settings": {k: getattr(run_args, k, None) for k in ("alpha", "bc_weight", "vae_recon_weight", "gamma")},
+    }
+
+
+def machine(device: str) -> str:
+    """CPU model and core count, and the GPU when the agents ran on one."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    return f"{cpu} ({os.cpu_count()} cores){gpu}"
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-"
+
+
+def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
+    """<results>.md and <results>.json: score per dataset and algorithm, their mean, gradient steps per second."""
+    rows, means = [], {algo: [] for algo in ALGOS}
+    for env_id in args.envs:
+        for kind in args.kinds:
+            info = dataset_info(dataset_id(args, env_id, kind))
+            cells = []
+            for algo in ALGOS:
+                scores = [
+                    r["final_score"] for r in records if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)
+                ]
+                cells.append(f"{mean_std(scores)} ({len(scores)})")
+                if scores:
+                    means[algo].append(float(np.mean(scores)))
+            dataset_score = info.get("normalized_score_mean", float("nan"))
+            rows.append(f"| {info['dataset_id']} | {info['steps']:,} | {dataset_score:.1f} | {' | '.join(cells)} |")
+    speed = {algo: [r["steps_per_second"] for r in records if r["algo"] == algo] for algo in ALGOS}
+    ratio = np.mean(speed["td3_bc"]) / np.mean(speed["a2pr"]) if speed["td3_bc"] and speed["a2pr"] else float("nan")
+    lines = [
+        "# Offline RL: TD3+BC and A2PR on datasets made from mixrl SAC runs",
+        "",
+        f"Made by `{command}` on {machine(args.device)}.",
+        "",
+        f"D4RL normalised score 100 (R - R_random) / (R_expert - R_random) of the final policy after "
+        f"{args.gradient_steps:,} gradient steps, {args.final_episodes} deterministic episodes per run, mean ± std "
+        "over seeds (number of runs in brackets). R_random and R_expert are measured on each env (uniform-random "
+        "policy, deterministic SAC expert), so these scores are not comparable with published D4RL v2 numbers "
+        "(different data, Gymnasium v5 envs). 'dataset' is the mean score of the dataset's own episodes.",
+        "",
+        "| dataset | transitions | dataset score | TD3+BC | A2PR |",
+        "|---|---|---|---|---|",
+        *rows,
+        f"| **mean** | | | **{np.mean(means['td3_bc']) if means['td3_bc'] else float('nan'):.1f}** | "
+        f"**{np.mean(means['a2pr']) if means['a2pr'] else float('nan'):.1f}** |",
+        "",
+        f"Gradient steps per second (training only, runs alternating on one machine, batch 256): "
+        f"TD3+BC {mean_std(speed['td3_bc'])}, A2PR {mean_std(speed['a2pr'])}; TD3+BC / A2PR = {ratio:.2f}.",
+        "",
+        f"Settings: SAC medium run {args.sac_medium_steps:,} env steps, expert run {args.sac_expert_steps:,}; medium "
+        f"and expert datasets {args.dataset_steps:,} transitions with action noise {args.action_noise}; A2PR with "
+        + (
+            "the authors' per-dataset alpha, bc_weight, vae_recon_weight, gamma."
+            if args.a2pr_paper_settings
+            else "its defaults."
+        ),
+        "",
+    ]
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "records": records}, indent=2))
+    print("\n".join(lines))
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(1)
+    command = "python scripts/bench_offline.py " + shlex.join(sys.argv[1:])
+    log = Path(args.work_dir) / "runs.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for env_id in args.envs:
+        make_datasets(args, env_id)
+    for env_id in args.envs:
+        for kind in args.kinds:
+            for seed in args.seeds:
+                for algo in ALGOS:
+                    key = (algo, env_id, kind, seed, args.gradient_steps)
+                    if any((r["algo"], r["env_id"], r["kind"], r["seed"], r["gradient_steps"]) == key for r in records):
+                        continue
+                    print(f"[{env_id} {kind}] {algo} seed {seed}", flush=True)
+                    records.append(run_one(args, algo, env_id, kind, seed))
+                    with open(log, "a") as f:
+                        f.write(json.dumps(records[-1]) + "\n")
+    done = [r for r in records if r["gradient_steps"] == args.gradient_steps and r["seed"] in args.seeds]
+    report(args, done, command)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

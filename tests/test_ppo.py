@@ -1,0 +1,285 @@
+"""PPO and PMOE-PPO: GAE, the first importance ratio, normalisation in checkpoints, resume, and one learning test."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import mixrl
+from mixrl.agents import ppo
+from mixrl.buffers import RolloutBuffer, compute_gae
+from mixrl.envs.factory import make_vec_env
+from mixrl.evaluation import evaluate, evaluate_checkpoint
+from mixrl.optim import FlatAdam, flatten_parameters
+from mixrl.policies.gaussian import DiagonalGaussianActor
+from mixrl.policies.mixture import DiagonalGaussianMixtureActor
+from mixrl.runs import load_checkpoint
+
+
+def tiny_args(tmp_path, **overrides):
+    defaults = dict(
+        env_id="Pendulum-v1",
+        num_envs=2,
+        num_steps=64,
+        num_minibatches=4,
+        update_epochs=2,
+        total_timesteps=256,
+        hidden_sizes=(16, 16),
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=128,
+        run_root=str(tmp_path / "runs"),
+    )
+    return ppo.Args(**{**defaults, **overrides})
+
+
+def collect(args: ppo.Args, seed: int = 0):
+    """One rollout exactly as ppo.main collects it -> (batch, actor, critic, qf)."""
+    torch.manual_seed(seed)
+    envs = make_vec_env(args.env_id, args.num_envs, seed, normalize_obs=True, normalize_reward_gamma=args.gamma)
+    obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
+    if args.policy == "gmm":
+        actor = DiagonalGaussianMixtureActor(obs_dim, action_dim, args.num_experts, args.hidden_sizes)
+        qf = ppo.mlp(obs_dim + action_dim, args.q_hidden_sizes, 1)
+    else:
+        actor, qf = DiagonalGaussianActor(obs_dim, action_dim, args.hidden_sizes), None
+    critic = ppo.make_critic(obs_dim, args.hidden_sizes)
+    rollout = RolloutBuffer(args.num_steps, args.num_envs, obs_dim, action_dim)
+    obs = envs.reset()
+    with torch.no_grad():
+        for t in range(args.num_steps):
+            actions, _ = actor.sample(obs)
+            next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
+            rollout.add(t, obs, actions, rewards, final_obs, terminated, truncated)
+            obs = next_obs
+        return ppo.rollout_batch(args, rollout, actor, critic), actor, critic, qf
+
+
+def scalars(run_dir) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# ---------------------------------------------------------------- GAE
+
+
+def test_gae_matches_a_hand_computation_with_terminations_and_truncations():
+    gamma, lam = 0.9, 0.8
+    # Env 0: truncated at t = 1 (its final observation is worth 9), terminated at t = 3 (the 5 must be ignored).
+    # Env 1: no episode end; the last step bootstraps from V(s'_3) = 2.
+    rewards = torch.tensor([[1.0, 0.5], [2.0, 0.5], [3.0, 0.5], [4.0, 0.5]])
+    values = torch.tensor([[0.5, 1.0], [0.6, 1.0], [0.7, 1.0], [0.8, 1.0]])
+    next_values = torch.tensor([[0.6, 1.0], [9.0, 1.0], [0.8, 1.0], [5.0, 2.0]])
+    terminated = torch.tensor([[False, False], [False, False], [False, False], [True, False]])
+    truncated = torch.tensor([[False, False], [True, False], [False, False], [False, False]])
+    advantages, returns = compute_gae(rewards, values, next_values, terminated, terminated | truncated, gamma, lam)
+
+    d0, d1, d2, d3 = 1 + 0.9 * 0.6 - 0.5, 2 + 0.9 * 9.0 - 0.6, 3 + 0.9 * 0.8 - 0.7, 4 - 0.8
+    env0 = [d0 + 0.72 * d1, d1, d2 + 0.72 * d3, d3]  # the truncation at t = 1 cuts the sum
+    e = [0.5 + 0.9 * 1.0 - 1.0] * 3 + [0.5 + 0.9 * 2.0 - 1.0]
+    env1 = [e[0] + 0.72 * e[1] + 0.72**2 * e[2] + 0.72**3 * e[3], e[1] + 0.72 * e[2] + 0.72**2 * e[3]]
+    env1 += [e[2] + 0.72 * e[3], e[3]]
+    expected = torch.tensor([env0, env1]).T
+    assert torch.allclose(advantages, expected, atol=1e-5)
+    assert torch.allclose(returns, expected + values, atol=1e-5)
+
+
+def test_truncated_steps_bootstrap_from_the_final_observation(tmp_path):
+    """Counter env: obs = (t, episode), reward t, truncated after 5 steps; with V(s) = t the lambda-return of
+    the truncated step is r + gamma V(final obs) = 5 + 5, not 5 + V(reset obs) = 5 + 0."""
+
+    class Clock(torch.nn.Module):
+        def forward(self, obs):
+            return obs[..., 0]
+
+    args = tiny_args(tmp_path, env_id="mixrl_test/Counter-v0", num_envs=1, num_steps=7, gamma=1.0, gae_lambda=0.0)
+    envs = make_vec_env(args.env_id, 1, seed=0)
+    rollout = RolloutBuffer(args.num_steps, 1, 2, 1)
+    obs = envs.reset()
+    for t in range(args.num_steps):
+        next_obs, rewards, terminated, truncated, final_obs = envs.step(torch.zeros(1, 1))
+        rollout.add(t, obs, torch.zeros(1, 1), rewards, final_obs, terminated, truncated)
+        obs = next_obs
+    batch = ppo.rollout_batch(args, rollout, DiagonalGaussianActor(2, 1, (4,)), Clock())
+    assert rollout.truncated[:, 0].tolist() == [False] * 4 + [True, False, False]
+    assert batch.returns.tolist() == [1 + 1, 2 + 2, 3 + 3, 4 + 4, 5 + 5, 1 + 1, 2 + 2]
+
+
+# ---------------------------------------------------------------- ratio and the mixture head
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "gmm"])
+def test_importance_ratio_is_exactly_one_on_the_first_minibatch(tmp_path, policy):
+    # One env: the rollout forward runs on single rows, the update's on minibatches of rows.
+    args = tiny_args(tmp_path, policy=policy, num_envs=1, num_steps=256, num_minibatches=4)
+    batch, actor, critic, qf = collect(args)
+    first = torch.randperm(args.num_steps)[: args.num_steps // args.num_minibatches]
+    _, log_ratio, terms = ppo.ppo_loss(args, actor, critic, qf, ppo.Batch(*(field[first] for field in batch)))
+    assert torch.all(log_ratio == 0.0)
+    assert all(torch.isfinite(value) for value in terms.values())
+
+
+def test_pmoe_with_one_expert_gives_the_gaussian_ratio():
+    torch.manual_seed(3)
+    gaussian = DiagonalGaussianActor(4, 3, (16, 16))
+    torch.manual_seed(3)
+    mixture = DiagonalGaussianMixtureActor(4, 3, num_experts=1, hidden_sizes=(16, 16))
+    for name, value in gaussian.state_dict().items():
+        assert torch.equal(mixture.state_dict()[name].reshape(value.shape), value), name
+    obs = torch.randn(32, 4)
+    torch.manual_seed(4)
+    action, log_prob = gaussian.sample(obs)
+    torch.manual_seed(4)
+    mixture_action, mixture_log_prob = mixture.sample(obs)
+    assert torch.equal(action, mixture_action) and torch.allclose(log_prob, mixture_log_prob, atol=1e-6)
+
+    # After the same parameter change the two policies give the same ratio pi / pi_old.
+    with torch.no_grad():
+        for name, p in gaussian.named_parameters():
+            delta = 0.1 * torch.randn_like(p)
+            p.add_(delta)
+            dict(mixture.named_parameters())[name].add_(delta.reshape(dict(mixture.named_parameters())[name].shape))
+        ratio = (gaussian.log_prob(obs, action) - log_prob).exp()
+        mixture_ratio = (mixture.log_prob(obs, action) - mixture_log_prob).exp()
+    assert not torch.allclose(ratio, torch.ones_like(ratio))
+    assert torch.allclose(ratio, mixture_ratio, rtol=1e-5)
+
+
+def test_mixture_log_prob_is_finite_for_17_dimensional_far_away_actions():
+    torch.manual_seed(0)
+    actor = DiagonalGaussianMixtureActor(5, 17, num_experts=5)
+    obs, action = torch.randn(8, 5), torch.full((8, 17), 60.0)
+    log_prob = actor.log_prob(obs, action)
+    log_prob.sum().backward()
+    assert torch.isfinite(log_prob).all()
+    assert all(torch.isfinite(p.grad).all() for p in actor.parameters())
+    # The direct form log(sum_k w_k exp(log N_k)) underflows to -inf here; logsumexp keeps the value
+    # log N(60; ~0, 1)^17 ~ -17 (60^2 / 2 + log(2 pi) / 2) ~ -30615.
+    logits, mean, log_std = actor.distribution_params(obs)
+    per_expert = (-0.5 * (action.unsqueeze(-2) - mean).square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    assert torch.isinf((logits.softmax(-1) * per_expert.exp()).sum(-1).log()).all()
+    assert torch.allclose(log_prob, torch.full_like(log_prob, -17 * (1800 + 0.5 * math.log(2 * math.pi))), rtol=1e-3)
+
+
+def test_mixture_deterministic_action_is_the_mean_of_the_heaviest_expert():
+    torch.manual_seed(0)
+    actor = DiagonalGaussianMixtureActor(3, 2, num_experts=4, hidden_sizes=(8,))
+    obs = torch.randn(10, 3)
+    logits, mean, _ = actor.distribution_params(obs)
+    expected = mean[torch.arange(10), logits.argmax(-1)]
+    assert torch.equal(actor.deterministic(obs), expected)
+
+
+def test_flat_adam_matches_torch_fused_adam():
+    torch.manual_seed(0)
+    net, reference = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    reference.load_state_dict(net.state_dict())
+    flat = flatten_parameters([net])
+    optimizer = FlatAdam(flat, lr=1e-2, eps=1e-5)
+    torch_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-5, fused=True)
+    for _ in range(3):
+        x = torch.randn(7, 5)
+        flat.grad.zero_()
+        net(x).square().sum().backward()
+        optimizer.step()
+        torch_optimizer.zero_grad()
+        reference(x).square().sum().backward()
+        torch_optimizer.step()
+    assert torch.equal(net.weight, reference.weight) and torch.equal(net.bias, reference.bias)
+
+
+# ---------------------------------------------------------------- runs, checkpoints, resume
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "gmm"])
+def test_smoke_run_logs_cleanrl_tags_and_writes_checkpoints(tmp_path, policy):
+    extra = {"policy": policy, "num_experts": 3} if policy == "gmm" else {}
+    run_dir = ppo.main(tiny_args(tmp_path, total_timesteps=512, **extra))  # Pendulum episodes last 200 steps
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["algo"] == ("ppo" if policy == "gaussian" else "pmoe_ppo") and ckpt["global_step"] == 512
+    tags = scalars(run_dir)
+    for tag in ("SPS", "learning_rate", "episodic_return"):
+        assert f"charts/{tag}" in tags, tag
+    for tag in ("value_loss", "policy_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac", "explained_variance"):
+        assert f"losses/{tag}" in tags, tag
+    assert "eval/return" in tags
+    assert tags["charts/learning_rate"] == pytest.approx([3e-4, 2.25e-4, 1.5e-4, 0.75e-4])
+    if policy == "gmm":
+        assert "losses/frequency_loss" in tags and "losses/q_loss" in tags
+        assert "qf" in ckpt["state"]
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
+
+
+def test_normalisation_statistics_survive_the_checkpoint_and_load_policy_uses_them(tmp_path):
+    run_dir = ppo.main(tiny_args(tmp_path))
+    ckpt = load_checkpoint(run_dir)
+    norm = ckpt["obs_normalizer"]
+    assert norm["count"] > 256 and not np.allclose(norm["mean"], 0.0)
+    assert ckpt["env_state"]["reward_scaler"]["count"] >= 256
+    assert np.array_equal(ckpt["env_state"]["obs_normalizer"]["mean"], norm["mean"])
+
+    policy = mixrl.load_policy(run_dir)
+    obs = np.random.default_rng(0).normal(size=(7, 3)) * 3.0
+    actor = DiagonalGaussianActor(3, 1, (16, 16))
+    actor.load_state_dict(ckpt["state"]["actor"])
+    z = np.clip((obs - norm["mean"]) / np.sqrt(norm["var"] + norm["epsilon"]), -10, 10)
+    expected = 2.0 * actor.deterministic(torch.as_tensor(z, dtype=torch.float32)).detach().numpy().clip(-1, 1)
+    assert np.allclose(policy(obs), expected, atol=1e-5)
+
+    from_cli = evaluate_checkpoint(run_dir, episodes=2, seed=5)
+    assert from_cli["returns"] == evaluate(policy, "Pendulum-v1", episodes=2, seed=5)["returns"]
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "gmm"])
+def test_resume_continues_exactly(tmp_path, policy):
+    extra = {"policy": policy, "num_experts": 3} if policy == "gmm" else {}
+    straight = load_checkpoint(ppo.main(tiny_args(tmp_path / "a", total_timesteps=384, **extra)))
+    first_part = ppo.main(tiny_args(tmp_path / "b", total_timesteps=128, **extra))
+    resumed = load_checkpoint(ppo.main(ppo.Args(resume=str(first_part), total_timesteps=384)))
+    assert resumed["global_step"] == straight["global_step"] == 384
+    for name, state in straight["state"].items():
+        if name == "optimizer":
+            continue
+        for key, value in state.items():
+            assert torch.equal(value, resumed["state"][name][key]), f"{name}.{key} differs after resume"
+    for key in ("exp_avg", "exp_avg_sq", "steps"):
+        assert torch.equal(straight["state"]["optimizer"][key], resumed["state"]["optimizer"][key])
+    assert np.array_equal(straight["obs_normalizer"]["mean"], resumed["obs_normalizer"]["mean"])
+    assert torch.equal(straight["obs"], resumed["obs"])
+
+
+def test_refuses_discrete_actions_and_bad_minibatches(tmp_path):
+    with pytest.raises(ValueError, match="continuous .*CartPole-v1.*mixrl dqn"):
+        ppo.main(tiny_args(tmp_path, env_id="CartPole-v1"))
+    with pytest.raises(ValueError, match="--num-minibatches 5 must divide"):
+        ppo.main(tiny_args(tmp_path, num_minibatches=5))
+    with pytest.raises(ValueError, match="--num-experts only apply to the mixture policy"):
+        ppo.main(tiny_args(tmp_path, num_experts=3))
+    with pytest.raises(ValueError, match="--ent-coef"):
+        ppo.main(tiny_args(tmp_path, policy="gmm", ent_coef=0.01))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ppo_learns_inverted_pendulum(tmp_path):
+    args = tiny_args(
+        tmp_path,
+        env_id="InvertedPendulum-v5",
+        num_envs=4,
+        num_steps=256,
+        num_minibatches=8,
+        update_epochs=10,
+        total_timesteps=16384,
+        hidden_sizes=(64, 64),
+        learning_rate=1e-3,
+        eval_episodes=5,
+        checkpoint_every=0,
+        seed=1,
+    )
+    run_dir = ppo.main(args)
+    final = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
+    # A random policy drops the pole after about 5-10 steps (return = steps); 1000 is the episode cap.
+    assert final["mean_return"] > 300, final
