@@ -198,7 +198,7 @@ def cmd_run(opts: argparse.Namespace) -> None:
                     total_timesteps=opts.total_timesteps,
                     overrides=overrides,
                     wall_seconds=time.time() - start,
-                    command=" ".join(map(shlex.quote, sys.argv)),
+                    command="python scripts/bench_learning.py " + " ".join(map(shlex.quote, sys.argv[1:])),
                 )
                 path.write_text(json.dumps(result, indent=2))
 
@@ -220,7 +220,8 @@ def cmd_report(opts: argparse.Namespace) -> None:
         f"# Learning benchmark: {opts.name}",
         "",
         "Deterministic evaluation return (5 episodes per evaluation), mean +- std over seeds. AUC is the mean of "
-        "the evaluation curve over training (area under the curve divided by its length).",
+        "the evaluation curve over training (area under the curve divided by its length). Wall times were taken on a "
+        "shared 2-core machine with other jobs running: compare speed with scripts/bench_speed.py instead.",
         "",
         "| env | variant | seeds | steps | final return | AUC | wall time per run |",
         "|---|---|---|---|---|---|---|",
