@@ -67,7 +67,7 @@ def plot_experts(run: Path, path: Path) -> None:
                 return torch.tanh(head.expert_params(torch.as_tensor(obs))[0][k]).numpy()
 
         trajectory, goal = follow_policy(expert_mean)
-        label = f"expert {k}: " + ("no goal" if goal is None else f"goal {tuple(GOALS[goal].astype(int))}")
+        label = f"expert {k}: " + ("no goal" if goal is None else "goal ({:g}, {:g})".format(*GOALS[goal]))
         ax.plot(trajectory[:, 0], trajectory[:, 1], "o-", ms=3, color=f"C{k}", label=label)
     ax.plot(0.0, 0.0, "k*", ms=12, label="start")
     ax.set(xlim=(-BOUND, BOUND), ylim=(-BOUND, BOUND), aspect="equal", xlabel="x", ylabel="y")

@@ -11,12 +11,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import mixrl
 from mixrl.agents import ppo
 from mixrl.buffers import RolloutBuffer, compute_gae
-from mixrl.envs.factory import make_vec_env
+from mixrl.envs.factory import TorchVecEnv, make_vec_env
 from mixrl.evaluation import evaluate, evaluate_checkpoint
 from mixrl.optim import FlatAdam, flatten_parameters
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import DiagonalGaussianMixtureActor
-from mixrl.runs import load_checkpoint
+from mixrl.runs import NonFiniteLossError, load_checkpoint
 
 
 def tiny_args(tmp_path, **overrides):
@@ -250,6 +250,43 @@ def test_resume_continues_exactly(tmp_path, policy):
         assert torch.equal(straight["state"]["optimizer"][key], resumed["state"]["optimizer"][key])
     assert np.array_equal(straight["obs_normalizer"]["mean"], resumed["obs_normalizer"]["mean"])
     assert torch.equal(straight["obs"], resumed["obs"])
+
+
+def test_ctrl_c_mid_rollout_saves_the_last_whole_iteration_and_resume_stays_exact(tmp_path, monkeypatch):
+    straight = load_checkpoint(ppo.main(tiny_args(tmp_path / "a", total_timesteps=384)))
+    step, calls = TorchVecEnv.step, []
+
+    def interrupted_step(self, actions):
+        calls.append(1)
+        if len(calls) == 64 + 20:  # 20 steps into the second rollout
+            raise KeyboardInterrupt
+        return step(self, actions)
+
+    monkeypatch.setattr(TorchVecEnv, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.main(tiny_args(tmp_path / "b", total_timesteps=384, checkpoint_every=0))  # only Ctrl-C saves
+    monkeypatch.setattr(TorchVecEnv, "step", step)
+    run_dir = next((tmp_path / "b" / "runs").iterdir())
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 128
+    resumed = load_checkpoint(ppo.main(ppo.Args(resume=str(run_dir))))
+    for key, value in straight["state"]["actor"].items():
+        assert torch.equal(value, resumed["state"]["actor"][key]), key
+    assert torch.equal(straight["obs"], resumed["obs"])
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    import gymnasium as gym
+
+    spec = gym.spec("mixrl_test/Counter-v0")
+    spec.kwargs["nan_reward_after"] = 100  # per env: inside the second rollout of 64 steps
+    try:
+        with pytest.raises(NonFiniteLossError, match=r"Loss 'losses/policy_loss' became nan at step 256"):
+            ppo.main(tiny_args(tmp_path, env_id="mixrl_test/Counter-v0", normalize_reward=False))
+    finally:
+        spec.kwargs.pop("nan_reward_after")
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 128
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
 
 
 def test_refuses_discrete_actions_and_bad_minibatches(tmp_path):

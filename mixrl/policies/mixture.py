@@ -4,6 +4,7 @@ estimators for the mixing weights (frequency loss, Gumbel-softmax, REINFORCE).
     pi(a|s) = sum_k w_k(s) pi_k(a|s),   w(s) = softmax(W s + b),   a_k = tanh(u_k),   u_k ~ N(mu_k, sigma_k)
 
 Shapes: logits (..., K), per-expert means and log-stds (..., K, A), actions (..., A).
+DiagonalGaussianMixtureActor is PMOE-PPO's unsquashed variant: a ~ N(mu_k, sigma_k), no tanh.
 """
 
 from __future__ import annotations
