@@ -44,9 +44,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def run_mixrl(
-    agent: str, overrides: dict[str, Any], env_id: str, seed: int, steps: int, eval_every: int
-) -> dict:
+def run_mixrl(agent: str, overrides: dict[str, Any], env_id: str, seed: int, steps: int, eval_every: int) -> dict:
     import importlib
 
     module = importlib.import_module(f"mixrl.agents.{agent}")
@@ -186,9 +184,7 @@ def cmd_run(opts: argparse.Namespace) -> None:
                     elif agent == "sb3-ppo":
                         result = run_sb3_ppo(env_id, seed, opts.total_timesteps, opts.eval_every)
                     else:
-                        result = run_mixrl(
-                            agent, overrides, env_id, seed, opts.total_timesteps, opts.eval_every
-                        )
+                        result = run_mixrl(agent, overrides, env_id, seed, opts.total_timesteps, opts.eval_every)
                 finally:
                     lock.unlink()
                 result.update(
@@ -209,11 +205,10 @@ def cmd_report(opts: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    raw = [json.loads(p.read_text()) for p in sorted((RESULTS / "raw" / opts.name).glob("*.json"))]
+    folders = [opts.name, *opts.include]
+    raw = [json.loads(p.read_text()) for folder in folders for p in sorted((RESULTS / "raw" / folder).glob("*.json"))]
     if not raw:
-        sys.exit(
-            f"No results in results/raw/{opts.name}: run `bench_learning.py run --name {opts.name}` first."
-        )
+        sys.exit(f"No results in results/raw/{opts.name}: run `bench_learning.py run --name {opts.name}` first.")
     env_ids = sorted({r["env_id"] for r in raw})
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in raw)]
     lines = [
@@ -254,7 +249,8 @@ def cmd_report(opts: argparse.Namespace) -> None:
     commands = sorted({r["command"] for r in raw})
     lines += ["", f"![curves]({opts.name}.png)", "", "Shaded: min-max over seeds. Made with:", ""]
     lines += [f"    {c}" for c in commands] + [
-        f"    python scripts/bench_learning.py report --name {opts.name}",
+        f"    python scripts/bench_learning.py report --name {opts.name}"
+        + "".join(f" --include {folder}" for folder in opts.include),
         "",
     ]
     (RESULTS / f"{opts.name}.md").write_text("\n".join(lines))
@@ -262,9 +258,7 @@ def cmd_report(opts: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train and evaluate the missing (variant, env, seed) jobs")
     run.add_argument("--variants", nargs="+", choices=list(VARIANTS), required=True, help="what to train")
@@ -275,6 +269,7 @@ def main() -> None:
     run.add_argument("--name", required=True, help="results/raw/<name>/ and results/<name>.md")
     report = sub.add_parser("report", help="write results/<name>.md and results/<name>.png")
     report.add_argument("--name", required=True, help="which results/raw/<name> to report")
+    report.add_argument("--include", nargs="*", default=[], help="other results/raw/<name> folders to add (baselines)")
     opts = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     cmd_run(opts) if opts.command == "run" else cmd_report(opts)

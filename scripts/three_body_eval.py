@@ -16,6 +16,8 @@ Writes results/three_body.md, results/three_body.json and results/three_body.png
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import platform
 import shlex
@@ -157,6 +159,37 @@ def measure_speed() -> dict[str, float]:
         best[label] = max(rates)
         best[f"{label}_steps"] = steps
     return best
+
+
+def training_command(path: str) -> str:
+    """The agent command that reproduces the checkpoint's run: its Args that differ from today's defaults."""
+    from mixrl.runs import find_checkpoint, load_checkpoint
+
+    file = find_checkpoint(path)
+    ckpt = load_checkpoint(file)
+    defaults = dataclasses.asdict(importlib.import_module(f"mixrl.agents.{ckpt['algo']}").Args())
+    flags = []
+    for key, value in ckpt["args"].items():
+        default = defaults.get(key)
+        if key == "resume" or value == default or (isinstance(value, list | tuple) and list(value) == list(default)):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            flags.append(f"{flag} {' '.join(map(str, value))}")
+        else:
+            flags.append(f"{flag} {value}")
+    run_dir = file.parent.parent
+    minutes = ""
+    final = run_dir / "checkpoints" / "final.pt"
+    if (run_dir / "config.json").is_file() and final.is_file():
+        elapsed = final.stat().st_mtime - (run_dir / "config.json").stat().st_mtime
+        minutes = f"; the run took {elapsed / 60:.0f} min of wall time"
+    return (
+        f"`python -m mixrl.agents.{ckpt['algo']} {' '.join(flags)}` (checkpoint `{file.name}` at environment step "
+        f"{ckpt['global_step']}{minutes})"
+    )
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -464,7 +497,9 @@ def write_report(args, command, out, speed, fixed, aarseth, rl, transfer, action
         lines += [
             "## RL policy vs fixed mu (Hermite)",
             "",
-            f"Policy: `{args.policy}`. Median policy inference per 30-yr run: "
+            f"Policy: `{args.policy}`, trained by {training_command(args.policy)}.",
+            "",
+            "Median policy inference per 30-yr run: "
             f"{rl.policy_time_median * 1e3:.1f} ms (vs {rl.wall_median * 1e3:.1f} ms in the integrator).",
             "",
             *table(rows),
