@@ -28,9 +28,9 @@ def train_multigoal(seed: int, steps: int) -> Path:
     from mixrl.agents import sac
 
     args = sac.Args(
-        env_id="mixrl/MultiGoal-v0", policy="gmm", num_experts=4, total_timesteps=steps, learning_starts=1000,
-        batch_size=128, hidden_sizes=(64, 64), q_lr=1e-3, eval_every=0, eval_episodes=5, checkpoint_every=0,
-        seed=seed, run_root=str(RESULTS.parent / "runs"),
+        env_id="mixrl/MultiGoal-v0", policy="gmm", num_experts=8, total_timesteps=steps, learning_starts=3000,
+        batch_size=64, hidden_sizes=(256, 256), q_lr=1e-3, autotune=False, alpha=0.2, eval_every=0,
+        eval_episodes=5, checkpoint_every=0, seed=seed, run_root=str(RESULTS.parent / "runs"),
     )
     return sac.main(args)
 
