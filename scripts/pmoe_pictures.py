@@ -80,6 +80,7 @@ def plot_experts(run: Path, path: Path) -> None:
 def plot_timeline(run: Path, path: Path, seed: int) -> None:
     """w(s_t) of one deterministic episode; the mixing layer's outputs are recorded with a forward hook."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from mixrl.envs.factory import make_env
 
@@ -102,12 +103,13 @@ def plot_timeline(run: Path, path: Path, seed: int) -> None:
     top.set(ylabel="w_k(s_t)", ylim=(0, 1))
     top.legend(loc="upper right", fontsize=8, ncols=min(head.num_experts, 4))
     top.set_title(
-        f"{ckpt['env_id']}: mixing weights along one episode (seed {seed}, rule {head.eval_rule}, "
-        f"return {total:.1f})"
+        f"{ckpt['env_id']}: mixing weights along one deterministic episode\n"
+        f"(reset seed {seed}, rule {head.eval_rule}, return {total:.1f}, {ckpt['global_step']} training steps)"
     )
     leader = weights.argmax(-1)
     bottom.scatter(steps, leader, c=[f"C{k}" for k in leader], s=8, marker="s")
     bottom.set(xlabel="step t", ylabel="argmax w", yticks=range(head.num_experts))
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -116,6 +118,25 @@ def shown(path: Path) -> str:
     """A path relative to the repository root when it lies inside it."""
     path = path.resolve()
     return str(path.relative_to(RESULTS.parent)) if path.is_relative_to(RESULTS.parent) else str(path)
+
+
+def training_command(run: Path) -> str:
+    """The `mixrl sac` command that trains a run like `run`: its saved Args that differ from the defaults."""
+    from mixrl.agents.sac import Args
+    from mixrl.runs import load_checkpoint
+
+    flags = []
+    for name, value in load_checkpoint(run)["args"].items():
+        if name in ("run_root", "resume") or value == getattr(Args, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (tuple, list)):
+            flags.append(f"{flag} {' '.join(map(str, value))}")
+        else:
+            flags.append(f"{flag} {value}")
+    return " ".join(["mixrl sac", *flags])
 
 
 def main() -> None:
@@ -135,7 +156,7 @@ def main() -> None:
     plot_experts(run, RESULTS / "pmoe_experts_multigoal.png")
     plot_timeline(timeline_run, RESULTS / "pmoe_expert_timeline.png", opts.episode_seed)
     command = " ".join(map(shlex.quote, ["python", "scripts/pmoe_pictures.py", *sys.argv[1:]]))
-    trained = "" if opts.run is not None else " (it trains PMOE-SAC on mixrl/MultiGoal-v0 first)"
+    trained = "" if opts.run is not None else " (it trains the MultiGoal run first)"
     lines = [
         "# PMOE-SAC pictures",
         "",
@@ -144,12 +165,13 @@ def main() -> None:
         "![experts](pmoe_experts_multigoal.png)",
         "",
         "`pmoe_experts_multigoal.png`: each expert's mean action tanh(mu_k(s)) followed from the start state "
-        f"(0, 0) of mixrl/MultiGoal-v0; run `{shown(run)}`.",
+        f"(0, 0) of mixrl/MultiGoal-v0. Run `{shown(run)}`, trained with `{training_command(run)}`.",
         "",
         "![timeline](pmoe_expert_timeline.png)",
         "",
         "`pmoe_expert_timeline.png`: mixing weights w_k(s_t) (stacked) and the expert with the highest weight "
-        f"along one deterministic episode (reset seed {opts.episode_seed}); run `{shown(timeline_run)}`.",
+        f"along one deterministic episode (reset seed {opts.episode_seed}). Run `{shown(timeline_run)}`, "
+        f"trained with `{training_command(timeline_run)}`.",
         "",
     ]
     (RESULTS / "pmoe_pictures.md").write_text("\n".join(lines))

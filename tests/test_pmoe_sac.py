@@ -169,6 +169,17 @@ def test_load_policy_uses_the_saved_evaluation_rule(tmp_path, rule):
     np.testing.assert_allclose(loaded, expected, atol=1e-6)
 
 
+def test_resume_continues_a_mixture_run_exactly(tmp_path):
+    options = dict(policy="gmm", num_experts=3, gmm_eval_rule="sampled_k_mean", log_every=50)
+    straight = load_checkpoint(sac.main(tiny_args(tmp_path / "a", total_timesteps=200, **options)))
+    first_part = sac.main(tiny_args(tmp_path / "b", total_timesteps=120, **options))
+    resumed = load_checkpoint(sac.main(sac.Args(resume=str(first_part), total_timesteps=200)))
+    for name in ("actor", "qf", "qf_target"):
+        for key, value in straight["state"][name].items():
+            assert torch.equal(value, resumed["state"][name][key]), f"{name}.{key} differs after resume"
+    assert resumed["policy"]["kwargs"]["eval_rule"] == "sampled_k_mean"
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

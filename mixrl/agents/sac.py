@@ -272,17 +272,17 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
         # Actor step through frozen critics: gradients reach the actions, not the critic weights.
         qf.requires_grad_(False)
         if args.policy == "gmm":
-            actor_loss, log_prob, metrics = pmoe_actor_loss(args, actor, qf, batch.obs, alpha)
+            actor_loss, log_prob, pmoe_metrics = pmoe_actor_loss(args, actor, qf, batch.obs, alpha)
         else:
             actions, log_prob = actor.sample(batch.obs)
             actor_loss = (alpha * log_prob - qf(batch.obs, actions).min(0).values).mean()
-            metrics = {}
+            pmoe_metrics = {}
         actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_optimizer.step()
         qf.requires_grad_(True)
 
-        metrics.update({"losses/qf_loss": qf_loss.detach(), "losses/actor_loss": actor_loss.detach()})
+        metrics = {"losses/qf_loss": qf_loss.detach(), "losses/actor_loss": actor_loss.detach()}
         if args.autotune:
             alpha_loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
             alpha_optimizer.zero_grad(set_to_none=True)
@@ -296,6 +296,7 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
                 "losses/alpha": alpha,
                 "losses/qf_values": q.detach().mean(),
                 "losses/entropy": -log_prob.detach().mean(),
+                **pmoe_metrics,
             }
         )
         return metrics
