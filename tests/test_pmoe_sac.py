@@ -183,8 +183,8 @@ def test_resume_continues_a_mixture_run_exactly(tmp_path):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"num_experts": 2}, "--num-experts only apply to the mixture policy: add --policy gmm"),
-        ({"gmm_grad": "gumbel", "gumbel_tau": 0.5}, "--gmm-grad, --gumbel-tau only apply"),
+        ({"num_experts": 2}, "--num-experts: options of the mixture policy only; add --policy gmm"),
+        ({"gmm_grad": "gumbel", "gumbel_tau": 0.5}, "--gmm-grad, --gumbel-tau: options of the mixture"),
         ({"policy": "mixture"}, "--policy 'mixture' is not one of"),
         ({"policy": "gmm", "num_experts": 0}, "at least 1"),
         ({"policy": "gmm", "gmm_grad": "pathwise"}, "--gmm-grad 'pathwise'"),

@@ -150,7 +150,7 @@ def check_args(args: Args) -> None:
         changed = [name for name in GMM_OPTIONS if getattr(args, name) != getattr(Args, name)]
         if changed:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
-            raise ValueError(f"{flags} only apply to the mixture policy: add --policy gmm.")
+            raise ValueError(f"{flags}: options of the mixture policy only; add --policy gmm.")
         return
     if args.num_experts < 1:
         raise ValueError(f"--num-experts must be at least 1, got {args.num_experts}.")
@@ -392,7 +392,9 @@ def main(args: Args) -> Path:
     def run_evaluation() -> dict:
         spaces = envs.single_observation_space, envs.env_action_space
         policy = Policy(actor, *spaces, envs.normalizer_state(), device)
-        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
+        # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
         mean, std = result["mean_return"], result["std_return"]
         run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
         with open(run.dir / "evaluations.jsonl", "a") as f:
