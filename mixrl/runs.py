@@ -80,6 +80,11 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
             )
 
 
+def crossed(step: int, previous: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (previous, step]: an interval ended on this step. Never for 0."""
+    return every > 0 and step // every > previous // every
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +118,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(file, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise ValueError(
-            f"Could not read checkpoint {file}: {err}. The file is corrupt or not a checkpoint."
-        ) from err
+        raise ValueError(f"Could not read checkpoint {file}: {err}. The file is corrupt or not a checkpoint.") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{file} is not a mixrl checkpoint (expected format {CHECKPOINT_FORMAT!r}).")
     return ckpt
@@ -124,9 +127,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 class Run:
     """The directory, TensorBoard writer and progress bar of one training run."""
 
-    def __init__(
-        self, args: Any, algo: str, env_id: str, root: str | Path = "runs", resume: str | Path | None = None
-    ):
+    def __init__(self, args: Any, algo: str, env_id: str, root: str | Path = "runs", resume: str | Path | None = None):
         self.algo, self.env_id = algo, env_id
         if resume is not None:
             self.dir = Path(resume)

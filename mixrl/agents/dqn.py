@@ -31,7 +31,7 @@ from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import make_vec_env
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.discrete import QNetwork
-from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import Run, check_finite, crossed, load_checkpoint, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -267,26 +267,22 @@ def main(args: Args) -> Path:
             if global_step >= args.learning_starts and env_steps % args.train_frequency == 0:
                 metrics = update(rb.sample(args.batch_size))
                 check_finite(metrics, global_step)
-                if global_step // args.log_every > previous_step // args.log_every:
+                if crossed(global_step, previous_step, args.log_every):
                     sps = (global_step - last_log_step) / max(time.time() - last_log_time, 1e-9)
                     last_log_time, last_log_step = time.time(), global_step
                     run.log_scalars(global_step, {**metrics, "charts/epsilon": eps.mean(), "charts/SPS": sps})
-            if (
-                args.eval_every
-                and global_step < args.total_timesteps
-                and global_step // args.eval_every > previous_step // args.eval_every
-            ):
+            if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
                 run_evaluation()
-            every = args.checkpoint_every
-            if every and global_step // every > previous_step // every:
+            if crossed(global_step, previous_step, args.checkpoint_every):
                 run.save_checkpoint(checkpoint())
     except KeyboardInterrupt:
         run.save_checkpoint(checkpoint())
         run.close()
         raise
     final = run_evaluation()
-    run.save_checkpoint(checkpoint(), "final")
-    run.save_checkpoint(checkpoint())
+    payload = checkpoint()  # built once: final.pt and latest.pt hold the same state
+    run.save_checkpoint(payload, "final")
+    run.save_checkpoint(payload)
     bar.write(
         f"final deterministic return over {args.eval_episodes} episodes: "
         f"{final['mean_return']:.1f} +- {final['std_return']:.1f} (best {best_return:.1f})"

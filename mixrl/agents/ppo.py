@@ -50,7 +50,7 @@ from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
 from mixrl.policies.nets import mlp, orthogonal_init
-from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import Run, check_finite, crossed, load_checkpoint, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -385,13 +385,9 @@ def main(args: Args) -> Path:
             )
             run.log_scalars(global_step, metrics)
             previous_step = global_step - batch_size
-            if (
-                args.eval_every
-                and iteration < num_iterations
-                and global_step // args.eval_every > previous_step // args.eval_every
-            ):
+            if iteration < num_iterations and crossed(global_step, previous_step, args.eval_every):
                 run_evaluation()
-            if args.checkpoint_every and global_step // args.checkpoint_every > previous_step // args.checkpoint_every:
+            if crossed(global_step, previous_step, args.checkpoint_every):
                 run.save_checkpoint(snapshot)
             last_time = time.time()
     except KeyboardInterrupt:

@@ -60,7 +60,7 @@ from mixrl.policies.mixture import (
     sample_experts,
     select_expert,
 )
-from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import Run, check_finite, crossed, load_checkpoint, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -358,8 +358,7 @@ def main(args: Args) -> Path:
             log_alpha.copy_(state["log_alpha"])
         if "buffer" not in saved:
             raise ValueError(
-                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); "
-                "cannot resume exactly."
+                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
             )
         rb.load_state_dict(saved["buffer"])
         envs.load_state_dict(saved["env_state"])
@@ -424,28 +423,22 @@ def main(args: Args) -> Path:
                     metrics = update(rb.sample(args.batch_size))
                     updates_due -= 1.0
                 check_finite(metrics, global_step)
-                if global_step // args.log_every > previous_step // args.log_every:
+                if crossed(global_step, previous_step, args.log_every):
                     sps = (global_step - last_log_step) / max(time.time() - last_log_time, 1e-9)
                     last_log_time, last_log_step = time.time(), global_step
                     run.log_scalars(global_step, {**metrics, "charts/SPS": sps})
-            if (
-                args.eval_every
-                and global_step < args.total_timesteps
-                and global_step // args.eval_every > previous_step // args.eval_every
-            ):
+            if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
                 run_evaluation()
-            if (
-                args.checkpoint_every
-                and global_step // args.checkpoint_every > previous_step // args.checkpoint_every
-            ):
+            if crossed(global_step, previous_step, args.checkpoint_every):
                 run.save_checkpoint(checkpoint())
     except KeyboardInterrupt:
         run.save_checkpoint(checkpoint())
         run.close()
         raise
     final = run_evaluation()
-    run.save_checkpoint(checkpoint(), "final")
-    run.save_checkpoint(checkpoint())
+    payload = checkpoint()  # built once: final.pt and latest.pt hold the same state
+    run.save_checkpoint(payload, "final")
+    run.save_checkpoint(payload)
     bar.write(
         f"final deterministic return over {args.eval_episodes} episodes: "
         f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"

@@ -241,8 +241,9 @@ def main(args: Args) -> Path:
         raise
     check_finite(metrics, global_step)
     final = run_evaluation((global_step - start_step) / max(train_seconds, 1e-9))
-    run.save_checkpoint(checkpoint(), "final")
-    run.save_checkpoint(checkpoint())
+    payload = checkpoint()  # built once: final.pt and latest.pt hold the same state
+    run.save_checkpoint(payload, "final")
+    run.save_checkpoint(payload)
     score = final.get("eval/normalized_score")
     bar.write(
         f"final deterministic return over {args.eval_episodes} episodes: {final['eval/return']:.1f} "
