@@ -124,6 +124,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def resume_args(args: Any, budget: str) -> tuple[Any, dict[str, Any]]:
+    """The saved Args and checkpoint of the run `args.resume` names; the `budget` field (e.g. total_timesteps)
+    comes from `args` when it differs from its default, so that a resumed run can be extended."""
+    saved = load_checkpoint(args.resume)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items()}
+    requested = getattr(args, budget)
+    if requested == getattr(type(args), budget):
+        requested = fields[budget]
+    return dataclasses.replace(type(args)(**fields), resume=args.resume, **{budget: requested}), saved
+
+
 class Run:
     """The directory, TensorBoard writer and progress bar of one training run."""
 

@@ -45,7 +45,7 @@ from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.critics import QEnsemble, ValueNetwork
 from mixrl.policies.deterministic import DeterministicActor, smoothed_target_actions
 from mixrl.policies.vae import ConditionalVAE, kl_to_standard_normal
-from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import Run, check_finite, resume_args, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -122,9 +122,6 @@ class Args:
     """parent folder of run directories"""
     resume: str | None = None
     """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
-
-
-HIDDEN = ("actor_hidden", "critic_hidden", "value_hidden", "vae_hidden")
 
 
 def check_args(args: Args) -> None:
@@ -255,11 +252,7 @@ def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str,
 def main(args: Args) -> Path:
     """Train A2PR on a Minari dataset; returns the run directory."""
     if args.resume is not None:
-        saved = load_checkpoint(args.resume)
-        total = args.total_steps if args.total_steps != Args.total_steps else saved["args"]["total_steps"]
-        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_steps=total)
-        for name in HIDDEN:
-            setattr(args, name, tuple(getattr(args, name)))
+        args, saved = resume_args(args, "total_steps")
     check_args(args)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)

@@ -31,7 +31,15 @@ from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import make_vec_env
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.discrete import QNetwork
-from mixrl.runs import Run, check_finite, crossed, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import (
+    Run,
+    check_finite,
+    crossed,
+    resume_args,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 
 @dataclass
@@ -143,12 +151,7 @@ def make_update(args: Args, q_network: QNetwork, q_target: QNetwork, optimizer: 
 def main(args: Args) -> Path:
     """Train DQN; returns the run directory."""
     if args.resume is not None:
-        saved = load_checkpoint(args.resume)
-        total = args.total_timesteps
-        if total == Args.total_timesteps:
-            total = saved["args"]["total_timesteps"]
-        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_timesteps=total)
-        args.hidden_sizes = tuple(args.hidden_sizes)
+        args, saved = resume_args(args, "total_timesteps")
     if args.learning_starts < args.batch_size:
         raise ValueError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
     torch.set_num_threads(args.threads)

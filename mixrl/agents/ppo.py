@@ -50,7 +50,15 @@ from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
 from mixrl.policies.nets import mlp, orthogonal_init
-from mixrl.runs import Run, check_finite, crossed, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import (
+    Run,
+    check_finite,
+    crossed,
+    resume_args,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 
 @dataclass
@@ -270,12 +278,7 @@ def make_update(
 def main(args: Args) -> Path:
     """Train PPO or PMOE-PPO; returns the run directory."""
     if args.resume is not None:
-        saved = load_checkpoint(args.resume)
-        total = args.total_timesteps
-        if total == Args.total_timesteps:
-            total = saved["args"]["total_timesteps"]
-        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_timesteps=total)
-        args.hidden_sizes, args.q_hidden_sizes = tuple(args.hidden_sizes), tuple(args.q_hidden_sizes)
+        args, saved = resume_args(args, "total_timesteps")
     check_args(args)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)

@@ -60,7 +60,15 @@ from mixrl.policies.mixture import (
     sample_experts,
     select_expert,
 )
-from mixrl.runs import Run, check_finite, crossed, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import (
+    Run,
+    check_finite,
+    crossed,
+    resume_args,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 
 @dataclass
@@ -307,12 +315,7 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
 def main(args: Args) -> Path:
     """Train SAC or PMOE-SAC; returns the run directory."""
     if args.resume is not None:
-        saved = load_checkpoint(args.resume)
-        total = args.total_timesteps
-        if total == Args.total_timesteps:
-            total = saved["args"]["total_timesteps"]
-        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_timesteps=total)
-        args.hidden_sizes = tuple(args.hidden_sizes)
+        args, saved = resume_args(args, "total_timesteps")
     check_args(args)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)

@@ -33,7 +33,7 @@ from mixrl.datasets import load_dataset
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.deterministic import DeterministicActor, smoothed_target_actions
-from mixrl.runs import Run, check_finite, load_checkpoint, rng_state, seed_everything, set_rng_state
+from mixrl.runs import Run, check_finite, resume_args, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -147,10 +147,7 @@ def make_update(args: Args, actor, actor_target, qf, qf_target, actor_optimizer,
 def main(args: Args) -> Path:
     """Train TD3+BC on a Minari dataset; returns the run directory."""
     if args.resume is not None:
-        saved = load_checkpoint(args.resume)
-        total = args.total_steps if args.total_steps != Args.total_steps else saved["args"]["total_steps"]
-        args = dataclasses.replace(Args(**saved["args"]), resume=args.resume, total_steps=total)
-        args.hidden_sizes = tuple(args.hidden_sizes)
+        args, saved = resume_args(args, "total_steps")
     check_args(args)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
