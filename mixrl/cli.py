@@ -43,9 +43,7 @@ class EvalArgs:
 def run_eval(args: EvalArgs) -> None:
     from mixrl.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(
-        args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames
-    )
+    result = evaluate_checkpoint(args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames)
     print(
         f"{result['algo']} on {result['env_id']}: return {result['mean_return']:.2f} +- {result['std_return']:.2f} "
         f"over {args.episodes} deterministic episodes"
@@ -109,9 +107,7 @@ def usage(agents: dict[str, object]) -> str:
     lines = ["usage: mixrl COMMAND [--help] [options]", "", "commands:"]
     for name, module in agents.items():
         lines.append(f"  {name:10s} train: {(module.__doc__ or '').strip().splitlines()[0]}")
-    lines.append(
-        f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)"
-    )
+    lines.append(f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)")
     lines.append(f"  {'dataset':10s} collect | list | info: Minari datasets for the offline agents (td3_bc, a2pr)")
     lines.append("\n`mixrl COMMAND --help` lists the options of a command.")
     return "\n".join(lines)
@@ -131,9 +127,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if command == "eval":
-            run_eval(
-                tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy.")
-            )
+            run_eval(tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy."))
         elif command == "dataset":
             run_dataset(rest)
         elif command in agents:

@@ -53,9 +53,7 @@ class Policy:
             action = self.actor.deterministic(x).cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Box):
             low, high = self.action_space.low, self.action_space.high
-            action = (low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (high - low)).astype(
-                self.action_space.dtype
-            )
+            action = (low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (high - low)).astype(self.action_space.dtype)
         else:
             action = action.astype(np.int64).reshape(len(batch), *self.action_space.shape)
         return action[0] if single else action
@@ -174,8 +172,6 @@ def evaluate_checkpoint(
         video_dir=run_dir / "videos" if video else None,
         max_video_frames=max_video_frames,
     )
-    result.update(
-        checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes
-    )
+    result.update(checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result

@@ -38,18 +38,14 @@ def main() -> None:
     result = evaluate_checkpoint(run_dir, episodes=10, seed=0, video=True, max_video_frames=300)
 
     print(f"\nrun directory:      {run_dir}")
-    print(
-        f"random policy:      return {random_policy['mean_return']:7.1f} +- {random_policy['std_return']:.1f}"
-    )
+    print(f"random policy:      return {random_policy['mean_return']:7.1f} +- {random_policy['std_return']:.1f}")
     print(
         f"trained SAC policy: return {result['mean_return']:7.1f} +- {result['std_return']:.1f} "
         f"(10 deterministic episodes; 1000 is the maximum)"
     )
     print(f"video:              {result['videos'][0]}")
     print(f"TensorBoard:        tensorboard --logdir {run_dir.parent}")
-    if result["mean_return"] < 10 * max(random_policy["mean_return"], 1.0) or not np.isfinite(
-        result["mean_return"]
-    ):
+    if result["mean_return"] < 10 * max(random_policy["mean_return"], 1.0) or not np.isfinite(result["mean_return"]):
         raise SystemExit("The demo agent did not learn: its return is not well above the random policy's.")
 
 

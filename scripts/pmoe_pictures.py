@@ -28,9 +28,21 @@ def train_multigoal(seed: int, steps: int) -> Path:
     from mixrl.agents import sac
 
     args = sac.Args(
-        env_id="mixrl/MultiGoal-v0", policy="gmm", num_experts=8, total_timesteps=steps, learning_starts=3000,
-        batch_size=64, hidden_sizes=(256, 256), q_lr=1e-3, autotune=False, alpha=0.2, eval_every=0,
-        eval_episodes=5, checkpoint_every=0, seed=seed, run_root=str(RESULTS.parent / "runs"),
+        env_id="mixrl/MultiGoal-v0",
+        policy="gmm",
+        num_experts=8,
+        total_timesteps=steps,
+        learning_starts=3000,
+        batch_size=64,
+        hidden_sizes=(256, 256),
+        q_lr=1e-3,
+        autotune=False,
+        alpha=0.2,
+        eval_every=0,
+        eval_episodes=5,
+        checkpoint_every=0,
+        seed=seed,
+        run_root=str(RESULTS.parent / "runs"),
     )
     return sac.main(args)
 
@@ -98,8 +110,13 @@ def plot_timeline(run: Path, path: Path, seed: int) -> None:
     weights = torch.cat(logits).softmax(-1).numpy()  # (T, K)
     steps = np.arange(len(weights))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True, height_ratios=(3, 1))
-    top.stackplot(steps, weights.T, colors=[f"C{k}" for k in range(head.num_experts)],
-                  labels=[f"expert {k}" for k in range(head.num_experts)], step="post")
+    top.stackplot(
+        steps,
+        weights.T,
+        colors=[f"C{k}" for k in range(head.num_experts)],
+        labels=[f"expert {k}" for k in range(head.num_experts)],
+        step="post",
+    )
     top.set(ylabel="w_k(s_t)", ylim=(0, 1))
     top.legend(loc="upper right", fontsize=8, ncols=min(head.num_experts, 4))
     top.set_title(

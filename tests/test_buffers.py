@@ -9,9 +9,7 @@ from mixrl.envs.factory import make_vec_env
 
 
 def collect(terminate_at, steps=12, num_envs=2):
-    envs = make_vec_env(
-        "mixrl_test/Counter-v0", num_envs=num_envs, seed=0, env_kwargs={"terminate_at": terminate_at}
-    )
+    envs = make_vec_env("mixrl_test/Counter-v0", num_envs=num_envs, seed=0, env_kwargs={"terminate_at": terminate_at})
     rb = ReplayBuffer(100, obs_dim=2, action_dim=1)
     obs = envs.reset()
     for _ in range(steps):

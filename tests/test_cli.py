@@ -7,21 +7,15 @@ from pathlib import Path
 
 
 def mixrl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mixrl.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "mixrl.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_commands_and_flags():
     top = mixrl("--help")
     assert top.returncode == 0 and "sac" in top.stdout and "eval" in top.stdout
     sac_help = mixrl("sac", "--help")
-    assert (
-        sac_help.returncode == 0 and "--utd-ratio" in sac_help.stdout and "update-to-data" in sac_help.stdout
-    )
-    module_help = subprocess.run(
-        [sys.executable, "-m", "mixrl.agents.sac", "--help"], capture_output=True, text=True
-    )
+    assert sac_help.returncode == 0 and "--utd-ratio" in sac_help.stdout and "update-to-data" in sac_help.stdout
+    module_help = subprocess.run([sys.executable, "-m", "mixrl.agents.sac", "--help"], capture_output=True, text=True)
     assert module_help.returncode == 0 and "--total-timesteps" in module_help.stdout
     assert "--video" in mixrl("eval", "--help").stdout
 

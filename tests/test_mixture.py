@@ -62,9 +62,7 @@ def grid(nodes: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("dims, squash", [(1, True), (2, True), (1, False), (2, False)])
 def test_gmm_density_integrates_to_one(dims, squash):
     size = 4001 if dims == 1 else 801
-    if (
-        squash
-    ):  # nodes crowd towards +-1 where the squashed density changes fastest; no analytic Jacobian used
+    if squash:  # nodes crowd towards +-1 where the squashed density changes fastest; no analytic Jacobian used
         nodes = torch.tanh(torch.linspace(-7.0, 7.0, size, dtype=F64))
     else:
         nodes = torch.linspace(-9.0, 9.0, size, dtype=F64)
@@ -82,9 +80,7 @@ def test_gmm_single_expert_equals_torch_tanh_normal():
     expected = reference.log_prob(torch.tanh(u)).sum(-1)
     logits = torch.zeros(6, 1, dtype=F64)
     torch.testing.assert_close(gmm_log_prob(logits, mean, log_std, pre_tanh=u), expected, atol=1e-10, rtol=0)
-    torch.testing.assert_close(
-        gmm_log_prob(logits, mean, log_std, torch.tanh(u)), expected, atol=1e-10, rtol=0
-    )
+    torch.testing.assert_close(gmm_log_prob(logits, mean, log_std, torch.tanh(u)), expected, atol=1e-10, rtol=0)
     # float32 from the pre-tanh sample keeps 1e-5 (atanh of a float32 action would lose ~1e-3 here)
     single = gmm_log_prob(logits.float(), mean.float(), log_std.float(), pre_tanh=u.float())
     torch.testing.assert_close(single.double(), expected, atol=1e-5, rtol=1e-5)
@@ -93,9 +89,7 @@ def test_gmm_single_expert_equals_torch_tanh_normal():
 @pytest.mark.parametrize("squash", [False, True])
 def test_gmm_equals_torch_mixture_same_family(squash):
     logits, mean, log_std = random_params((2, 5), 4, 3)  # two leading batch axes
-    mixture = D.MixtureSameFamily(
-        D.Categorical(logits=logits), D.Independent(D.Normal(mean, log_std.exp()), 1)
-    )
+    mixture = D.MixtureSameFamily(D.Categorical(logits=logits), D.Independent(D.Normal(mean, log_std.exp()), 1))
     u = 1.5 * torch.randn(2, 5, 3, dtype=F64)
     if squash:
         expected = D.TransformedDistribution(mixture, [D.TanhTransform()]).log_prob(torch.tanh(u))
@@ -156,9 +150,7 @@ def test_gmm_finite_in_17_dims_for_far_actions():
     mean.requires_grad_()
     far = torch.full((4, 17), 30.0)
     naive = torch.log(
-        (torch.softmax(logits, -1) * D.Normal(mean, log_std.exp()).log_prob(far[:, None]).sum(-1).exp()).sum(
-            -1
-        )
+        (torch.softmax(logits, -1) * D.Normal(mean, log_std.exp()).log_prob(far[:, None]).sum(-1).exp()).sum(-1)
     )
     assert torch.isinf(naive).all()  # log(sum w exp(.)) underflows here
     log_prob = gmm_log_prob(logits, mean, log_std, far, squash=False)

@@ -17,8 +17,16 @@ from mixrl.runs import load_checkpoint
 
 def tiny_args(tmp_path, **overrides) -> sac.Args:
     defaults = dict(
-        env_id="Pendulum-v1", total_timesteps=160, learning_starts=100, batch_size=16, hidden_sizes=(16, 16),
-        eval_every=0, eval_episodes=1, checkpoint_every=50, log_every=1, run_root=str(tmp_path / "runs"),
+        env_id="Pendulum-v1",
+        total_timesteps=160,
+        learning_starts=100,
+        batch_size=16,
+        hidden_sizes=(16, 16),
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=50,
+        log_every=1,
+        run_root=str(tmp_path / "runs"),
     )
     return sac.Args(**{**defaults, **overrides})
 
@@ -38,7 +46,11 @@ def test_single_expert_pmoe_equals_sac(tmp_path):
     mixture = sac.main(tiny_args(tmp_path / "pmoe", policy="gmm", num_experts=1))
     losses = scalars(gaussian, "losses/")
     assert losses.keys() == {
-        "losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha", "losses/qf_values",
+        "losses/qf_loss",
+        "losses/actor_loss",
+        "losses/alpha_loss",
+        "losses/alpha",
+        "losses/qf_values",
         "losses/entropy",
     }
     assert len(losses["losses/actor_loss"]) == 61
@@ -218,9 +230,21 @@ def test_pmoe_experts_reach_several_goals_on_multigoal(tmp_path):
     buffer): each expert keeps climbing the mode it starts nearest to, instead of all following one winner.
     Across seeds 1-12 at least three distinct goals were reached every time; about 25 s on one core."""
     args = tiny_args(
-        tmp_path, env_id="mixrl/MultiGoal-v0", policy="gmm", num_experts=8, total_timesteps=6000,
-        learning_starts=3000, batch_size=64, hidden_sizes=(256, 256), q_lr=1e-3, autotune=False, alpha=0.2,
-        checkpoint_every=0, log_every=1000, eval_episodes=1, seed=1,
+        tmp_path,
+        env_id="mixrl/MultiGoal-v0",
+        policy="gmm",
+        num_experts=8,
+        total_timesteps=6000,
+        learning_starts=3000,
+        batch_size=64,
+        hidden_sizes=(256, 256),
+        q_lr=1e-3,
+        autotune=False,
+        alpha=0.2,
+        checkpoint_every=0,
+        log_every=1000,
+        eval_episodes=1,
+        seed=1,
     )
     goals = expert_goals(sac.main(args))
     assert len({g for g in goals if g is not None}) >= 3, goals

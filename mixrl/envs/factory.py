@@ -120,9 +120,7 @@ def make_env(env_id: str, render_mode: str | None = None, **env_kwargs: Any) -> 
 
 
 def _is_plain_data(value: Any) -> bool:
-    if value is None or isinstance(
-        value, (bool, int, float, str, np.ndarray, np.generic, np.random.Generator)
-    ):
+    if value is None or isinstance(value, (bool, int, float, str, np.ndarray, np.generic, np.random.Generator)):
         return True
     if isinstance(value, (list, tuple, deque)):
         return all(_is_plain_data(v) for v in value)
@@ -218,9 +216,7 @@ class TorchVecEnv:
     def _obs(self, obs: np.ndarray, update: bool = True) -> torch.Tensor:
         obs = obs.reshape(self.num_envs, -1)
         if self.obs_normalizer is not None:
-            obs = self.obs_normalizer(
-                obs.reshape(self.num_envs, *self.single_observation_space.shape), update
-            )
+            obs = self.obs_normalizer(obs.reshape(self.num_envs, *self.single_observation_space.shape), update)
         return self._to_tensor(obs.reshape(self.num_envs, -1))
 
     def reset(self) -> torch.Tensor:

@@ -62,9 +62,7 @@ def gmm_log_prob(
     return log_density - tanh_log_det_jacobian(x) if squash else log_density
 
 
-def sample_experts(
-    mean: torch.Tensor, log_std: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_experts(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One reparameterised sample from every expert: actions a_k = tanh(u_k), pre-tanh u_k (both (..., K, A))
     and each expert's own log pi_k(a_k) (..., K)."""
     pre_tanh = mean + torch.exp(log_std) * torch.randn_like(mean)
@@ -182,9 +180,7 @@ class GaussianMixtureHead(nn.Module):
             log_prob = gmm_log_prob(logits, mean, log_std, pre_tanh=select_expert(pre_tanh, k))
         return select_expert(actions, k), log_prob
 
-    def log_prob(
-        self, obs: torch.Tensor, action: torch.Tensor, pre_tanh: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor, pre_tanh: torch.Tensor | None = None) -> torch.Tensor:
         """Mixture log pi(a|s); pass `pre_tanh` when known, else it is recovered by a clamped atanh."""
         return gmm_log_prob(*self.distribution_params(obs), action, pre_tanh=pre_tanh)
 
