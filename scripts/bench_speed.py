@@ -10,11 +10,15 @@ The last line is `ALGO <unit>/s: mixrl=X sb3=Y ratio=Z`.
 `pmoe-sac` compares mixrl PMOE-SAC (`--policy gmm`, K = 4 experts) with mixrl SAC at the same settings instead,
 and ends with `pmoe-sac updates/s: pmoe=X sac=Y cost=Y/X` (how many times slower PMOE-SAC trains).
 
-    python scripts/bench_speed.py ppo [--rounds 2] [--iterations 1]
+    python scripts/bench_speed.py ppo [--rounds 2] [--iterations 1] [--eager]
 
 PPO: HalfCheetah-v5, 8 sync envs, 2048 steps per env per rollout, 10 epochs of minibatches of 64, separate 64-64
 tanh actor and critic, no value clipping, no observation or reward normalisation, learning rate annealed, one
-torch thread, CPU. Speed is environment steps per second over whole iterations (collection and update).
+torch thread, CPU. Speed is environment steps per second over whole iterations (collection and update), after
+one untimed warm-up iteration per run.
+
+mixrl runs with `--compile` (each loss compiled with its gradient; the compile falls in the untimed warm-up)
+unless `--eager`.
 """
 
 from __future__ import annotations
@@ -99,15 +103,16 @@ def sb3_sac(steps: int, warmup: int) -> float:
 PPO_ENVS, PPO_STEPS, PPO_MINIBATCH = 8, 2048, 64
 
 
-def mixrl_ppo(iterations: int) -> float:
-    """Environment steps per second of mixrl PPO over whole iterations (collection and update)."""
+def mixrl_ppo(iterations: int, compile: bool) -> float:
+    """Environment steps per second of mixrl PPO over whole iterations (collection and update), after one
+    untimed warm-up iteration (which holds the torch.compile of the loss when `compile`)."""
     from mixrl.agents import ppo
 
     batch = PPO_ENVS * PPO_STEPS
     with tempfile.TemporaryDirectory() as root:
         args = ppo.Args(
             env_id="HalfCheetah-v5",
-            total_timesteps=iterations * batch,
+            total_timesteps=(iterations + 1) * batch,
             num_envs=PPO_ENVS,
             num_steps=PPO_STEPS,
             num_minibatches=batch // PPO_MINIBATCH,
@@ -118,16 +123,18 @@ def mixrl_ppo(iterations: int) -> float:
             eval_every=0,
             eval_episodes=1,
             checkpoint_every=0,
+            compile=compile,
             run_root=root,
         )
         run_dir = ppo.main(args)
-        sps = [v for _, v in read_scalars(run_dir, "charts/SPS")]
+        sps = [v for _, v in read_scalars(run_dir, "charts/SPS")][1:]
     # One SPS value per iteration, all of equal size: the overall rate is their harmonic mean.
     return len(sps) / sum(1.0 / v for v in sps)
 
 
 def sb3_ppo(iterations: int) -> float:
-    """Environment steps per second of Stable-Baselines3 PPO over whole iterations (collection and update)."""
+    """Environment steps per second of Stable-Baselines3 PPO over whole iterations (collection and update), after
+    one untimed warm-up iteration."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -158,29 +165,36 @@ def sb3_ppo(iterations: int) -> float:
         seed=1,
         verbose=0,
     )
-    model.learn(total_timesteps=iterations * PPO_ENVS * PPO_STEPS, callback=timer)
-    return iterations * PPO_ENVS * PPO_STEPS / (timer.marks[-1] - timer.marks[0])
+    model.learn(total_timesteps=(iterations + 1) * PPO_ENVS * PPO_STEPS, callback=timer)
+    return iterations * PPO_ENVS * PPO_STEPS / (timer.marks[-1] - timer.marks[1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("algo", choices=["sac", "pmoe-sac", "ppo"], help="algorithm to compare")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating the two contenders)")
     parser.add_argument("--steps", type=int, default=2000, help="learning steps measured per run")
     parser.add_argument("--warmup", type=int, default=1000, help="random steps before learning (not timed)")
     parser.add_argument("--iterations", type=int, default=1, help="ppo: rollout-and-update iterations per run")
+    parser.add_argument("--eager", action="store_true", help="run mixrl without --compile")
+    parser.add_argument(
+        "--precision",
+        choices=["highest", "medium"],
+        default="highest",
+        help="sac, pmoe-sac: mixrl's --matmul-precision (medium: bfloat16 products; SB3 always runs float32)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements to this file")
     opts = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-    mixrl = partial(mixrl_sac, opts.steps, opts.warmup, log_every=500)
+    mixrl = partial(
+        mixrl_sac, opts.steps, opts.warmup, log_every=500, compile=not opts.eager, matmul_precision=opts.precision
+    )
     contenders = {
         "sac": {"mixrl": mixrl, "sb3": partial(sb3_sac, opts.steps, opts.warmup)},
         "pmoe-sac": {"pmoe": partial(mixrl, policy="gmm", num_experts=4), "sac": mixrl},
-        "ppo": {"mixrl": partial(mixrl_ppo, opts.iterations), "sb3": partial(sb3_ppo, opts.iterations)},
+        "ppo": {"mixrl": partial(mixrl_ppo, opts.iterations, not opts.eager), "sb3": partial(sb3_ppo, opts.iterations)},
     }[opts.algo]
     unit = "env-steps/s" if opts.algo == "ppo" else "updates/s"
     results: dict[str, list[float]] = {name: [] for name in contenders}

@@ -13,7 +13,7 @@ from mixrl.agents import ppo
 from mixrl.buffers import RolloutBuffer, compute_gae
 from mixrl.envs.factory import TorchVecEnv, make_vec_env
 from mixrl.evaluation import evaluate, evaluate_checkpoint
-from mixrl.optim import FlatAdam, flatten_parameters
+from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import DiagonalGaussianMixtureActor
 from mixrl.runs import NonFiniteLossError, load_checkpoint
@@ -121,6 +121,21 @@ def test_importance_ratio_is_exactly_one_on_the_first_minibatch(tmp_path, policy
     _, log_ratio, terms = ppo.ppo_loss(args, actor, critic, qf, ppo.Batch(*(field[first] for field in batch)))
     assert torch.all(log_ratio == 0.0)
     assert all(torch.isfinite(value) for value in terms.values())
+
+
+def test_compiled_minibatch_gradient_equals_autograd(tmp_path):
+    args = tiny_args(tmp_path, clip_vloss=True)
+    batch, actor, critic, _ = collect(args)
+    flat = flatten_parameters([actor, critic])
+    objective, mb = ppo.Objective(args, actor, critic, None), ppo.Batch(*(field[:64] for field in batch))
+    with torch.no_grad():  # move the policy off pi_old, so that the clipping matters
+        flat.add_(0.05 * torch.randn_like(flat))
+    eager_loss, (eager_log_ratio, _) = loss_gradient(objective, flat)(mb)
+    eager_grad = flat.grad.clone()
+    loss, (log_ratio, _) = loss_gradient(objective, flat, compile=True)(mb)
+    torch.testing.assert_close(flat.grad, eager_grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(log_ratio, eager_log_ratio)
 
 
 def test_pmoe_with_one_expert_gives_the_gaussian_ratio():

@@ -127,3 +127,24 @@ def test_sac_learns_pendulum(tmp_path):
     final = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
     # A uniformly random policy scores about -1200; swinging up and balancing scores above -400.
     assert final["mean_return"] > -400, final
+
+
+def test_compiled_bfloat16_updates_run_and_leave_acting_in_float32(tmp_path, monkeypatch):
+    precisions = []
+    step = sac.make_sampler
+
+    def recording_sampler(args, actor):
+        sample = step(args, actor)
+
+        def recorded(obs):
+            precisions.append(torch.get_float32_matmul_precision())
+            return sample(obs)
+
+        return recorded
+
+    monkeypatch.setattr(sac, "make_sampler", recording_sampler)
+    run_dir = sac.main(tiny_args(tmp_path, total_timesteps=260, compile=True, matmul_precision="medium"))
+    final = load_checkpoint(run_dir / "checkpoints" / "final.pt")
+    assert all(torch.isfinite(p).all() for p in final["state"]["actor"].values())
+    assert "highest" in precisions and "medium" in precisions  # acting float32, the critic target bfloat16
+    assert torch.get_float32_matmul_precision() == "highest"

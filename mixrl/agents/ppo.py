@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from mixrl.buffers import RolloutBuffer, compute_gae
 from mixrl.envs.factory import make_vec_env
 from mixrl.evaluation import Policy, evaluate, policy_spec
-from mixrl.optim import FlatAdam, flatten_parameters
+from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient
 from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
@@ -117,6 +117,9 @@ class Args:
     """episodes per evaluation"""
     checkpoint_every: int = 50_000
     """environment steps between checkpoints/latest.pt writes, checked after each iteration"""
+    compile: bool = False
+    """torch.compile the minibatch loss with its gradient into one graph (about 2x faster updates on CPU, after a
+    compile of about 15 s; PMOE-PPO's random candidates then differ from an eager run's)"""
     device: str = "cpu"
     """torch device, e.g. cpu or cuda"""
     threads: int = 1
@@ -234,6 +237,18 @@ def ppo_loss(
     return loss, log_ratio.detach(), terms
 
 
+class Objective(nn.Module):
+    """The minibatch loss as a module of every trained network: mb -> (L, (detached log rho, the loss terms))."""
+
+    def __init__(self, args: Args, actor: nn.Module, critic: nn.Module, qf: nn.Module | None):
+        super().__init__()
+        self.args, self.actor, self.critic, self.qf = args, actor, critic, qf
+
+    def forward(self, mb: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        loss, log_ratio, terms = ppo_loss(self.args, self.actor, self.critic, self.qf, mb)
+        return loss, (log_ratio, terms)
+
+
 def make_update(
     args: Args,
     actor: nn.Module,
@@ -246,6 +261,7 @@ def make_update(
     params = optimizer.params
     batch_size = args.num_envs * args.num_steps
     num_mb, mb_size = args.num_minibatches, batch_size // args.num_minibatches
+    gradient = loss_gradient(Objective(args, actor, critic, qf), params, compile=args.compile)
 
     def update(batch: Batch) -> dict[str, torch.Tensor]:
         log_ratios = []
@@ -258,9 +274,7 @@ def make_update(
                 adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
                 shuffled = shuffled._replace(advantages=adv)
             for mb in zip(*(field.unbind(0) for field in shuffled)):
-                loss, log_ratio, terms = ppo_loss(args, actor, critic, qf, Batch(*mb))
-                params.grad.zero_()
-                loss.backward()
+                _, (log_ratio, terms) = gradient(Batch(*mb))  # fills params.grad
                 # g <- g max_norm / ||g|| where ||g|| > max_norm, ||g|| the norm of all gradients together
                 params.grad.view(1, -1).renorm_(2, 0, args.max_grad_norm)
                 optimizer.step()

@@ -1,0 +1,63 @@
+"""mixrl.optim: the compiled gradient against autograd, and the scope of the matmul precision."""
+
+import pytest
+import torch
+from torch import nn
+
+from mixrl.optim import flatten_parameters, loss_gradient, matmul_precision
+
+
+class Objective(nn.Module):
+    """loss = mean (frozen(trained(x)))^2, aux = the mean output; `frozen` is not differentiated."""
+
+    def __init__(self, trained: nn.Module, frozen: nn.Module):
+        super().__init__()
+        self.trained, self.frozen = trained, frozen
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        y = self.frozen(self.trained(x))
+        return y.pow(2).mean(), {"mean": y.detach().mean()}
+
+
+def networks():
+    torch.manual_seed(0)
+    trained = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+    return trained, nn.Linear(3, 1).requires_grad_(False)
+
+
+def test_compiled_gradient_equals_autograd_and_overwrites_the_flat_gradient():
+    trained, frozen = networks()
+    flat = flatten_parameters([trained])
+    objective, x = Objective(trained, frozen), torch.randn(32, 5)
+    eager_loss, eager_aux = loss_gradient(objective, flat)(x)
+    eager_grad = flat.grad.clone()
+    assert eager_grad.abs().sum() > 0
+
+    flat.grad.fill_(123.0)  # a stale gradient must be replaced, not added to
+    loss, aux = loss_gradient(objective, flat, compile=True)(x)
+    torch.testing.assert_close(flat.grad, eager_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(aux["mean"], eager_aux["mean"])
+    assert frozen.weight.grad is None
+    assert trained[0].weight.grad.data_ptr() == flat.grad.data_ptr()  # the views survive
+
+
+def test_compiled_gradient_refuses_networks_outside_the_flat_tensor():
+    trained, frozen = networks()
+    flat = flatten_parameters([nn.Linear(5, 16)])
+    with pytest.raises(ValueError, match="flatten"):
+        loss_gradient(Objective(trained, frozen), flat, compile=True)
+
+
+def test_matmul_precision_is_restored_after_the_scope():
+    before = torch.get_float32_matmul_precision()
+
+    @matmul_precision("medium")
+    def inside() -> str:
+        return torch.get_float32_matmul_precision()
+
+    assert inside() == "medium" and before != "medium"
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(RuntimeError), matmul_precision("medium"):
+        raise RuntimeError
+    assert torch.get_float32_matmul_precision() == before
