@@ -54,7 +54,9 @@ def loss_gradient(objective: nn.Module, flat: torch.Tensor, compile: bool = Fals
 
     Eager: a forward pass and `loss.backward()`. With `compile`, the loss is a function of the flat tensor whose
     gradient (torch.func.grad_and_value) is compiled with its forward pass into one torch.compile graph, so no
-    autograd graph is built at run time: much less per-operation overhead on small networks.
+    autograd graph is built at run time: much less per-operation overhead on small networks. All compiled
+    objectives share one code object and so torch.compile's recompile limit (8): a process that builds more, run
+    after run, calls torch.compiler.reset() between runs (the agents do).
     """
     if not compile:
 

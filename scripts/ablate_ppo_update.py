@@ -10,12 +10,14 @@ per second of this process's CPU time (the machine may be shared), medians over 
     all optimisations    mixrl.agents.ppo.make_update: one gather per field and epoch, advantages z-scored for
                          all minibatches of an epoch at once, flat parameters with FlatAdam, one-kernel
                          gradient clipping, clip fraction and KL kept on the device
+    compiled             all optimisations with --compile: the loss and its gradient in one torch.compile graph
     torch.optim Adam     per-parameter tensors, torch.optim.Adam(fused=True), clip_grad_norm_(foreach=True)
     per-minibatch gather as torch.optim Adam, and each minibatch indexes every field and z-scores its advantages
     .item() per minibatch as torch.optim Adam, and clip fraction and approx. KL go to the host every minibatch
     none of them         CleanRL's loop: both of the above, torch.optim.Adam's default (per-tensor) kernels and
                          clip_grad_norm_'s default
-    PMOE-PPO, K = 5      all optimisations, with the mixture actor, the Q network and the frequency loss
+    PMOE-PPO, K = 5      all optimisations, with the mixture actor, the Q network and the frequency loss (eager
+                         and compiled)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def networks() -> tuple[nn.Module, nn.Module]:
     return ppo.DiagonalGaussianActor(OBS_DIM, ACTION_DIM), ppo.make_critic(OBS_DIM, ARGS.hidden_sizes)
 
 
-def agent_update(policy: str = "gaussian") -> Callable[[ppo.Batch, int], None]:
+def agent_update(policy: str = "gaussian", compile: bool = False) -> Callable[[ppo.Batch, int], None]:
     """mixrl's update, one epoch of `n` minibatches; PMOE-PPO (K = 5 experts) with policy="gmm"."""
     actor, critic = networks()
     qf = None
@@ -50,11 +52,14 @@ def agent_update(policy: str = "gaussian") -> Callable[[ppo.Batch, int], None]:
         qf = ppo.mlp(OBS_DIM + ACTION_DIM, ARGS.q_hidden_sizes, 1)
     modules = [m for m in (actor, critic, qf) if m is not None]
     optimizer = FlatAdam(flatten_parameters(modules), ARGS.learning_rate, eps=ARGS.adam_eps)
+    updates = {}  # n -> the update of n minibatches, built (and compiled) once
 
     def run(batch: ppo.Batch, n: int) -> None:
-        sizes = {"num_envs": 1, "num_steps": n * MINIBATCH, "num_minibatches": n, "update_epochs": 1}
-        args = ppo.Args(**{**vars(ARGS), **sizes, "policy": policy})
-        ppo.make_update(args, actor, critic, qf, optimizer)(ppo.Batch(*(f[: n * MINIBATCH] for f in batch)))
+        if n not in updates:
+            sizes = {"num_envs": 1, "num_steps": n * MINIBATCH, "num_minibatches": n, "update_epochs": 1}
+            args = ppo.Args(**{**vars(ARGS), **sizes, "policy": policy, "compile": compile})
+            updates[n] = ppo.make_update(args, actor, critic, qf, optimizer)
+        updates[n](ppo.Batch(*(f[: n * MINIBATCH] for f in batch)))
 
     return run
 
@@ -124,11 +129,13 @@ def main() -> None:
     )
     variants = {
         "all optimisations": agent_update(),
+        "all optimisations, compiled (--compile)": agent_update(compile=True),
         "torch.optim Adam": plain_update(fused_adam=True, epoch_gather=True, host_metrics=False),
         "per-minibatch gather": plain_update(fused_adam=True, epoch_gather=False, host_metrics=False),
         ".item() per minibatch": plain_update(fused_adam=True, epoch_gather=True, host_metrics=True),
         "none of them": plain_update(fused_adam=False, epoch_gather=False, host_metrics=True),
         "PMOE-PPO, K = 5 (all optimisations)": agent_update("gmm"),
+        "PMOE-PPO, K = 5, compiled": agent_update("gmm", compile=True),
     }
     for run in variants.values():
         run(batch, 16)

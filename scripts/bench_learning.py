@@ -30,17 +30,20 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 # variant -> (agent module or "sb3-sac" / "sb3-ppo", Args overrides). Shared hyperparameters follow SB3's SAC
 # defaults except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm. The
 # PMOE-SAC variants (K = 4 experts, component entropy, argmax_w evaluation) change only the actor and its
-# estimator. PPO runs mixrl's defaults (CleanRL's settings), which sb3-ppo reproduces as far as SB3 allows
-# (run_sb3_ppo); pmoe-ppo (K = 5 experts, argmax_w evaluation) changes only the actor and adds its losses.
+# estimator. sac-bf16 is SAC with compiled losses and bfloat16 matrix products in the updates (the settings of the
+# speed benchmark). PPO runs mixrl's defaults (CleanRL's settings), which sb3-ppo reproduces as far as SB3 allows
+# (run_sb3_ppo); pmoe-ppo (K = 5 experts, argmax_w evaluation) changes only the actor and adds its losses. The
+# PPO variants compile their loss (which changes the speed, not the algorithm).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sac": ("sac", {}),
     "sb3-sac": ("sb3-sac", {}),
+    "sac-bf16": ("sac", {"compile": True, "matmul_precision": "medium"}),
     "pmoe-sac": ("sac", {"policy": "gmm", "num_experts": 4}),
     "sac-gumbel": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "gumbel"}),
     "sac-reinforce": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "reinforce"}),
-    "ppo": ("ppo", {}),
+    "ppo": ("ppo", {"compile": True}),
     "sb3-ppo": ("sb3-ppo", {}),
-    "pmoe-ppo": ("ppo", {"policy": "gmm", "num_experts": 5}),
+    "pmoe-ppo": ("ppo", {"policy": "gmm", "num_experts": 5, "compile": True}),
 }
 
 

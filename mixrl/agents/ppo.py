@@ -325,6 +325,8 @@ def main(args: Args) -> Path:
     if args.policy == "gmm":
         qf = modules["qf"] = mlp(obs_dim + action_dim, args.q_hidden_sizes, 1).to(device)
     optimizer = FlatAdam(flatten_parameters(list(modules.values())), lr=args.learning_rate, eps=args.adam_eps)
+    if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
+        torch.compiler.reset()
     update = make_update(args, actor, critic, qf, optimizer)
     rollout = RolloutBuffer(args.num_steps, args.num_envs, obs_dim, action_dim, device)
     batch_size = args.num_envs * args.num_steps

@@ -370,6 +370,8 @@ def main(args: Args) -> Path:
     alpha_optimizer = FlatAdam(log_alpha, lr=args.alpha_lr)
     target_entropy = -action_dim * args.target_entropy_scale
     optimizers = {"actor": actor_optimizer, "q": q_optimizer, "alpha": alpha_optimizer}
+    if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
+        torch.compiler.reset()
     update = make_update(args, actor, qf, qf_target, log_alpha, optimizers.values(), target_entropy)
     sample = make_sampler(args, actor)
     rb = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
