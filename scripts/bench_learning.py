@@ -46,6 +46,29 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "pmoe-ppo": ("ppo", {"policy": "gmm", "num_experts": 5, "compile": True}),
 }
 
+# Published returns to compare with (variant, env) -> (mean, std, source); the protocol differs from ours.
+PUBLISHED: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("ppo", "HalfCheetah-v5"): (1442.64, 46.03, "CleanRL ppo_continuous_action, HalfCheetah-v4"),
+    ("ppo", "Hopper-v5"): (2382.86, 271.74, "CleanRL ppo_continuous_action, Hopper-v4"),
+}
+PUBLISHED_PROTOCOL = (
+    "1M steps, 3 seeds, mean of the last 100 training (stochastic) episodes per seed, then mean +- std over seeds"
+)
+
+
+def training_return(run: dict, episodes: int = 100) -> float | None:
+    """Mean return of the last `episodes` training episodes of a mixrl run (its TensorBoard log), if still on disk."""
+    run_dir = Path(run.get("run_dir", ""))
+    if not run.get("run_dir") or not run_dir.is_dir():
+        return None
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "charts/episodic_return" not in acc.Tags()["scalars"]:
+        return None
+    return float(np.mean([e.value for e in acc.Scalars("charts/episodic_return")][-episodes:]))
+
 
 def run_mixrl(agent: str, overrides: dict[str, Any], env_id: str, seed: int, steps: int, eval_every: int) -> dict:
     import importlib
@@ -221,9 +244,13 @@ def cmd_report(opts: argparse.Namespace) -> None:
         "the evaluation curve over training (area under the curve divided by its length). Wall times were taken on a "
         "shared 2-core machine with other jobs running: compare speed with scripts/bench_speed.py instead.",
         "",
-        "| env | variant | seeds | steps | final return | AUC | wall time per run |",
-        "|---|---|---|---|---|---|---|",
+        "The training return is the mean of the last 100 training episodes of each mixrl run (the stochastic policy, "
+        "as CleanRL reports it; - where the run's log is not on disk or for SB3), then mean +- std over seeds.",
+        "",
+        "| env | variant | seeds | steps | final return | AUC | training return | wall time per run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    published = []
     fig, axes = plt.subplots(1, len(env_ids), figsize=(6 * len(env_ids), 4), squeeze=False)
     for ax, env_id in zip(axes[0], env_ids):
         for variant in variants:
@@ -233,16 +260,22 @@ def cmd_report(opts: argparse.Namespace) -> None:
             finals = [r["curve"][-1][1] for r in runs]
             aucs = [float(np.mean([v for _, v in r["curve"]])) for r in runs]
             minutes = np.mean([r["wall_seconds"] for r in runs]) / 60
+            training = [training_return(r) for r in runs]
+            training_cell = "-" if None in training else f"{np.mean(training):.0f} +- {np.std(training):.0f}"
             lines.append(
                 f"| {env_id} | {variant} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['total_timesteps']} "
                 f"| {np.mean(finals):.0f} +- {np.std(finals):.0f} | {np.mean(aucs):.0f} +- {np.std(aucs):.0f} "
-                f"| {minutes:.0f} min |"
+                f"| {training_cell} | {minutes:.0f} min |"
             )
             steps = np.array([s for s, _ in runs[0]["curve"]])
             n = min(len(r["curve"]) for r in runs)
             values = np.array([[v for _, v in r["curve"][:n]] for r in runs])
             ax.plot(steps[:n], values.mean(0), label=variant)
             ax.fill_between(steps[:n], values.min(0), values.max(0), alpha=0.2)
+            if (variant, env_id) in PUBLISHED:
+                mean, std, source = PUBLISHED[(variant, env_id)]
+                ax.axhline(mean, linestyle="--", color="grey", label=f"{source} (training return)")
+                published.append(f"- {source}: {mean:.1f} +- {std:.1f}")
         ax.set_title(env_id)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("deterministic evaluation return")
@@ -250,6 +283,8 @@ def cmd_report(opts: argparse.Namespace) -> None:
     fig.tight_layout()
     fig.savefig(RESULTS / f"{opts.name}.png", dpi=100)
     commands = sorted({r["command"] for r in raw})
+    if published:
+        lines += ["", f"Published returns ({PUBLISHED_PROTOCOL}):", "", *published]
     lines += ["", f"![curves]({opts.name}.png)", "", "Shaded: min-max over seeds. Made with:", ""]
     lines += [f"    {c}" for c in commands] + [
         f"    python scripts/bench_learning.py report --name {opts.name}"
