@@ -187,6 +187,17 @@ def run_sb3_ppo(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
     return {"curve": evaluator.curve}
 
 
+def lock_is_held(lock: Path) -> bool:
+    """A job's .running file holds the pid of the process that runs it; the lock of a process that died is stale."""
+    try:
+        os.kill(int(lock.read_text()), 0)
+    except ProcessLookupError:
+        return False
+    except ValueError:
+        return True  # not a pid: held by hand
+    return True
+
+
 def cmd_run(opts: argparse.Namespace) -> None:
     out = RESULTS / "raw" / opts.name
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +206,7 @@ def cmd_run(opts: argparse.Namespace) -> None:
             for seed in opts.seeds:
                 path = out / f"{env_id}__{variant}__{seed}.json"
                 lock = path.with_suffix(".running")
-                if path.exists() or lock.exists():
+                if path.exists() or (lock.exists() and lock_is_held(lock)):
                     continue
                 lock.write_text(str(os.getpid()))
                 start = time.time()
