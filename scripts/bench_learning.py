@@ -193,8 +193,8 @@ def lock_is_held(lock: Path) -> bool:
         os.kill(int(lock.read_text()), 0)
     except ProcessLookupError:
         return False
-    except ValueError:
-        return True  # not a pid: held by hand
+    except (ValueError, PermissionError):
+        return True  # not a pid (held by hand), or another user's live process
     return True
 
 
