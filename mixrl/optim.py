@@ -132,6 +132,11 @@ class FlatAdam:
         return {"lr": self.lr, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not {"lr", "exp_avg", "exp_avg_sq", "steps"} <= state.keys():
+            raise ValueError(
+                "The checkpoint's optimiser state is not FlatAdam's (a checkpoint of an older mixrl, whose SAC used "
+                "torch.optim.Adam?): it cannot be resumed exactly; its policy still loads with mixrl.load_policy."
+            )
         if state["exp_avg"].shape != self.params.shape:
             raise ValueError(
                 f"Optimiser state for {tuple(state['exp_avg'].shape)} parameters does not fit "

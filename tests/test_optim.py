@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixrl.optim import flatten_parameters, loss_gradient, matmul_precision
+from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 
 
 class Objective(nn.Module):
@@ -61,3 +61,11 @@ def test_matmul_precision_is_restored_after_the_scope():
     with pytest.raises(RuntimeError), matmul_precision("medium"):
         raise RuntimeError
     assert torch.get_float32_matmul_precision() == before
+
+
+def test_flat_adam_refuses_another_optimisers_state():
+    params = torch.zeros(3)
+    params.grad = torch.zeros(3)
+    other = torch.optim.Adam([torch.zeros(3, requires_grad=True)]).state_dict()
+    with pytest.raises(ValueError, match="not FlatAdam's"):
+        FlatAdam(params, 1e-3).load_state_dict(other)
