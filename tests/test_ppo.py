@@ -138,6 +138,18 @@ def test_compiled_minibatch_gradient_equals_autograd(tmp_path):
     torch.testing.assert_close(log_ratio, eager_log_ratio)
 
 
+def test_ratio_estimator_trains_the_mixing_weights_through_the_surrogate_alone(tmp_path):
+    args = tiny_args(tmp_path, policy="gmm", num_experts=3, gmm_grad="ratio")
+    batch, actor, critic, _ = collect(args)
+    with torch.no_grad():  # move the policy off pi_old, so that the ratio differs from 1
+        for p in actor.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    loss, _, terms = ppo.ppo_loss(args, actor, critic, None, ppo.Batch(*(field[:64] for field in batch)))
+    assert set(terms) == {"losses/policy_loss", "losses/value_loss"}
+    (mixing_grad,) = torch.autograd.grad(terms["losses/policy_loss"], actor.mixing.weight)
+    assert mixing_grad.abs().sum() > 0
+
+
 def test_pmoe_with_one_expert_gives_the_gaussian_ratio():
     torch.manual_seed(3)
     gaussian = DiagonalGaussianActor(4, 3, (16, 16))
@@ -210,9 +222,11 @@ def test_flat_adam_matches_torch_fused_adam():
 # ---------------------------------------------------------------- runs, checkpoints, resume
 
 
-@pytest.mark.parametrize("policy", ["gaussian", "gmm"])
+@pytest.mark.parametrize("policy", ["gaussian", "gmm", "gmm-ratio"])
 def test_smoke_run_logs_cleanrl_tags_and_writes_checkpoints(tmp_path, policy):
-    extra = {"policy": policy, "num_experts": 3} if policy == "gmm" else {}
+    extra = {"policy": "gmm", "num_experts": 3} if policy.startswith("gmm") else {}
+    if policy == "gmm-ratio":
+        extra["gmm_grad"] = "ratio"
     run_dir = ppo.main(tiny_args(tmp_path, total_timesteps=512, **extra))  # Pendulum episodes last 200 steps
     ckpt = load_checkpoint(run_dir)
     assert ckpt["algo"] == ("ppo" if policy == "gaussian" else "pmoe_ppo") and ckpt["global_step"] == 512
@@ -223,9 +237,8 @@ def test_smoke_run_logs_cleanrl_tags_and_writes_checkpoints(tmp_path, policy):
         assert f"losses/{tag}" in tags, tag
     assert "eval/return" in tags
     assert tags["charts/learning_rate"] == pytest.approx([3e-4, 2.25e-4, 1.5e-4, 0.75e-4])
-    if policy == "gmm":
-        assert "losses/frequency_loss" in tags and "losses/q_loss" in tags
-        assert "qf" in ckpt["state"]
+    frequency = policy == "gmm"  # the ratio estimator has neither the frequency loss nor the Q network
+    assert ("losses/frequency_loss" in tags) == ("losses/q_loss" in tags) == ("qf" in ckpt["state"]) == frequency
     assert (run_dir / "checkpoints" / "final.pt").is_file()
 
 

@@ -19,6 +19,9 @@ auxiliary Q(s, a) learns the lambda-returns and names the best expert for the fr
     L_freq = E_{s,k}[(w_k(s) - onehot(argmax_j Q(s, a_j))_k)^2],   a_j ~ N(mu_j(s), sigma_j), one per expert, detached
     total:   L = L_clip + c_V L_V + L_freq + L_Q     (no entropy bonus: the mixture has no closed-form entropy)
 
+`--gmm-grad ratio` drops L_freq and L_Q (and the Q network): w then learns from the surrogate's likelihood ratio
+alone, the score-ratio estimator (Gumbel-softmax does not apply: PPO never differentiates through the action).
+
 V_old and log pi_old are computed after each rollout in one batched pass (the parameters do not change during a
 rollout) with the same function the update uses, so the ratio is exactly 1 on the first minibatch.
 `losses/entropy` is the Monte-Carlo estimate -mean log pi_old(a|s) over the rollout, for both policies.
@@ -107,6 +110,9 @@ class Args:
     """gmm: number of experts K"""
     q_hidden_sizes: tuple[int, ...] = (64, 64, 64)
     """gmm: hidden layer widths of the auxiliary Q(s, a) network (ReLU) behind the frequency loss"""
+    gmm_grad: Literal["frequency", "ratio"] = "frequency"
+    """gmm: how the mixing weights w learn: the surrogate plus PMOE's frequency loss (with the Q network), or
+    the surrogate's likelihood ratio alone"""
     normalize_obs: bool = True
     """z-score observations with running statistics, clipped to +-10 (saved in checkpoints, used by load_policy)"""
     normalize_reward: bool = True
@@ -132,7 +138,7 @@ class Args:
     """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
-GMM_OPTIONS = ("num_experts", "q_hidden_sizes")
+GMM_OPTIONS = ("num_experts", "q_hidden_sizes", "gmm_grad")
 
 
 class Batch(NamedTuple):
@@ -157,6 +163,8 @@ def check_args(args: Args) -> None:
             raise ValueError(f"{flags} only apply to the mixture policy: add --policy gmm.")
     elif args.num_experts < 1:
         raise ValueError(f"--num-experts must be at least 1, got {args.num_experts}.")
+    elif args.gmm_grad not in ("frequency", "ratio"):
+        raise ValueError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, ratio.")
     elif args.ent_coef != 0.0:
         raise ValueError("--ent-coef needs a closed-form entropy, which the mixture policy lacks: use --ent-coef 0.")
     batch_size = args.num_envs * args.num_steps
@@ -322,7 +330,7 @@ def main(args: Args) -> Path:
     critic = make_critic(obs_dim, args.hidden_sizes).to(device)
     modules: dict[str, nn.Module] = {"actor": actor, "critic": critic}
     qf = None
-    if args.policy == "gmm":
+    if args.policy == "gmm" and args.gmm_grad == "frequency":
         qf = modules["qf"] = mlp(obs_dim + action_dim, args.q_hidden_sizes, 1).to(device)
     optimizer = FlatAdam(flatten_parameters(list(modules.values())), lr=args.learning_rate, eps=args.adam_eps)
     if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
