@@ -57,11 +57,8 @@ PUBLISHED_PROTOCOL = (
 )
 
 
-def training_return(run: dict, episodes: int = 100) -> float | None:
-    """Mean return of the last `episodes` training episodes of a mixrl run (its TensorBoard log), if still on disk."""
-    run_dir = Path(run.get("run_dir", ""))
-    if not run.get("run_dir") or not run_dir.is_dir():
-        return None
+def training_return(run_dir: Path, episodes: int = 100) -> float | None:
+    """Mean return of the last `episodes` training episodes of a mixrl run, from its TensorBoard log."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -89,7 +86,11 @@ def run_mixrl(agent: str, overrides: dict[str, Any], env_id: str, seed: int, ste
     )
     run_dir = module.main(args)
     curve = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
-    return {"curve": [(c["step"], c["mean_return"]) for c in curve], "run_dir": str(run_dir)}
+    return {
+        "curve": [(c["step"], c["mean_return"]) for c in curve],
+        "training_return": training_return(run_dir),
+        "run_dir": str(run_dir),
+    }
 
 
 def sb3_evaluator(
@@ -257,7 +258,7 @@ def cmd_report(opts: argparse.Namespace) -> None:
         "shared 2-core machine with other jobs running: compare speed with scripts/bench_speed.py instead.",
         "",
         "The training return is the mean of the last 100 training episodes of each mixrl run (the stochastic policy, "
-        "as CleanRL reports it; - where the run's log is not on disk or for SB3), then mean +- std over seeds.",
+        "as CleanRL reports it; - for SB3 and for runs that did not record it), then mean +- std over seeds.",
         "",
         "| env | variant | seeds | steps | final return | AUC | training return | wall time per run |",
         "|---|---|---|---|---|---|---|---|",
@@ -272,7 +273,7 @@ def cmd_report(opts: argparse.Namespace) -> None:
             finals = [r["curve"][-1][1] for r in runs]
             aucs = [float(np.mean([v for _, v in r["curve"]])) for r in runs]
             minutes = np.mean([r["wall_seconds"] for r in runs]) / 60
-            training = [training_return(r) for r in runs]
+            training = [r.get("training_return") for r in runs]
             training_cell = "-" if None in training else f"{np.mean(training):.0f} +- {np.std(training):.0f}"
             lines.append(
                 f"| {env_id} | {variant} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['total_timesteps']} "
