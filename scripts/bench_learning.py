@@ -30,18 +30,19 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 # variant -> (agent module or "sb3-sac" / "sb3-ppo", Args overrides). Shared hyperparameters follow SB3's SAC
 # defaults except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm. The
 # PMOE-SAC variants (K = 4 experts, component entropy, argmax_w evaluation) change only the actor and its
-# estimator; sac-bf16 adds bfloat16 matrix products in the updates (--matmul-precision medium, as in the speed
-# benchmark). PPO runs mixrl's defaults (CleanRL's settings), which sb3-ppo reproduces as far as SB3 allows
-# (run_sb3_ppo); pmoe-ppo (K = 5 experts, argmax_w evaluation) changes only the actor and adds its losses. The
-# mixrl variants compile their losses (--compile: faster, with other random draws, the same algorithm); the
-# results/raw runs made before --compile existed ran eagerly (their "overrides" say which).
+# estimator. sac-compiled is SAC with --compile (the same algorithm, other random draws) and sac-bf16 adds
+# bfloat16 matrix products in the updates (--matmul-precision medium), the speed benchmark's settings. PPO runs
+# mixrl's defaults (CleanRL's settings), which sb3-ppo reproduces as far as SB3 allows (run_sb3_ppo); pmoe-ppo
+# (K = 5 experts, argmax_w evaluation) changes only the actor and adds its losses. Both compile their losses
+# (Hopper-v5 ppo seeds 1 and 2 in results/raw/ppo ran before that, eagerly: their "overrides" say so).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "sac": ("sac", {"compile": True}),
+    "sac": ("sac", {}),
     "sb3-sac": ("sb3-sac", {}),
+    "sac-compiled": ("sac", {"compile": True}),
     "sac-bf16": ("sac", {"compile": True, "matmul_precision": "medium"}),
-    "pmoe-sac": ("sac", {"policy": "gmm", "num_experts": 4, "compile": True}),
-    "sac-gumbel": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "gumbel", "compile": True}),
-    "sac-reinforce": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "reinforce", "compile": True}),
+    "pmoe-sac": ("sac", {"policy": "gmm", "num_experts": 4}),
+    "sac-gumbel": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "gumbel"}),
+    "sac-reinforce": ("sac", {"policy": "gmm", "num_experts": 4, "gmm_grad": "reinforce"}),
     "ppo": ("ppo", {"compile": True}),
     "sb3-ppo": ("sb3-ppo", {}),
     "pmoe-ppo": ("ppo", {"policy": "gmm", "num_experts": 5, "compile": True}),
