@@ -77,17 +77,16 @@ def loss_gradient(objective: nn.Module, flat: torch.Tensor, compile: bool = Fals
     if sum(n for _, n, _ in views.values()) != flat.numel():
         raise ValueError("The objective's parameters do not cover the flat tensor: flatten the objective's networks.")
 
-    def loss_of_flat(values: torch.Tensor, *inputs: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, Any]]:
+    def loss_of_flat(values: torch.Tensor, *inputs: Any) -> tuple[torch.Tensor, Any]:
         params = {name: values[o : o + n].view(shape) for name, (o, n, shape) in views.items()}
-        loss, aux = functional_call(objective, params, inputs)
-        return loss, (loss.detach(), aux)
+        return functional_call(objective, params, inputs)
 
     # cpp_wrapper: the compiled graph is driven from C++ rather than Python (less overhead per kernel call).
     options = {"cpp_wrapper": True}
     gradient_and_loss = torch.compile(grad_and_value(loss_of_flat, has_aux=True), dynamic=False, options=options)
 
     def compiled(*inputs: Any) -> tuple[Any, Any]:
-        grad, (_, (loss, aux)) = gradient_and_loss(flat.detach(), *inputs)
+        grad, (loss, aux) = gradient_and_loss(flat.detach(), *inputs)
         flat.grad.copy_(grad)
         return loss, aux
 
@@ -105,6 +104,8 @@ class FlatAdam:
 
     def __init__(self, params: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        if params.grad is None:  # a tensor that flatten_parameters did not make, e.g. SAC's log alpha
+            params.grad = torch.zeros_like(params)
         self.exp_avg = torch.zeros_like(params)
         self.exp_avg_sq = torch.zeros_like(params)
         self.steps = torch.zeros((), dtype=torch.float32, device=params.device)

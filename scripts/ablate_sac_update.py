@@ -59,7 +59,6 @@ def build(freeze_critics: bool = True, tuned_layers: bool = True, **args):
     if not freeze_critics:
         qf.requires_grad_ = lambda *_: qf  # the actor step then also computes critic weight gradients
     log_alpha = torch.zeros((), requires_grad=True)
-    log_alpha.grad = torch.zeros(())
     optimizers = tuple(FlatAdam(p, 3e-4) for p in (flatten_parameters([actor]), flatten_parameters([qf]), log_alpha))
     return make_update(Args(**args), actor, qf, qf_target, log_alpha, optimizers, -float(ACTION_DIM))
 

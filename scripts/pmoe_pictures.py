@@ -24,20 +24,14 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def train_multigoal(seed: int, steps: int) -> Path:
-    """PMOE-SAC on MultiGoal with the settings of the multimodality test (tests/test_pmoe_sac.py)."""
+    """PMOE-SAC on MultiGoal with the settings of the multimodality test (mixrl.envs.multigoal.PMOE_SAC_SETTINGS)."""
     from mixrl.agents import sac
+    from mixrl.envs.multigoal import PMOE_SAC_SETTINGS
 
     args = sac.Args(
         env_id="mixrl/MultiGoal-v0",
-        policy="gmm",
-        num_experts=8,
+        **PMOE_SAC_SETTINGS,
         total_timesteps=steps,
-        learning_starts=3000,
-        batch_size=64,
-        hidden_sizes=(256, 256),
-        q_lr=1e-3,
-        autotune=False,
-        alpha=0.2,
         eval_every=0,
         eval_episodes=5,
         checkpoint_every=0,

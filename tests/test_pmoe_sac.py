@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 import mixrl
 from mixrl.agents import sac
-from mixrl.envs.multigoal import follow_policy
+from mixrl.envs.multigoal import PMOE_SAC_SETTINGS, follow_policy
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.mixture import GaussianMixtureHead, frequency_loss, sample_experts
 from mixrl.runs import load_checkpoint
@@ -232,15 +232,8 @@ def test_pmoe_experts_reach_several_goals_on_multigoal(tmp_path):
     args = tiny_args(
         tmp_path,
         env_id="mixrl/MultiGoal-v0",
-        policy="gmm",
-        num_experts=8,
+        **PMOE_SAC_SETTINGS,
         total_timesteps=6000,
-        learning_starts=3000,
-        batch_size=64,
-        hidden_sizes=(256, 256),
-        q_lr=1e-3,
-        autotune=False,
-        alpha=0.2,
         checkpoint_every=0,
         log_every=1000,
         eval_episodes=1,

@@ -366,7 +366,6 @@ def main(args: Args) -> Path:
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
     actor_optimizer = FlatAdam(flatten_parameters([actor]), lr=args.policy_lr)
     q_optimizer = FlatAdam(flatten_parameters([qf]), lr=args.q_lr)
-    log_alpha.grad = torch.zeros_like(log_alpha)
     alpha_optimizer = FlatAdam(log_alpha, lr=args.alpha_lr)
     target_entropy = -action_dim * args.target_entropy_scale
     optimizers = {"actor": actor_optimizer, "q": q_optimizer, "alpha": alpha_optimizer}

@@ -22,6 +22,18 @@ GOALS = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0], [0.0, -5.0]])
 GOAL_RADIUS = 1.0
 BOUND = 7.0
 MAX_EPISODE_STEPS = 30
+# PMOE-SAC settings (sac.Args fields) under which the experts find several goals; with K = 4 and a tuned alpha
+# they collapse onto one or two (the shared trunk follows the critic's early, flat landscape).
+PMOE_SAC_SETTINGS: dict[str, Any] = dict(
+    policy="gmm",
+    num_experts=8,
+    learning_starts=3000,
+    batch_size=64,
+    hidden_sizes=(256, 256),
+    q_lr=1e-3,
+    autotune=False,
+    alpha=0.2,
+)
 
 
 def goal_distances(position: np.ndarray) -> np.ndarray:
