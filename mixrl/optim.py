@@ -135,7 +135,7 @@ class FlatAdam:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not {"lr", "exp_avg", "exp_avg_sq", "steps"} <= state.keys():
             raise ValueError(
-                "The checkpoint's optimiser state is not FlatAdam's (a checkpoint of an older mixrl, whose SAC used "
+                "The checkpoint's optimiser state is not FlatAdam's (a checkpoint of an older mixrl, which used "
                 "torch.optim.Adam?): it cannot be resumed exactly; its policy still loads with mixrl.load_policy."
             )
         if state["exp_avg"].shape != self.params.shape:

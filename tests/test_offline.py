@@ -20,6 +20,7 @@ from mixrl.buffers import Batch
 from mixrl.cli import main as cli_main
 from mixrl.datasets import CollectArgs, collect, load_dataset, normalized_score, replay_episodes
 from mixrl.evaluation import evaluate_checkpoint
+from mixrl.optim import FlatAdam, flatten_parameters
 from mixrl.policies.critics import QEnsemble, ValueNetwork
 from mixrl.policies.deterministic import DeterministicActor
 from mixrl.policies.vae import ConditionalVAE
@@ -283,8 +284,12 @@ def test_td3_bc_update_matches_the_formulas():
     actor, qf = DeterministicActor(OBS, ACT, (16, 16)), QEnsemble(OBS, ACT, 2, (16, 16))
     actor_t, qf_t = copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(qf).requires_grad_(False)
     args = td3_bc.Args(policy_freq=2, policy_noise=NOISE, noise_clip=CLIP)
-    opt_a, opt_c = torch.optim.Adam(actor.parameters(), 3e-4), torch.optim.Adam(qf.parameters(), 3e-4)
-    update = td3_bc.make_update(args, actor, actor_t, qf, qf_t, opt_a, opt_c)
+    modules = {"actor": actor, "actor_target": actor_t, "qf": qf, "qf_target": qf_t}
+    optimizers = {
+        "actor": FlatAdam(flatten_parameters([actor]), 3e-4),
+        "critic": FlatAdam(flatten_parameters([qf]), 3e-4),
+    }
+    update = td3_bc.make_update(args, modules, optimizers)
     batch = fixed_batch()
 
     actor0, qf0, actor_t0, qf_t0 = (copy.deepcopy(m) for m in (actor, qf, actor_t, qf_t))
@@ -314,6 +319,45 @@ def test_td3_bc_update_matches_the_formulas():
         assert torch.allclose(p_t, 0.995 * p_t0 + 0.005 * p, atol=1e-7)
 
 
+def test_compiled_td3_bc_update_equals_the_eager_one():
+    """Without smoothing noise the step is deterministic: the compiled losses and gradients give the eager result."""
+    torch.manual_seed(0)
+    actor, qf = DeterministicActor(OBS, ACT, (16, 16)), QEnsemble(OBS, ACT, 2, (16, 16))
+    base = {"actor": actor, "qf": qf, "actor_target": copy.deepcopy(actor), "qf_target": copy.deepcopy(qf)}
+    batch, states = fixed_batch(), {}
+    for compile in (False, True):
+        modules = {k: copy.deepcopy(m).requires_grad_("target" not in k) for k, m in base.items()}
+        optimizers = {
+            k: FlatAdam(flatten_parameters([modules[m]]), 1e-2) for k, m in (("actor", "actor"), ("critic", "qf"))
+        }
+        update = td3_bc.make_update(td3_bc.Args(policy_noise=0.0, compile=compile), modules, optimizers)
+        metrics = [update(batch) for _ in range(4)]
+        states[compile] = (metrics[-1], optimizers["actor"].params.clone(), optimizers["critic"].params.clone())
+    torch.compiler.reset()
+    (eager, actor_e, critic_e), (compiled, actor_c, critic_c) = states[False], states[True]
+    assert torch.allclose(compiled["losses/actor_loss"], eager["losses/actor_loss"], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(actor_c, actor_e, atol=1e-5) and torch.allclose(critic_c, critic_e, atol=1e-5)
+    initial = torch.cat([p.detach().reshape(-1) for p in base["actor"].parameters()])
+    assert not torch.allclose(actor_c, initial, atol=1e-3)  # the actor stepped twice
+
+
+def test_compiled_bfloat16_a2pr_and_td3_bc_runs_evaluate_in_float32(root, tmp_path, monkeypatch):
+    precisions = []
+    evaluate = a2pr.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        precisions.append(torch.get_float32_matmul_precision())
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(a2pr, "evaluate", recording_evaluate)
+    run = a2pr.main(tiny_a2pr(tmp_path, compile=True, matmul_precision="medium", eval_every=3))
+    lines = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6] and all(np.isfinite(line["eval/return"]) for line in lines)
+    assert precisions == ["highest", "highest"] and torch.get_float32_matmul_precision() == "highest"
+    state = load_checkpoint(td3_bc.main(tiny_td3_bc(tmp_path, compile=True, matmul_precision="medium")))["state"]
+    assert all(torch.isfinite(v).all() for v in state["actor"].values())
+
+
 def a2pr_setup(**kw):
     torch.manual_seed(0)
     modules = {"actor": DeterministicActor(OBS, ACT, (16, 16)), "qf": QEnsemble(OBS, ACT, 2, (16, 16))}
@@ -325,7 +369,7 @@ def a2pr_setup(**kw):
         shift = modules["qf"](batch.obs, batch.actions)[0].median() - modules["value"](batch.obs).median()
         modules["value"].net[-1].bias += shift
     names = {"actor": "actor", "critic": "qf", "value": "value", "vae": "vae"}
-    optimizers = {k: torch.optim.Adam(modules[m].parameters(), lr=1e-2) for k, m in names.items()}
+    optimizers = {k: FlatAdam(flatten_parameters([modules[m]]), lr=1e-2) for k, m in names.items()}
     args = a2pr.Args(
         policy_freq=1, alpha=2.5, bc_weight=0.7, vae_recon_weight=1.3, policy_noise=NOISE, noise_clip=CLIP, **kw
     )

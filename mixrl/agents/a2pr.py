@@ -34,16 +34,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import tyro
 from torch import nn
 
+from mixrl.agents import td3_bc
 from mixrl.buffers import Batch
 from mixrl.datasets import load_dataset
 from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble, ValueNetwork
-from mixrl.policies.deterministic import DeterministicActor, smoothed_target_actions
+from mixrl.policies.deterministic import DeterministicActor
 from mixrl.policies.vae import ConditionalVAE, kl_to_standard_normal
 from mixrl.runs import Run, check_finite, resume_args, rng_state, seed_everything, set_rng_state
 
@@ -112,6 +115,12 @@ class Args:
     """gradient steps between checkpoints/latest.pt writes"""
     log_every: int = 1000
     """gradient steps between loss/SPS logs"""
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    """matrix products of the gradient steps (torch.set_float32_matmul_precision; evaluation stays float32):
+    medium = bfloat16 products with float32 accumulation, faster on CPUs with AMX and on GPUs"""
+    compile: bool = False
+    """torch.compile each loss with its gradient into one graph (faster steps after a compile of about 20 s per
+    loss; random draws inside the losses then differ from an eager run's)"""
     device: str = "cpu"
     """torch device, e.g. cpu or cuda (the whole dataset is put there)"""
     threads: int = 1
@@ -157,93 +166,130 @@ def bc_target_and_weight(
     return target, weight
 
 
-def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], step: int = 0):
+class ValueObjective(nn.Module):
+    """L_V as a module of V, with the just-updated critics read without gradient: (batch, a', y) ->
+    (L_V, (V_old, Q_1(s, a)))."""
+
+    def __init__(self, args: Args, value: ValueNetwork, qf: QEnsemble):
+        super().__init__()
+        self.args, self.value, self.qf = args, value, qf
+
+    def forward(
+        self, batch: Batch, next_actions: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        v = self.value(batch.obs)
+        with torch.no_grad():
+            online = td3_bc.td3_backup(self.args, batch, self.qf, next_actions)
+            q_data = self.qf(batch.obs, batch.actions)[0]
+        return (v - torch.minimum(online, target)).pow(2).mean(), (v.detach(), q_data)
+
+
+class VAEObjective(nn.Module):
+    """L_VAE as a module of the VAE, reconstructing only positive-advantage dataset actions, A = Q_1(s, a) - V_old(s)
+    > 0: (batch, Q_1(s, a), V_old) -> (L_VAE, (KL, the mask 1[A > 0]))."""
+
+    def __init__(self, vae: ConditionalVAE, recon_weight: float):
+        super().__init__()
+        self.vae, self.recon_weight = vae, recon_weight
+
+    def forward(
+        self, batch: Batch, q_data: torch.Tensor, v_old: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        recon, mean, std = self.vae(batch.obs, batch.actions)
+        mask = (q_data > v_old).float()
+        loss, kl = vae_loss(recon, batch.actions, mean, std, self.recon_weight * mask)
+        return loss, (kl.detach(), mask)
+
+
+class ActorObjective(nn.Module):
+    """A2PR's L_pi as a module of the actor, through the critics and the VAE that the caller freezes (gradients
+    reach the actions, not their weights): (batch, Q_1(s, a), V_old) -> (L_pi, (BC term, lambda, metrics))."""
+
+    def __init__(self, args: Args, actor: DeterministicActor, qf: QEnsemble, vae: ConditionalVAE):
+        super().__init__()
+        self.args, self.actor, self.qf, self.vae = args, actor, qf, vae
+
+    def forward(self, batch: Batch, q_data: torch.Tensor, v_old: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        pi = self.actor(batch.obs)
+        q_pi = self.qf(batch.obs, pi)[0]
+        lam = self.args.alpha / q_pi.abs().mean().detach()
+        generated = self.vae(batch.obs, pi)[0]
+        with torch.no_grad():
+            q_gen = self.qf(batch.obs, generated)[0]
+        if self.args.detach_bc_target:
+            generated = generated.detach()
+        bc_target, m = bc_target_and_weight(q_data, q_gen, v_old, batch.actions, generated, self.args.bc_weight)
+        bc_loss = (m.unsqueeze(-1) * (pi - bc_target).pow(2)).mean()
+        metrics = {
+            "a2pr/bc_on_fraction": (m > 0).float().mean(),
+            "a2pr/generated_target_fraction": (q_gen - v_old >= q_data - v_old).float().mean(),
+        }
+        return -lam * q_pi.mean() + bc_loss, (bc_loss.detach(), lam, metrics)
+
+
+def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str, FlatAdam], step: int = 0):
     """The A2PR iteration as a function of a batch -> detached metrics; `step` counts the iterations done.
 
-    `modules`: actor, actor_target, qf, qf_target and, with the VAE branch, value and vae; `optimizers` the same
-    keys without the targets (qf's is "critic")."""
+    `modules`: actor, actor_target, qf, qf_target and, with the VAE branch, value and vae; `optimizers`: the
+    FlatAdams of the flattened actor, qf (key critic), value and vae."""
     actor, actor_target, qf, qf_target = (modules[k] for k in ("actor", "actor_target", "qf", "qf_target"))
     value, vae = modules.get("value"), modules.get("vae")
     actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
     q_params, q_target_params = list(qf.parameters()), list(qf_target.parameters())
 
+    def gradient(objective: nn.Module, name: str):
+        return loss_gradient(objective, optimizers[name].params, args.compile)
+
+    critic_gradient = gradient(td3_bc.CriticObjective(args, qf, qf_target, actor_target), "critic")
+    if args.vae_branch:
+        value_gradient = gradient(ValueObjective(args, value, qf), "value")
+        vae_gradient = gradient(VAEObjective(vae, args.vae_recon_weight), "vae")
+        actor_gradient = gradient(ActorObjective(args, actor, qf, vae), "actor")
+    else:
+        actor_gradient = gradient(td3_bc.ActorObjective(actor, qf, args.alpha, args.bc_weight), "actor")
+
+    @matmul_precision(args.matmul_precision)
     def update(batch: Batch) -> dict[str, torch.Tensor]:
         nonlocal step
         step += 1
-        obs, actions = batch.obs, batch.actions
-        rewards = batch.rewards * args.reward_scale + args.reward_shift
-        not_done = 1.0 - batch.terminated
         # 1. critics: TD3 target with smoothed target-policy actions
-        with torch.no_grad():
-            next_actions = smoothed_target_actions(actor_target, batch.next_obs, args.policy_noise, args.noise_clip)
-            target = rewards + args.gamma * not_done * qf_target(batch.next_obs, next_actions).min(0).values
-        q = qf(obs, actions)
-        qf_loss = (q - target).pow(2).mean(1).sum()
-        optimizers["critic"].zero_grad(set_to_none=True)
-        qf_loss.backward()
+        qf_loss, (q_mean, next_actions, target) = critic_gradient(batch)
         optimizers["critic"].step()
-        metrics = {"losses/qf_loss": qf_loss.detach(), "losses/qf_values": q.detach().mean()}
+        metrics = {"losses/qf_loss": qf_loss, "losses/qf_values": q_mean}
 
         if args.vae_branch:
             # 2. V: MSE to the smaller of the updated critics' backup and the target backup
-            v = value(obs)
-            v_old = v.detach()
-            with torch.no_grad():
-                online = rewards + args.gamma * not_done * qf(batch.next_obs, next_actions).min(0).values
-                q_data = qf(obs, actions)[0]
-            value_loss = (v - torch.minimum(online, target)).pow(2).mean()
-            optimizers["value"].zero_grad(set_to_none=True)
-            value_loss.backward()
+            value_loss, (v_old, q_data) = value_gradient(batch, next_actions, target)
             optimizers["value"].step()
-            # 3. VAE (EPBL): reconstruct only positive-advantage dataset actions, A = Q_1(s, a) - V_old(s) > 0
-            recon, mean, std = vae(obs, actions)
-            vae_mask = (q_data > v_old).float()
-            loss_vae, kl = vae_loss(recon, actions, mean, std, args.vae_recon_weight * vae_mask)
-            optimizers["vae"].zero_grad(set_to_none=True)
-            loss_vae.backward()
+            # 3. VAE (EPBL): reconstruct only positive-advantage dataset actions
+            loss_vae, (kl, vae_mask) = vae_gradient(batch, q_data, v_old)
             optimizers["vae"].step()
             metrics.update(
                 {
-                    "losses/value_loss": value_loss.detach(),
-                    "losses/vae_loss": loss_vae.detach(),
-                    "losses/vae_kl": kl.detach(),
+                    "losses/value_loss": value_loss,
+                    "losses/vae_loss": loss_vae,
+                    "losses/vae_kl": kl,
                     "losses/v_values": v_old.mean(),
                     "a2pr/vae_mask_fraction": vae_mask.mean(),
                 }
             )
 
         if step % args.policy_freq == 0:
-            # 4. actor, through frozen critics and VAE: gradients reach the actions, not their weights
+            # 4. actor, through frozen critics and VAE
             qf.requires_grad_(False)
-            pi = actor(obs)
-            q_pi = qf(obs, pi)[0]
-            lam = args.alpha / q_pi.abs().mean().detach()
             if args.vae_branch:
                 vae.requires_grad_(False)
-                generated = vae(obs, pi)[0]
-                with torch.no_grad():
-                    q_gen = qf(obs, generated)[0]
-                if args.detach_bc_target:
-                    generated = generated.detach()
-                bc_target, m = bc_target_and_weight(q_data, q_gen, v_old, actions, generated, args.bc_weight)
-                bc_loss = (m.unsqueeze(-1) * (pi - bc_target).pow(2)).mean()
-                metrics["a2pr/bc_on_fraction"] = (m > 0).float().mean()
-                metrics["a2pr/generated_target_fraction"] = (q_gen - v_old >= q_data - v_old).float().mean()
+                actor_loss, (bc_loss, lam, a2pr_metrics) = actor_gradient(batch, q_data, v_old)
+                metrics.update(a2pr_metrics)
+                vae.requires_grad_(True)
             else:
-                bc_loss = args.bc_weight * (pi - actions).pow(2).mean()
-            actor_loss = -lam * q_pi.mean() + bc_loss
-            optimizers["actor"].zero_grad(set_to_none=True)
-            actor_loss.backward()
+                actor_loss, (bc_loss, lam) = actor_gradient(batch)
             optimizers["actor"].step()
             qf.requires_grad_(True)
-            if args.vae_branch:
-                vae.requires_grad_(True)
             with torch.no_grad():
                 torch._foreach_lerp_(q_target_params, q_params, args.tau)
                 torch._foreach_lerp_(actor_target_params, actor_params, args.tau)
-            metrics.update(
-                {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc_loss.detach(), "losses/lambda": lam}
-            )
+            metrics.update({"losses/actor_loss": actor_loss, "losses/bc_loss": bc_loss, "losses/lambda": lam})
         return metrics
 
     return update
@@ -274,17 +320,16 @@ def main(args: Args) -> Path:
     actor_target = copy.deepcopy(actor).requires_grad_(False)
     qf_target = copy.deepcopy(qf).requires_grad_(False)
     modules = {"actor": actor, "actor_target": actor_target, "qf": qf, "qf_target": qf_target}
-    fused = device.type in ("cpu", "cuda")
     optimizers = {
-        "actor": torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=fused),
-        "critic": torch.optim.Adam(qf.parameters(), lr=args.critic_lr, fused=fused),
+        "actor": FlatAdam(flatten_parameters([actor]), lr=args.actor_lr),
+        "critic": FlatAdam(flatten_parameters([qf]), lr=args.critic_lr),
     }
     if args.vae_branch:
         modules["value"] = ValueNetwork(obs_dim, args.value_hidden).to(device)
         latent_dim = args.latent_dim or 2 * action_dim
         modules["vae"] = ConditionalVAE(obs_dim, action_dim, latent_dim, args.vae_hidden).to(device)
-        optimizers["value"] = torch.optim.Adam(modules["value"].parameters(), lr=args.value_lr, fused=fused)
-        optimizers["vae"] = torch.optim.Adam(modules["vae"].parameters(), lr=args.vae_lr, fused=fused)
+        optimizers["value"] = FlatAdam(flatten_parameters([modules["value"]]), lr=args.value_lr)
+        optimizers["vae"] = FlatAdam(flatten_parameters([modules["vae"]]), lr=args.vae_lr)
 
     global_step = 0
     if args.resume is not None:
@@ -294,6 +339,8 @@ def main(args: Args) -> Path:
             optimizer.load_state_dict(saved["state"][f"{name}_optimizer"])
         global_step = saved["global_step"]
         set_rng_state(saved["rng"])
+    if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
+        torch.compiler.reset()
     update = make_update(args, modules, optimizers, global_step)
 
     def checkpoint() -> dict:
