@@ -69,17 +69,21 @@ def loss_gradient(objective: nn.Module, flat: torch.Tensor, compile: bool = Fals
         return eager
 
     base, size = flat.data_ptr(), flat.element_size()
-    views = {}  # name of a parameter in flat -> (offset, numel, shape)
+    views = []  # (offset, name, shape) of the objective's parameters in flat, in the order they are stored there
     for name, p in objective.named_parameters():
         offset = (p.data_ptr() - base) // size
         if p.device == flat.device and 0 <= offset <= flat.numel() - p.numel():
-            views[name] = (offset, p.numel(), p.shape)
-    if sum(n for _, n, _ in views.values()) != flat.numel():
+            views.append((offset, name, p.shape))
+    views.sort()
+    sizes = [shape.numel() for _, _, shape in views]
+    if [offset for offset, _, _ in views] != [sum(sizes[:i]) for i in range(len(sizes))] or sum(sizes) != flat.numel():
         raise ValueError("The objective's parameters do not cover the flat tensor: flatten the objective's networks.")
 
     def loss_of_flat(values: torch.Tensor, *inputs: Any) -> tuple[torch.Tensor, Any]:
-        params = {name: values[o : o + n].view(shape) for name, (o, n, shape) in views.items()}
-        return functional_call(objective, params, inputs)
+        # split, not one slice per parameter: the gradient of a split is one concatenation, while each slice's
+        # would be a zero-filled tensor of the flat size (slow for large networks such as A2PR's VAE).
+        chunks = values.split(sizes)
+        return functional_call(objective, {name: c.view(shape) for (_, name, shape), c in zip(views, chunks)}, inputs)
 
     # cpp_wrapper: the compiled graph is driven from C++ rather than Python (less overhead per kernel call).
     options = {"cpp_wrapper": True}
