@@ -10,9 +10,11 @@ Per environment it
      deterministic policies with --action-noise Gaussian noise, medium-replay is the medium run's whole replay
      buffer, medium-expert the concatenation of medium and expert; every dataset carries the reference scores of
      the expert dataset (random policy and deterministic expert, --ref-episodes episodes each);
-  3. trains TD3+BC and A2PR for --gradient-steps on each dataset of --kinds and seed, alternating the two
-     algorithms so that their gradient steps per second are measured side by side, and evaluates each final
-     policy over --final-episodes deterministic episodes (seeds seed + 100, ...).
+  3. trains TD3+BC and A2PR for --gradient-steps on each dataset of --kinds and seed (every dataset's first seed
+     before any second one), alternating the two algorithms so that their gradient steps per second are measured
+     side by side, and evaluates each final policy over --final-episodes deterministic episodes (seeds
+     seed + 100, ...). Both agents run with --matmul-precision (default medium: bfloat16 products) and, with
+     --compile, compiled losses.
 A2PR uses the authors' per-dataset alpha, bc_weight, vae_recon_weight and gamma (A2PR_SETTINGS) unless
 --no-a2pr-paper-settings. Finished runs are recorded in <work-dir>/runs.jsonl and skipped when the script is run
 again, so an interrupted benchmark continues. The report, <results>.md and <results>.json, gives the D4RL
@@ -29,7 +31,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -100,8 +102,9 @@ class Args:
     highest: float32)"""
     compile: bool = False
     """torch.compile the offline agents' losses (on 2 CPU cores it made A2PR's steps slower, TD3+BC's faster)"""
-    datasets_only: bool = False
-    """make the SAC runs and the datasets, then stop (no offline runs, no report)"""
+    stage: Literal["all", "datasets", "report"] = "all"
+    """all: datasets, offline runs and report; datasets: only the SAC runs and datasets; report: only the report
+    of the runs recorded so far"""
 
 
 def dataset_id(args: Args, env_id: str, kind: str) -> str:
@@ -218,24 +221,59 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-"
 
 
+def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
+    """One panel per dataset: the evaluation score of every run against gradient steps, one colour per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [(env_id, kind) for env_id in args.envs for kind in args.kinds]
+    fig, axes = plt.subplots(len(args.envs), len(args.kinds), figsize=(4 * len(args.kinds), 3 * len(args.envs)))
+    for ax, (env_id, kind) in zip(np.ravel(axes), datasets):
+        for algo, colour in zip(ALGOS, ("tab:blue", "tab:red")):
+            runs = [r for r in records if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)]
+            for i, r in enumerate(runs):
+                evaluations = Path(r["run_dir"]) / "evaluations.jsonl"
+                if not evaluations.exists():
+                    continue
+                lines = [json.loads(line) for line in evaluations.read_text().splitlines()]
+                steps = [line["step"] for line in lines]
+                scores = [line.get("eval/normalized_score", float("nan")) for line in lines]
+                ax.plot(steps, scores, color=colour, alpha=0.8, label=algo if i == 0 else None)
+        ax.set_title(f"{env_id} {kind}", fontsize=9)
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel("normalised score")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
-    """<results>.md and <results>.json: score per dataset and algorithm, their mean, gradient steps per second."""
+    """<results>.md, .json and .png: score per dataset and algorithm, their means over the datasets that both
+    algorithms ran, gradient steps per second, evaluation curves."""
     rows, means = [], {algo: [] for algo in ALGOS}
     for env_id in args.envs:
         for kind in args.kinds:
             info = dataset_info(dataset_id(args, env_id, kind))
-            cells = []
-            for algo in ALGOS:
-                scores = [
-                    r["final_score"] for r in records if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)
-                ]
-                cells.append(f"{mean_std(scores)} ({len(scores)})")
-                if scores:
-                    means[algo].append(float(np.mean(scores)))
+            scores = {
+                algo: [r["final_score"] for r in records if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)]
+                for algo in ALGOS
+            }
+            if all(scores.values()):
+                for algo in ALGOS:
+                    means[algo].append(float(np.mean(scores[algo])))
+            cells = " | ".join(f"{mean_std(scores[algo])} ({len(scores[algo])})" for algo in ALGOS)
             dataset_score = info.get("normalized_score_mean", float("nan"))
-            rows.append(f"| {info['dataset_id']} | {info['steps']:,} | {dataset_score:.1f} | {' | '.join(cells)} |")
+            rows.append(f"| {info['dataset_id']} | {info['steps']:,} | {dataset_score:.1f} | {cells} |")
     speed = {algo: [r["steps_per_second"] for r in records if r["algo"] == algo] for algo in ALGOS}
     ratio = np.mean(speed["td3_bc"]) / np.mean(speed["a2pr"]) if speed["td3_bc"] and speed["a2pr"] else float("nan")
+    paired = len(means["a2pr"])
+    mean = {algo: np.mean(values) if values else float("nan") for algo, values in means.items()}
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(args, records, out.with_suffix(".png"))
     lines = [
         "# Offline RL: TD3+BC and A2PR on datasets made from mixrl SAC runs",
         "",
@@ -250,11 +288,15 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
         "| dataset | transitions | dataset score | TD3+BC | A2PR |",
         "|---|---|---|---|---|",
         *rows,
-        f"| **mean** | | | **{np.mean(means['td3_bc']) if means['td3_bc'] else float('nan'):.1f}** | "
-        f"**{np.mean(means['a2pr']) if means['a2pr'] else float('nan'):.1f}** |",
+        f"| **mean over the {paired} datasets with runs of both** | | | **{mean['td3_bc']:.1f}** | "
+        f"**{mean['a2pr']:.1f}** |",
+        "",
+        f"A2PR - TD3+BC, mean over those datasets: **{mean['a2pr'] - mean['td3_bc']:+.1f} points**.",
         "",
         f"Gradient steps per second (training only, runs alternating on one machine, batch 256): "
         f"TD3+BC {mean_std(speed['td3_bc'])}, A2PR {mean_std(speed['a2pr'])}; TD3+BC / A2PR = {ratio:.2f}.",
+        "",
+        f"![evaluation curves]({out.with_suffix('.png').name})",
         "",
         f"Settings: SAC medium run {args.sac_medium_steps:,} env steps, expert run {args.sac_expert_steps:,}; medium "
         f"and expert datasets {args.dataset_steps:,} transitions with action noise {args.action_noise}; offline "
@@ -268,8 +310,6 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
         ),
         "",
     ]
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps({"command": command, "records": records}, indent=2))
     print("\n".join(lines))
@@ -281,11 +321,12 @@ def main(args: Args) -> None:
     log = Path(args.work_dir) / "runs.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    for env_id in args.envs:
-        make_datasets(args, env_id)
-    if args.datasets_only:
+    if args.stage != "report":
+        for env_id in args.envs:
+            make_datasets(args, env_id)
+    if args.stage == "datasets":
         return
-    for seed in args.seeds:  # every dataset's first seed before any second one
+    for seed in args.seeds if args.stage == "all" else ():  # every dataset's first seed before any second one
         for env_id in args.envs:
             for kind in args.kinds:
                 for algo in ALGOS:
