@@ -12,7 +12,6 @@ and its ratio to the agent's eager float32 step. Compiling takes a minute or two
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import numpy as np
@@ -21,10 +20,6 @@ import torch._dynamo
 
 from mixrl.agents import a2pr, td3_bc
 from mixrl.buffers import ReplayBuffer
-from mixrl.optim import FlatAdam, flatten_parameters
-from mixrl.policies.critics import QEnsemble, ValueNetwork
-from mixrl.policies.deterministic import DeterministicActor
-from mixrl.policies.vae import ConditionalVAE
 
 OBS_DIM, ACTION_DIM = 17, 6
 
@@ -32,20 +27,12 @@ OBS_DIM, ACTION_DIM = 17, 6
 def build(algo: str, **overrides):
     """The update of one agent with `overrides` of its Args, on freshly seeded networks."""
     torch.manual_seed(0)
-    args = (td3_bc.Args if algo == "td3_bc" else a2pr.Args)(**overrides)
-    actor_hidden, critic_hidden = (
-        (args.hidden_sizes, args.hidden_sizes) if algo == "td3_bc" else (args.actor_hidden, args.critic_hidden)
-    )
-    actor, qf = DeterministicActor(OBS_DIM, ACTION_DIM, actor_hidden), QEnsemble(OBS_DIM, ACTION_DIM, 2, critic_hidden)
-    modules = {"actor": actor, "qf": qf}
-    modules["actor_target"] = copy.deepcopy(actor).requires_grad_(False)
-    modules["qf_target"] = copy.deepcopy(qf).requires_grad_(False)
-    if algo == "a2pr":
-        modules["value"] = ValueNetwork(OBS_DIM, args.value_hidden)
-        modules["vae"] = ConditionalVAE(OBS_DIM, ACTION_DIM, 2 * ACTION_DIM, args.vae_hidden)
-    names = {"actor": "actor", "critic": "qf", "value": "value", "vae": "vae"}
-    optimizers = {k: FlatAdam(flatten_parameters([modules[m]]), 3e-4) for k, m in names.items() if m in modules}
-    return (td3_bc if algo == "td3_bc" else a2pr).make_update(args, modules, optimizers)
+    if algo == "td3_bc":
+        args = td3_bc.Args(**overrides)
+        networks = td3_bc.make_networks(args, OBS_DIM, ACTION_DIM, "cpu", args.hidden_sizes, args.hidden_sizes)
+        return td3_bc.make_update(args, *networks)
+    args = a2pr.Args(**overrides)
+    return a2pr.make_update(args, *a2pr.make_networks(args, OBS_DIM, ACTION_DIM, "cpu"))
 
 
 def main() -> None:

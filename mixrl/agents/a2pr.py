@@ -28,7 +28,6 @@ Run `python -m mixrl.agents.a2pr --help` (or `mixrl a2pr --help`) for every opti
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -227,6 +226,21 @@ class ActorObjective(nn.Module):
         return -lam * q_pi.mean() + bc_loss, (bc_loss.detach(), lam, metrics)
 
 
+def make_networks(
+    args: Args, obs_dim: int, action_dim: int, device
+) -> tuple[dict[str, nn.Module], dict[str, FlatAdam]]:
+    """(modules, optimizers) of td3_bc.make_networks with A2PR's sizes, plus V and the VAE (keys value, vae) when the
+    VAE branch is on. Actor and critics come first, so equal seeds give td3_bc.py's initial weights."""
+    modules, optimizers = td3_bc.make_networks(args, obs_dim, action_dim, device, args.actor_hidden, args.critic_hidden)
+    if args.vae_branch:
+        modules["value"] = ValueNetwork(obs_dim, args.value_hidden).to(device)
+        latent_dim = args.latent_dim or 2 * action_dim
+        modules["vae"] = ConditionalVAE(obs_dim, action_dim, latent_dim, args.vae_hidden).to(device)
+        optimizers["value"] = FlatAdam(flatten_parameters([modules["value"]]), lr=args.value_lr)
+        optimizers["vae"] = FlatAdam(flatten_parameters([modules["vae"]]), lr=args.vae_lr)
+    return modules, optimizers
+
+
 def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str, FlatAdam], step: int = 0):
     """The A2PR iteration as a function of a batch -> detached metrics; `step` counts the iterations done.
 
@@ -315,21 +329,8 @@ def main(args: Args) -> Path:
     # Actor and critics first, as in td3_bc.py, and V and the VAE only when used: equal seeds then give
     # td3_bc.py's initial weights and random stream.
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.actor_hidden}
-    actor = DeterministicActor(**actor_kwargs).to(device)
-    qf = QEnsemble(obs_dim, action_dim, 2, args.critic_hidden).to(device)
-    actor_target = copy.deepcopy(actor).requires_grad_(False)
-    qf_target = copy.deepcopy(qf).requires_grad_(False)
-    modules = {"actor": actor, "actor_target": actor_target, "qf": qf, "qf_target": qf_target}
-    optimizers = {
-        "actor": FlatAdam(flatten_parameters([actor]), lr=args.actor_lr),
-        "critic": FlatAdam(flatten_parameters([qf]), lr=args.critic_lr),
-    }
-    if args.vae_branch:
-        modules["value"] = ValueNetwork(obs_dim, args.value_hidden).to(device)
-        latent_dim = args.latent_dim or 2 * action_dim
-        modules["vae"] = ConditionalVAE(obs_dim, action_dim, latent_dim, args.vae_hidden).to(device)
-        optimizers["value"] = FlatAdam(flatten_parameters([modules["value"]]), lr=args.value_lr)
-        optimizers["vae"] = FlatAdam(flatten_parameters([modules["vae"]]), lr=args.vae_lr)
+    modules, optimizers = make_networks(args, obs_dim, action_dim, device)
+    actor = modules["actor"]
 
     global_step = 0
     if args.resume is not None:

@@ -147,6 +147,26 @@ class ActorObjective(nn.Module):
         return -lam * q_pi.mean() + bc_loss, (bc_loss.detach(), lam)
 
 
+def make_networks(
+    args, obs_dim: int, action_dim: int, device, actor_hidden: tuple[int, ...], critic_hidden: tuple[int, ...]
+) -> tuple[dict[str, nn.Module], dict[str, FlatAdam]]:
+    """(modules, optimizers): actor, twin critics and their targets, and the FlatAdams of the flattened actor and
+    critics (keys actor and critic) with args.actor_lr and args.critic_lr."""
+    actor = DeterministicActor(obs_dim, action_dim, actor_hidden).to(device)
+    qf = QEnsemble(obs_dim, action_dim, 2, critic_hidden).to(device)
+    modules = {
+        "actor": actor,
+        "actor_target": copy.deepcopy(actor).requires_grad_(False),
+        "qf": qf,
+        "qf_target": copy.deepcopy(qf).requires_grad_(False),
+    }
+    optimizers = {
+        "actor": FlatAdam(flatten_parameters([actor]), lr=args.actor_lr),
+        "critic": FlatAdam(flatten_parameters([qf]), lr=args.critic_lr),
+    }
+    return modules, optimizers
+
+
 def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str, FlatAdam], step: int = 0):
     """The TD3+BC gradient step as a function of a batch -> detached metrics; `step` counts the updates done.
 
@@ -200,15 +220,8 @@ def main(args: Args) -> Path:
     obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
-    actor = DeterministicActor(**actor_kwargs).to(device)
-    qf = QEnsemble(obs_dim, action_dim, 2, args.hidden_sizes).to(device)
-    actor_target = copy.deepcopy(actor).requires_grad_(False)
-    qf_target = copy.deepcopy(qf).requires_grad_(False)
-    modules = {"actor": actor, "actor_target": actor_target, "qf": qf, "qf_target": qf_target}
-    optimizers = {
-        "actor": FlatAdam(flatten_parameters([actor]), lr=args.actor_lr),
-        "critic": FlatAdam(flatten_parameters([qf]), lr=args.critic_lr),
-    }
+    modules, optimizers = make_networks(args, obs_dim, action_dim, device, args.hidden_sizes, args.hidden_sizes)
+    actor = modules["actor"]
 
     global_step = 0
     if args.resume is not None:
