@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -38,15 +38,22 @@ class EvalArgs:
     """frames recorded per video"""
     device: str = "cpu"
     """torch device for the policy"""
+    eval_rule: Literal["argmax_w", "weighted_mean", "sampled_k_mean", "sample"] | None = None
+    """mixture policies (PMOE): how the action is picked from the experts, instead of the run's rule: mean of
+    the heaviest expert, weighted mean of the experts' means, mean of a drawn expert, or a sample"""
 
 
 def run_eval(args: EvalArgs) -> None:
     from mixrl.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames)
+    result = evaluate_checkpoint(
+        args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames, args.eval_rule
+    )
+    rule = result.get("eval_rule")
+    kind = "stochastic" if rule in ("sampled_k_mean", "sample") else "deterministic"
     print(
         f"{result['algo']} on {result['env_id']}: return {result['mean_return']:.2f} +- {result['std_return']:.2f} "
-        f"over {args.episodes} deterministic episodes"
+        f"over {args.episodes} {kind} episodes" + (f" (mixture rule {rule})" if rule else "")
     )
     for video in result["videos"]:
         print(f"video: {video}")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mixrl.envs.factory import make_env
+from mixrl.policies.mixture import ACTOR_EVAL_RULES
 from mixrl.runs import find_checkpoint, load_checkpoint
 
 
@@ -76,13 +77,22 @@ def build_actor(spec: dict[str, Any], device: str | torch.device = "cpu") -> nn.
     return actor.to(device).eval()
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Rebuild the deterministic policy of a run directory or checkpoint file: `load_policy(path)(obs) -> action`."""
-    return policy_from_checkpoint(load_checkpoint(path, map_location=device), device)
+def load_policy(path: str | Path, device: str | torch.device = "cpu", eval_rule: str | None = None) -> Policy:
+    """Rebuild the evaluation policy of a run directory or checkpoint file: `load_policy(path)(obs) -> action`.
+    `eval_rule` replaces a mixture policy's saved rule (one of mixrl.policies.mixture.ACTOR_EVAL_RULES)."""
+    return policy_from_checkpoint(load_checkpoint(path, map_location=device), device, eval_rule)
 
 
-def policy_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> Policy:
+def policy_from_checkpoint(
+    ckpt: dict[str, Any], device: str | torch.device = "cpu", eval_rule: str | None = None
+) -> Policy:
     actor = build_actor(ckpt["policy"], device)
+    if eval_rule is not None:
+        if not hasattr(actor, "eval_rule"):
+            raise ValueError(f"--eval-rule applies to mixture policies only; this one is {ckpt['policy']['class']}.")
+        if eval_rule not in ACTOR_EVAL_RULES:
+            raise ValueError(f"--eval-rule {eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)}.")
+        actor.eval_rule = eval_rule
     return Policy(actor, ckpt["observation_space"], ckpt["action_space"], ckpt.get("obs_normalizer"), device)
 
 
@@ -158,20 +168,27 @@ def evaluate_checkpoint(
     video: bool = False,
     device: str = "cpu",
     max_video_frames: int = 1000,
+    eval_rule: str | None = None,
 ) -> dict[str, Any]:
-    """`mixrl eval`: evaluate a run directory or checkpoint and write eval.json (and videos/) next to it."""
+    """`mixrl eval`: evaluate a run directory or checkpoint and write eval.json (and videos/) next to it.
+    Stochastic mixture rules draw from torch's stream seeded with `seed`, so a call repeats exactly."""
     file = find_checkpoint(path)
     ckpt = load_checkpoint(file, map_location=device)
     run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
-    result = evaluate(
-        policy_from_checkpoint(ckpt, device),
-        ckpt["env_id"],
-        episodes,
-        seed,
-        ckpt.get("env_kwargs"),
-        video_dir=run_dir / "videos" if video else None,
-        max_video_frames=max_video_frames,
-    )
+    policy = policy_from_checkpoint(ckpt, device, eval_rule)
+    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        result = evaluate(
+            policy,
+            ckpt["env_id"],
+            episodes,
+            seed,
+            ckpt.get("env_kwargs"),
+            video_dir=run_dir / "videos" if video else None,
+            max_video_frames=max_video_frames,
+        )
     result.update(checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes)
+    if hasattr(policy.actor, "eval_rule"):
+        result["eval_rule"] = policy.actor.eval_rule
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result

@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch
+from helpers import assert_unbiased
 from torch import distributions as D
 from torch.nn import functional as F
 
 from mixrl.policies.gaussian import TanhGaussianActor
 from mixrl.policies.mixture import (
+    ACTOR_EVAL_RULES,
     GaussianMixtureHead,
     frequency_loss,
     gmm_log_prob,
@@ -202,13 +204,6 @@ def per_sample_grads(loss_fn, theta: torch.Tensor, n: int) -> torch.Tensor:
     return n * logits.grad
 
 
-def assert_unbiased(samples: torch.Tensor, expected: torch.Tensor, z: float = 4.5) -> None:
-    """The sample mean lies within z standard errors of `expected` in every coordinate."""
-    error = (samples.mean(0) - expected).abs()
-    standard_error = samples.std(0) / math.sqrt(samples.shape[0])
-    assert (error <= z * standard_error + 1e-9).all(), (samples.mean(0), expected, standard_error)
-
-
 def test_reinforce_gradient_is_the_baselined_score_function():
     theta, q = torch.tensor([0.3, -1.0, 0.5], dtype=F64), torch.tensor([1.0, 4.0, -2.0], dtype=F64)
     k = torch.tensor([0, 1, 2, 1])
@@ -284,7 +279,7 @@ def test_head_shapes(head):
             assert action.shape == (*batch, 2) and log_prob.shape == batch
             assert (action.abs() < 1).all()
         assert head.log_prob(obs, action).shape == batch
-        for rule in ("argmax_w", "sampled_k_mean", "sample"):
+        for rule in ACTOR_EVAL_RULES:
             assert head.deterministic(obs, rule).shape == (*batch, 2)
 
 
@@ -360,6 +355,8 @@ def test_deterministic_rules(head):
         head.mixing.weight.zero_()
         head.mixing.bias.copy_(torch.tensor([0.0, 0.0, 3.0, 0.0]))
     torch.testing.assert_close(head.deterministic(obs, "argmax_w"), means[:, 2])
+    w = torch.softmax(torch.tensor([0.0, 0.0, 3.0, 0.0]), -1)
+    torch.testing.assert_close(head.deterministic(obs, "weighted_mean"), (w[:, None] * means).sum(-2))
 
     mean_choice = head.deterministic(obs, "sampled_k_mean")
     chosen = (mean_choice[:, None, :] == means).all(-1)

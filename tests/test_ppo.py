@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_unbiased
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import mixrl
@@ -192,13 +193,45 @@ def test_mixture_log_prob_is_finite_for_17_dimensional_far_away_actions():
     assert torch.allclose(log_prob, torch.full_like(log_prob, -17 * (1800 + 0.5 * math.log(2 * math.pi))), rtol=1e-3)
 
 
-def test_mixture_deterministic_action_is_the_mean_of_the_heaviest_expert():
+def test_mixture_evaluation_rules():
     torch.manual_seed(0)
     actor = DiagonalGaussianMixtureActor(3, 2, num_experts=4, hidden_sizes=(8,))
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([[-1.0], [0.0], [0.5], [-0.5]]).expand(4, 2))
     obs = torch.randn(10, 3)
     logits, mean, _ = actor.distribution_params(obs)
-    expected = mean[torch.arange(10), logits.argmax(-1)]
-    assert torch.equal(actor.deterministic(obs), expected)
+    w = logits.softmax(-1)
+    assert torch.equal(actor.deterministic(obs), mean[torch.arange(10), logits.argmax(-1)])  # default: argmax_w
+    torch.testing.assert_close(actor.deterministic(obs, "weighted_mean"), (w[..., None] * mean).sum(-2))
+
+    many = obs[:1].expand(40_000, 3)
+    chosen = actor.deterministic(many, "sampled_k_mean")
+    k = (chosen[:, None, :] == mean[:1]).all(-1).double()
+    assert (k.sum(-1) == 1).all()
+    assert_unbiased(k, w[0].double())  # k ~ Cat(w)
+    sampled = actor.deterministic(many, "sample").double()
+    assert_unbiased(sampled, (w[0, :, None] * mean[0]).sum(0).double())  # E[a] is the mixture's mean
+    assert_unbiased(sampled.square(), (w[0, :, None] * (mean[0].square() + actor.log_std.exp().square())).sum(0))
+    with pytest.raises(ValueError, match="rule"):
+        actor.deterministic(obs, "argmax_q")  # needs a critic, which the actor does not carry
+
+
+def test_eval_rule_is_saved_and_replaceable_at_evaluation(tmp_path):
+    run_dir = ppo.main(tiny_args(tmp_path, policy="gmm", num_experts=3, gmm_eval_rule="weighted_mean"))
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["policy"]["kwargs"]["eval_rule"] == "weighted_mean"
+    assert mixrl.load_policy(run_dir).actor.eval_rule == "weighted_mean"
+    sampled = evaluate_checkpoint(run_dir, episodes=2, seed=3, eval_rule="sample")
+    assert sampled["eval_rule"] == "sample"
+    assert json.loads((run_dir / "eval.json").read_text())["eval_rule"] == "sample"
+    assert evaluate_checkpoint(run_dir, episodes=2, seed=3, eval_rule="sample")["returns"] == sampled["returns"]
+    assert evaluate_checkpoint(run_dir, episodes=2, seed=3)["returns"] != sampled["returns"]
+
+    gaussian = ppo.main(tiny_args(tmp_path / "gaussian"))
+    with pytest.raises(ValueError, match="mixture policies only"):
+        mixrl.load_policy(gaussian, eval_rule="sample")
+    with pytest.raises(ValueError, match="--eval-rule 'mode' is not one of"):
+        mixrl.load_policy(run_dir, eval_rule="mode")
 
 
 def test_flat_adam_matches_torch_fused_adam():

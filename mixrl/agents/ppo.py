@@ -51,7 +51,7 @@ from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient
 from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
-from mixrl.policies.mixture import DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
+from mixrl.policies.mixture import ACTOR_EVAL_RULES, DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
 from mixrl.policies.nets import mlp, orthogonal_init
 from mixrl.runs import (
     Run,
@@ -113,6 +113,9 @@ class Args:
     gmm_grad: Literal["frequency", "ratio"] = "frequency"
     """gmm: how the mixing weights w learn: the surrogate plus PMOE's frequency loss (with the Q network), or
     the surrogate's likelihood ratio alone"""
+    gmm_eval_rule: Literal["argmax_w", "weighted_mean", "sampled_k_mean", "sample"] = "argmax_w"
+    """gmm: evaluation action: mean of argmax_k w_k, the mixture's mean sum_k w_k mu_k, mean of k ~ Cat(w), or a
+    sample of the mixture (`mixrl eval --eval-rule` overrides it)"""
     normalize_obs: bool = True
     """z-score observations with running statistics, clipped to +-10 (saved in checkpoints, used by load_policy)"""
     normalize_reward: bool = True
@@ -138,7 +141,7 @@ class Args:
     """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
-GMM_OPTIONS = ("num_experts", "q_hidden_sizes", "gmm_grad")
+GMM_OPTIONS = ("num_experts", "q_hidden_sizes", "gmm_grad", "gmm_eval_rule")
 
 
 class Batch(NamedTuple):
@@ -165,6 +168,8 @@ def check_args(args: Args) -> None:
         raise ValueError(f"--num-experts must be at least 1, got {args.num_experts}.")
     elif args.gmm_grad not in ("frequency", "ratio"):
         raise ValueError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, ratio.")
+    elif args.gmm_eval_rule not in ACTOR_EVAL_RULES:
+        raise ValueError(f"--gmm-eval-rule {args.gmm_eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)}.")
     elif args.ent_coef != 0.0:
         raise ValueError("--ent-coef needs a closed-form entropy, which the mixture policy lacks: use --ent-coef 0.")
     batch_size = args.num_envs * args.num_steps
@@ -324,7 +329,7 @@ def main(args: Args) -> Path:
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     if args.policy == "gmm":
-        actor_kwargs["num_experts"] = args.num_experts
+        actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
     head = DiagonalGaussianActor if args.policy == "gaussian" else DiagonalGaussianMixtureActor
     actor = head(**actor_kwargs).to(device)
     critic = make_critic(obs_dim, args.hidden_sizes).to(device)
@@ -372,7 +377,9 @@ def main(args: Args) -> Path:
     def run_evaluation() -> dict:
         spaces = envs.single_observation_space, envs.env_action_space
         policy = Policy(actor, *spaces, envs.normalizer_state(), device)
-        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
+        # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
         mean, std = result["mean_return"], result["std_return"]
         run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
         with open(run.dir / "evaluations.jsonl", "a") as f:

@@ -51,8 +51,8 @@ from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_prec
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.gaussian import TanhGaussianActor
 from mixrl.policies.mixture import (
+    ACTOR_EVAL_RULES,
     ENTROPY_MODES,
-    EVAL_RULES,
     GaussianMixtureHead,
     draw_expert,
     frequency_loss,
@@ -119,8 +119,9 @@ class Args:
     """gmm: how the mixing weights w learn: PMOE's frequency loss, Gumbel-softmax relaxation or REINFORCE"""
     gmm_entropy: Literal["component", "mixture"] = "component"
     """gmm: log pi of the chosen expert alone, or the mixture's log-density (the entropy then trains w too)"""
-    gmm_eval_rule: Literal["argmax_w", "sampled_k_mean", "sample"] = "argmax_w"
-    """gmm: deterministic action: mean of argmax_k w_k, mean of k ~ Cat(w), or a sample of k ~ Cat(w)"""
+    gmm_eval_rule: Literal["argmax_w", "weighted_mean", "sampled_k_mean", "sample"] = "argmax_w"
+    """gmm: evaluation action: mean of argmax_k w_k, sum_k w_k tanh(mu_k), mean of k ~ Cat(w), or a sample of
+    k ~ Cat(w) (`mixrl eval --eval-rule` overrides it)"""
     gumbel_tau: float = 0.2
     """gmm with --gmm-grad gumbel: temperature of the Gumbel-softmax relaxation"""
     batch_reward_norm: bool = False
@@ -175,10 +176,9 @@ def check_args(args: Args) -> None:
         raise ValueError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, gumbel, reinforce.")
     if args.gmm_entropy not in ENTROPY_MODES:
         raise ValueError(f"--gmm-entropy {args.gmm_entropy!r} is not one of: {', '.join(ENTROPY_MODES)}.")
-    actor_rules = [rule for rule in EVAL_RULES if rule != "argmax_q"]
-    if args.gmm_eval_rule not in actor_rules:
+    if args.gmm_eval_rule not in ACTOR_EVAL_RULES:
         raise ValueError(
-            f"--gmm-eval-rule {args.gmm_eval_rule!r} is not one of: {', '.join(actor_rules)} "
+            f"--gmm-eval-rule {args.gmm_eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)} "
             "(argmax_q ranks the experts with a critic, which a saved policy does not carry)."
         )
     if args.gmm_grad == "gumbel" and args.gmm_entropy == "mixture":

@@ -24,7 +24,8 @@ from mixrl.policies.gaussian import (
 from mixrl.policies.nets import mlp, orthogonal_init
 
 ENTROPY_MODES = ("component", "mixture")
-EVAL_RULES = ("argmax_w", "sampled_k_mean", "sample", "argmax_q")
+ACTOR_EVAL_RULES = ("argmax_w", "weighted_mean", "sampled_k_mean", "sample")  # rules that need no critic
+EVAL_RULES = (*ACTOR_EVAL_RULES, "argmax_q")
 
 
 def gmm_log_prob(
@@ -82,6 +83,16 @@ def select_expert(per_expert: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Row k of (..., K, A) for each leading index: (..., A)."""
     index = k[..., None, None].expand(*k.shape, 1, per_expert.shape[-1])
     return per_expert.gather(-2, index).squeeze(-2)
+
+
+def combine_experts(candidates: torch.Tensor, logits: torch.Tensor, rule: str) -> torch.Tensor:
+    """One action (..., A) from per-expert candidates (..., K, A) by an actor rule: `argmax_w` the heaviest
+    expert's, `weighted_mean` sum_k w_k c_k, `sampled_k_mean` and `sample` that of k ~ Cat(w)."""
+    if rule not in ACTOR_EVAL_RULES:
+        raise ValueError(f"rule={rule!r} is not one of {ACTOR_EVAL_RULES}.")
+    if rule == "weighted_mean":
+        return (logits.softmax(-1).unsqueeze(-1) * candidates).sum(-2)
+    return select_expert(candidates, logits.argmax(-1) if rule == "argmax_w" else draw_expert(logits))
 
 
 def frequency_loss(mixing_probs: torch.Tensor, q_values: torch.Tensor) -> torch.Tensor:
@@ -191,9 +202,9 @@ class GaussianMixtureHead(nn.Module):
         q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Evaluation action by `rule` (default: the head's eval_rule). Rules: `argmax_w` tanh(mu_k),
-        k = argmax w; `sampled_k_mean` tanh(mu_k), k ~ Cat(w); `sample` tanh(u_k), k ~ Cat(w); `argmax_q`
-        tanh(mu_k), k = argmax_k q_fn(s, tanh(mu_k)), where q_fn maps observations tiled to (..., K, S) and
-        candidates (..., K, A) to Q of (..., K)."""
+        k = argmax w; `weighted_mean` sum_k w_k tanh(mu_k); `sampled_k_mean` tanh(mu_k), k ~ Cat(w); `sample`
+        tanh(u_k), k ~ Cat(w); `argmax_q` tanh(mu_k), k = argmax_k q_fn(s, tanh(mu_k)), where q_fn maps
+        observations tiled to (..., K, S) and candidates (..., K, A) to Q of (..., K)."""
         rule = self.eval_rule if rule is None else rule
         if rule not in EVAL_RULES:
             raise ValueError(f"rule={rule!r} is not one of {EVAL_RULES}.")
@@ -201,14 +212,10 @@ class GaussianMixtureHead(nn.Module):
             raise ValueError("rule='argmax_q' needs a critic: pass q_fn(obs, actions) -> Q.")
         logits, mean, log_std = self.distribution_params(obs)
         candidates = sample_experts(mean, log_std)[0] if rule == "sample" else torch.tanh(mean)
-        if rule == "argmax_w":
-            k = logits.argmax(-1)
-        elif rule == "argmax_q":
+        if rule == "argmax_q":
             tiled = obs.unsqueeze(-2).expand(*logits.shape, obs.shape[-1])
-            k = q_fn(tiled, candidates).reshape(logits.shape).argmax(-1)
-        else:
-            k = draw_expert(logits)
-        return select_expert(candidates, k)
+            return select_expert(candidates, q_fn(tiled, candidates).reshape(logits.shape).argmax(-1))
+        return combine_experts(candidates, logits, rule)
 
 
 class DiagonalGaussianMixtureActor(nn.Module):
@@ -219,13 +226,22 @@ class DiagonalGaussianMixtureActor(nn.Module):
     The mixture counterpart of DiagonalGaussianActor (orthogonal init, mean head gain 0.01, log-std 0): with K = 1
     it is initialised (same seed) exactly as that actor, its log-density is the same Gaussian's, `sample` draws
     the same random numbers, and the mixing layer (w = 1) is zero-initialised without drawing any. The mixing
-    net reads the (factory-normalised) observation and shares nothing with the trunk. `deterministic(obs)` is
-    the mean of the heaviest expert, mu_k with k = argmax_k w_k(s).
+    net reads the (factory-normalised) observation and shares nothing with the trunk. `deterministic(obs)` picks
+    the evaluation action by `eval_rule` (one of ACTOR_EVAL_RULES; default the mean of the heaviest expert).
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, num_experts: int = 5, hidden_sizes: Sequence[int] = (64, 64)):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_experts: int = 5,
+        hidden_sizes: Sequence[int] = (64, 64),
+        eval_rule: str = "argmax_w",
+    ):
         super().__init__()
-        self.num_experts, self.action_dim = num_experts, action_dim
+        if eval_rule not in ACTOR_EVAL_RULES:
+            raise ValueError(f"eval_rule={eval_rule!r} is not one of {ACTOR_EVAL_RULES}.")
+        self.num_experts, self.action_dim, self.eval_rule = num_experts, action_dim, eval_rule
         self.trunk = mlp(obs_dim, hidden_sizes, activation=nn.Tanh)
         for layer in self.trunk:
             if isinstance(layer, nn.Linear):
@@ -256,6 +272,10 @@ class DiagonalGaussianMixtureActor(nn.Module):
         """Mixture log pi(a|s) by logsumexp over the experts: finite for any action."""
         return gmm_log_prob(*self.distribution_params(obs), action, squash=False)
 
-    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        logits, mean, _ = self.distribution_params(obs)
-        return select_expert(mean, logits.argmax(-1))
+    def deterministic(self, obs: torch.Tensor, rule: str | None = None) -> torch.Tensor:
+        """Evaluation action by `rule` (default: eval_rule): `argmax_w` mu_k, k = argmax w; `weighted_mean`
+        sum_k w_k mu_k (the mixture's mean); `sampled_k_mean` mu_k, k ~ Cat(w); `sample` a ~ pi(.|s)."""
+        logits, mean, log_std = self.distribution_params(obs)
+        rule = self.eval_rule if rule is None else rule
+        candidates = mean + log_std.exp() * torch.randn_like(mean) if rule == "sample" else mean
+        return combine_experts(candidates, logits, rule)
