@@ -17,7 +17,9 @@ Per environment it
      --compile, compiled losses.
 A2PR uses the authors' per-dataset alpha, bc_weight, vae_recon_weight and gamma (A2PR_SETTINGS) unless
 --no-a2pr-paper-settings. Finished runs are recorded in <work-dir>/runs.jsonl and skipped when the script is run
-again, so an interrupted benchmark continues. The report, <results>.md and <results>.json, gives the D4RL
+again, so an interrupted benchmark continues. Several processes can share the runs once the datasets exist (make
+them first with --stage datasets): each takes the next run that is neither recorded nor held by a live process's
+lock file in <work-dir>/locks/. The report, <results>.md and <results>.json, gives the D4RL
 normalised score of the final policy per dataset (mean +- std over seeds) and its mean over datasets.
 """
 
@@ -36,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import tyro
+from bench_learning import lock_is_held
 
 from mixrl.agents import a2pr, sac, td3_bc
 from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, normalized_score
@@ -320,25 +323,40 @@ def main(args: Args) -> None:
     command = "python scripts/bench_offline.py " + shlex.join(sys.argv[1:])
     log = Path(args.work_dir) / "runs.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     if args.stage != "report":
         for env_id in args.envs:
             make_datasets(args, env_id)
     if args.stage == "datasets":
         return
+    locks = log.parent / "locks"
+    locks.mkdir(exist_ok=True)
     for seed in args.seeds if args.stage == "all" else ():  # every dataset's first seed before any second one
         for env_id in args.envs:
             for kind in args.kinds:
                 for algo in ALGOS:
                     key = (algo, env_id, kind, seed, args.gradient_steps)
-                    if any((r["algo"], r["env_id"], r["kind"], r["seed"], r["gradient_steps"]) == key for r in records):
+                    lock = locks / ("__".join(map(str, key)) + ".running")
+                    if any(record_key(r) == key for r in read_records(log)) or (lock.exists() and lock_is_held(lock)):
                         continue
+                    lock.write_text(str(os.getpid()))
                     print(f"[{env_id} {kind}] {algo} seed {seed}", flush=True)
-                    records.append(run_one(args, algo, env_id, kind, seed))
+                    try:
+                        record = run_one(args, algo, env_id, kind, seed)
+                    finally:
+                        lock.unlink()
                     with open(log, "a") as f:
-                        f.write(json.dumps(records[-1]) + "\n")
-    done = [r for r in records if r["gradient_steps"] == args.gradient_steps and r["seed"] in args.seeds]
+                        f.write(json.dumps(record) + "\n")
+    done = [r for r in read_records(log) if r["gradient_steps"] == args.gradient_steps and r["seed"] in args.seeds]
     report(args, done, command)
+
+
+def read_records(log: Path) -> list[dict[str, Any]]:
+    """The finished runs in runs.jsonl, read afresh: other processes append to it."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def record_key(record: dict[str, Any]) -> tuple:
+    return record["algo"], record["env_id"], record["kind"], record["seed"], record["gradient_steps"]
 
 
 if __name__ == "__main__":
