@@ -42,9 +42,10 @@ def main() -> None:
                 continue
             seed = record["seed"]
             returns = {}
+            policy = load_policy(record["run_dir"])  # loaded once; each rule then replaces the saved one
             for rule in ACTOR_EVAL_RULES:
                 torch.manual_seed(10_000 + seed)
-                policy = load_policy(record["run_dir"], eval_rule=rule)
+                policy.actor.eval_rule = rule
                 returns[rule] = evaluate(policy, record["env_id"], EPISODES, seed=10_000 + seed)["mean_return"]
             row = {"variant": record["variant"], "env_id": record["env_id"], "seed": seed}
             row.update(benchmark_final=record["curve"][-1][1], returns=returns)
