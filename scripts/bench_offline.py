@@ -224,6 +224,13 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-"
 
 
+def evaluation_curve(record: dict[str, Any]) -> list[tuple[int, float]]:
+    """[(gradient step, normalised score)] of a run's periodic evaluations; empty when its run dir is gone."""
+    evaluations = Path(record["run_dir"]) / "evaluations.jsonl"
+    lines = [json.loads(line) for line in evaluations.read_text().splitlines()] if evaluations.exists() else []
+    return [(line["step"], line.get("eval/normalized_score", float("nan"))) for line in lines]
+
+
 def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
     """One panel per dataset: the evaluation score of every run against gradient steps, one colour per algorithm."""
     import matplotlib
@@ -236,13 +243,8 @@ def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
     for ax, (env_id, kind) in zip(np.ravel(axes), datasets):
         for algo, colour in zip(ALGOS, ("tab:blue", "tab:red")):
             runs = [r for r in records if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)]
-            for i, r in enumerate(runs):
-                evaluations = Path(r["run_dir"]) / "evaluations.jsonl"
-                if not evaluations.exists():
-                    continue
-                lines = [json.loads(line) for line in evaluations.read_text().splitlines()]
-                steps = [line["step"] for line in lines]
-                scores = [line.get("eval/normalized_score", float("nan")) for line in lines]
+            for i, r in enumerate(run for run in runs if run["curve"]):
+                steps, scores = zip(*r["curve"])
                 ax.plot(steps, scores, color=colour, alpha=0.8, label=algo if i == 0 else None)
         ax.set_title(f"{env_id} {kind}", fontsize=9)
         ax.set_xlabel("gradient steps")
@@ -255,7 +257,8 @@ def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
 
 def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
     """<results>.md, .json and .png: score per dataset and algorithm, their means over the datasets that both
-    algorithms ran, gradient steps per second, evaluation curves."""
+    algorithms ran, gradient steps per second, evaluation curves (kept in the JSON's records)."""
+    records = [{**r, "curve": evaluation_curve(r)} for r in records]
     rows, means = [], {algo: [] for algo in ALGOS}
     for env_id in args.envs:
         for kind in args.kinds:
