@@ -190,6 +190,14 @@ def run_sb3_ppo(env_id: str, seed: int, steps: int, eval_every: int) -> dict:
     return {"curve": evaluator.curve}
 
 
+def findings_link(report: Path) -> list[str]:
+    """Lines that point a generated report to its hand-written companion <report>_findings.md, when there is one."""
+    findings = report.with_name(f"{report.stem}_findings.md")
+    if not findings.exists():
+        return []
+    return [f"What these runs show and what was tried: [{findings.name}]({findings.name}).", ""]
+
+
 def lock_is_held(lock: Path) -> bool:
     """A job's .running file holds the pid of the process that runs it; the lock of a process that died is stale."""
     try:
@@ -299,7 +307,8 @@ def cmd_report(opts: argparse.Namespace) -> None:
     commands = sorted({r["command"] for r in raw})
     if published:
         lines += ["", f"Published returns ({PUBLISHED_PROTOCOL}):", "", *published]
-    lines += ["", f"![curves]({opts.name}.png)", "", "Shaded: min-max over seeds. Made with:", ""]
+    lines += ["", f"![curves]({opts.name}.png)", "", *findings_link(RESULTS / f"{opts.name}.md")]
+    lines += ["Shaded: min-max over seeds. Made with:", ""]
     lines += [f"    {c}" for c in commands] + [
         f"    python scripts/bench_learning.py report --name {opts.name}"
         + "".join(f" --include {folder}" for folder in opts.include),

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import tyro
-from bench_learning import lock_is_held
+from bench_learning import findings_link, lock_is_held
 
 from mixrl.agents import a2pr, sac, td3_bc
 from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, normalized_score
@@ -304,6 +304,7 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
         "",
         f"![evaluation curves]({out.with_suffix('.png').name})",
         "",
+        *findings_link(out.with_suffix(".md")),
         f"Settings: SAC medium run {args.sac_medium_steps:,} env steps, expert run {args.sac_expert_steps:,}; medium "
         f"and expert datasets {args.dataset_steps:,} transitions with action noise {args.action_noise}; offline "
         f"agents with --matmul-precision {args.matmul_precision}"
