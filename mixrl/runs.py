@@ -11,7 +11,9 @@ import json
 import os
 import platform
 import random
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,10 @@ class Run:
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.bar: tqdm | None = None
         self._start_time, self._start_step = time.time(), 0
+        # SIGTERM (`kill`, a scheduler's stop) is Ctrl-C while the run is open: the agent saves checkpoints/latest.pt.
+        self._sigterm_handler = None
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     def progress(self, total: int, initial: int = 0) -> tqdm:
         """A progress bar over environment steps (shown on terminals only)."""
@@ -190,6 +196,21 @@ class Run:
         if returns and self.bar is not None:
             self.bar.set_postfix(ret=f"{np.mean(returns):.1f}", sps=f"{self.steps_per_second(step):.0f}")
 
+    def log_evaluation(self, line: dict[str, Any]) -> None:
+        """Append one evaluation, a dict with its "step", to evaluations.jsonl."""
+        with open(self.dir / "evaluations.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def rewind(self, step: int) -> None:
+        """On resume from a checkpoint at `step`: forget the evaluations and TensorBoard events that the interrupted
+        run logged after it, which the resumed run logs again."""
+        evaluations = self.dir / "evaluations.jsonl"
+        if evaluations.exists():
+            kept = [line for line in evaluations.read_text().splitlines() if json.loads(line)["step"] <= step]
+            evaluations.write_text("".join(line + "\n" for line in kept))
+        self.writer.close()
+        self.writer = SummaryWriter(str(self.dir), purge_step=step + 1)
+
     def save_checkpoint(self, payload: dict[str, Any], name: str = "latest") -> Path:
         """Atomically write checkpoints/<name>.pt with the format tag, algorithm and library versions."""
         path = self.checkpoint_dir / f"{name}.pt"
@@ -209,3 +230,5 @@ class Run:
         if self.bar is not None:
             self.bar.close()
         self.writer.close()
+        if self._sigterm_handler is not None:
+            signal.signal(signal.SIGTERM, self._sigterm_handler)

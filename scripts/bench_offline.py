@@ -25,6 +25,7 @@ normalised score of the final policy per dataset (mean +- std over seeds) and it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -185,11 +186,26 @@ def agent_args(args: Args, algo: str, env_id: str, kind: str, seed: int):
     return a2pr.Args(**common)
 
 
+def interrupted_run(run_args: td3_bc.Args | a2pr.Args) -> Path | None:
+    """The directory of an earlier run with exactly these Args that stopped before its end (a checkpoints/latest.pt,
+    from Ctrl-C or a periodic checkpoint, and no final.pt), to resume rather than start again."""
+    wanted = json.loads(json.dumps(dataclasses.asdict(run_args)))
+    for run_dir in sorted(Path(run_args.run_root).glob("*")):
+        checkpoints, config = run_dir / "checkpoints", run_dir / "config.json"
+        if (checkpoints / "latest.pt").exists() and not (checkpoints / "final.pt").exists() and config.exists():
+            if json.loads(config.read_text())["args"] == wanted:
+                return run_dir
+    return None
+
+
 def run_one(args: Args, algo: str, env_id: str, kind: str, seed: int) -> dict[str, Any]:
-    """Train one offline run and score its final policy."""
+    """Train one offline run (resuming an interrupted one) and score its final policy."""
     module = td3_bc if algo == "td3_bc" else a2pr
     run_args = agent_args(args, algo, env_id, kind, seed)
-    run_dir = module.main(run_args)
+    previous = interrupted_run(run_args)
+    if previous is not None:
+        print(f"resuming {previous}", flush=True)
+    run_dir = module.main(run_args if previous is None else dataclasses.replace(run_args, resume=str(previous)))
     last = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
     info = dataset_info(run_args.dataset_id)
     returns = evaluate_checkpoint(run_dir, args.final_episodes, seed + 100, device=args.device)["returns"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -16,7 +18,7 @@ import torch
 
 import mixrl
 from mixrl.agents import a2pr, sac, td3_bc
-from mixrl.buffers import Batch
+from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.cli import main as cli_main
 from mixrl.datasets import CollectArgs, collect, load_dataset, normalized_score, replay_episodes
 from mixrl.evaluation import evaluate_checkpoint
@@ -464,6 +466,30 @@ def test_a2pr_without_vae_branch_is_td3_bc(root, tmp_path):
             assert torch.equal(value, plain["state"][name][key]), (name, key)
     assert not torch.equal(td3["state"]["actor"]["net.0.weight"], full["state"]["actor"]["net.0.weight"])
     assert "vae" in full["state"] and "vae" not in plain["state"]
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(root, tmp_path, monkeypatch):
+    straight = load_checkpoint(td3_bc.main(tiny_td3_bc(tmp_path / "a")))
+    sample, calls = ReplayBuffer.sample, []
+
+    def sample_then_terminated(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # `kill` during the 4th iteration, before its update
+            os.kill(os.getpid(), signal.SIGTERM)
+        return sample(self, *args, **kwargs)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(ReplayBuffer, "sample", sample_then_terminated)
+    with pytest.raises(KeyboardInterrupt):
+        td3_bc.main(tiny_td3_bc(tmp_path / "b"))
+    monkeypatch.setattr(ReplayBuffer, "sample", sample)
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored when the run closes
+    run_dir = next((tmp_path / "b" / "runs").iterdir())
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 3
+    resumed = load_checkpoint(td3_bc.main(td3_bc.Args(resume=str(run_dir))))
+    for name in ("actor", "qf", "qf_target"):
+        for key, value in straight["state"][name].items():
+            assert torch.equal(value, resumed["state"][name][key]), (name, key)
 
 
 def test_offline_runs_evaluate_load_and_resume(root, tmp_path):

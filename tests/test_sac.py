@@ -66,6 +66,26 @@ def test_resume_continues_exactly(tmp_path):
     assert torch.equal(straight["state"]["log_alpha"], resumed["state"]["log_alpha"])
 
 
+def test_resume_forgets_what_an_interrupted_run_logged_after_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = sac.main(tiny_args(tmp_path, total_timesteps=300, eval_every=100))
+    # A run that went on past its last checkpoint (step 300) and was killed: what it logged then must go.
+    with open(run_dir / "evaluations.jsonl", "a") as f:
+        f.write(json.dumps({"step": 400, "mean_return": 1e9, "std_return": 0.0}) + "\n")
+    with SummaryWriter(str(run_dir)) as writer:
+        writer.add_scalar("eval/return", 1e9, 400)
+    sac.main(sac.Args(resume=str(run_dir), total_timesteps=600))
+    lines = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [100, 200, 300, 400, 500, 600]
+    assert all(line["mean_return"] < 1e9 for line in lines)
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    returns = {event.step: event.value for event in events.Scalars("eval/return")}
+    assert sorted(returns) == [100, 200, 300, 400, 500, 600] and max(returns.values()) < 1e9
+
+
 def test_refuses_discrete_action_spaces(tmp_path):
     with pytest.raises(ValueError, match="continuous .*CartPole-v1.*mixrl dqn"):
         sac.main(tiny_args(tmp_path, env_id="CartPole-v1"))

@@ -29,7 +29,6 @@ Run `python -m mixrl.agents.a2pr --help` (or `mixrl a2pr --help`) for every opti
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,6 +339,7 @@ def main(args: Args) -> Path:
             optimizer.load_state_dict(saved["state"][f"{name}_optimizer"])
         global_step = saved["global_step"]
         set_rng_state(saved["rng"])
+        run.rewind(global_step)
     if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
         torch.compiler.reset()
     update = make_update(args, modules, optimizers, global_step)
@@ -371,8 +371,7 @@ def main(args: Args) -> Path:
             bar.set_postfix(score=f"{score:.1f}")
         run.log_scalars(global_step, scalars)
         line = {"step": global_step, **scalars, "steps_per_second": steps_per_second}
-        with open(run.dir / "evaluations.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+        run.log_evaluation(line)
         return line
 
     bar = run.progress(args.total_steps, initial=global_step)

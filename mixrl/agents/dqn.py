@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -189,6 +188,7 @@ def main(args: Args) -> Path:
         rb.load_state_dict(saved["buffer"])
         envs.load_state_dict(saved["env_state"])
         obs, global_step = saved["obs"].to(device), saved["global_step"]
+        run.rewind(global_step)
         episode_steps, best_return = saved["episode_steps"].to(device), saved["best_return"]
         set_rng_state(saved["rng"])
 
@@ -229,8 +229,7 @@ def main(args: Args) -> Path:
         result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
         mean, std = result["mean_return"], result["std_return"]
         run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
-        with open(run.dir / "evaluations.jsonl", "a") as f:
-            f.write(json.dumps({"step": global_step, "mean_return": mean, "std_return": std}) + "\n")
+        run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})
         if mean > best_return:
             best_return = mean
             run.save_checkpoint(checkpoint(), "best")

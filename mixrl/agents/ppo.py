@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -354,6 +353,7 @@ def main(args: Args) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         envs.load_state_dict(saved["env_state"])
         obs, global_step = saved["obs"].to(device), saved["global_step"]
+        run.rewind(global_step)
         set_rng_state(saved["rng"])
 
     def checkpoint() -> dict:
@@ -382,8 +382,7 @@ def main(args: Args) -> Path:
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
         mean, std = result["mean_return"], result["std_return"]
         run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
-        with open(run.dir / "evaluations.jsonl", "a") as f:
-            f.write(json.dumps({"step": global_step, "mean_return": mean, "std_return": std}) + "\n")
+        run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})
         return result
 
     bar = run.progress(num_iterations * batch_size, initial=global_step)

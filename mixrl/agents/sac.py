@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -394,6 +393,7 @@ def main(args: Args) -> Path:
         envs.load_state_dict(saved["env_state"])
         obs, global_step, updates_due = saved["obs"].to(device), saved["global_step"], saved["updates_due"]
         set_rng_state(saved["rng"])
+        run.rewind(global_step)
 
     def checkpoint() -> dict:
         payload = {
@@ -426,8 +426,7 @@ def main(args: Args) -> Path:
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
         mean, std = result["mean_return"], result["std_return"]
         run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
-        with open(run.dir / "evaluations.jsonl", "a") as f:
-            f.write(json.dumps({"step": global_step, "mean_return": mean, "std_return": std}) + "\n")
+        run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})
         return result
 
     bar = run.progress(args.total_timesteps, initial=global_step)
