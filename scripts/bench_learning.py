@@ -209,6 +209,14 @@ def lock_is_held(lock: Path) -> bool:
     return True
 
 
+def claim(lock: Path) -> bool:
+    """Write this process's pid to the job's `lock` and return True, unless a live process holds it already."""
+    if lock.exists() and lock_is_held(lock):
+        return False
+    lock.write_text(str(os.getpid()))
+    return True
+
+
 def cmd_run(opts: argparse.Namespace) -> None:
     out = RESULTS / "raw" / opts.name
     out.mkdir(parents=True, exist_ok=True)
@@ -217,9 +225,8 @@ def cmd_run(opts: argparse.Namespace) -> None:
             for seed in opts.seeds:
                 path = out / f"{env_id}__{variant}__{seed}.json"
                 lock = path.with_suffix(".running")
-                if path.exists() or (lock.exists() and lock_is_held(lock)):
+                if path.exists() or not claim(lock):
                     continue
-                lock.write_text(str(os.getpid()))
                 start = time.time()
                 agent, overrides = VARIANTS[variant]
                 print(

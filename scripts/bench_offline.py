@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import tyro
-from bench_learning import findings_link, lock_is_held
+from bench_learning import claim, findings_link
 
 from mixrl.agents import a2pr, sac, td3_bc
 from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, normalized_score
@@ -356,9 +356,8 @@ def main(args: Args) -> None:
                 for algo in ALGOS:
                     key = (algo, env_id, kind, seed, args.gradient_steps)
                     lock = locks / ("__".join(map(str, key)) + ".running")
-                    if any(record_key(r) == key for r in read_records(log)) or (lock.exists() and lock_is_held(lock)):
+                    if any(record_key(r) == key for r in read_records(log)) or not claim(lock):
                         continue
-                    lock.write_text(str(os.getpid()))
                     print(f"[{env_id} {kind}] {algo} seed {seed}", flush=True)
                     try:
                         record = run_one(args, algo, env_id, kind, seed)
