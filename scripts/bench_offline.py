@@ -272,20 +272,27 @@ def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
 
 
 def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
-    """<results>.md, .json and .png: score per dataset and algorithm, their means over the datasets that both
-    algorithms ran, gradient steps per second, evaluation curves (kept in the JSON's records)."""
+    """<results>.md, .json and .png: score per dataset and algorithm, their means over the datasets and seeds
+    that both algorithms finished, gradient steps per second, evaluation curves (kept in the JSON's records)."""
     records = [{**r, "curve": evaluation_curve(r)} for r in records]
-    rows, means = [], {algo: [] for algo in ALGOS}
+    rows, means, paired_runs = [], {algo: [] for algo in ALGOS}, 0
     for env_id in args.envs:
         for kind in args.kinds:
             info = dataset_info(dataset_id(args, env_id, kind))
-            scores = {
-                algo: [r["final_score"] for r in records if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)]
+            by_seed = {
+                algo: {
+                    r["seed"]: r["final_score"]
+                    for r in records
+                    if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)
+                }
                 for algo in ALGOS
             }
-            if all(scores.values()):
+            scores = {algo: list(by_seed[algo].values()) for algo in ALGOS}
+            paired_seeds = set(by_seed["td3_bc"]) & set(by_seed["a2pr"])
+            if paired_seeds:
                 for algo in ALGOS:
-                    means[algo].append(float(np.mean(scores[algo])))
+                    means[algo].append(float(np.mean([by_seed[algo][seed] for seed in paired_seeds])))
+                paired_runs += len(paired_seeds)
             cells = " | ".join(f"{mean_std(scores[algo])} ({len(scores[algo])})" for algo in ALGOS)
             dataset_score = info.get("normalized_score_mean", float("nan"))
             rows.append(f"| {info['dataset_id']} | {info['steps']:,} | {dataset_score:.1f} | {cells} |")
@@ -310,7 +317,8 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
         "| dataset | transitions | dataset score | TD3+BC | A2PR |",
         "|---|---|---|---|---|",
         *rows,
-        f"| **mean over the {paired} datasets with runs of both** | | | **{mean['td3_bc']:.1f}** | "
+        f"| **mean over the {paired} datasets with runs of both, on the seeds both finished ({paired_runs} runs "
+        f"each)** | | | **{mean['td3_bc']:.1f}** | "
         f"**{mean['a2pr']:.1f}** |",
         "",
         f"A2PR - TD3+BC, mean over those datasets: **{mean['a2pr'] - mean['td3_bc']:+.1f} points**.",
