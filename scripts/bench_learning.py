@@ -198,21 +198,17 @@ def findings_link(report: Path) -> list[str]:
     return [f"What these runs show and what was tried: [{findings.name}]({findings.name}).", ""]
 
 
-def lock_is_held(lock: Path) -> bool:
-    """A job's .running file holds the pid of the process that runs it; the lock of a process that died is stale."""
-    try:
-        os.kill(int(lock.read_text()), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, PermissionError):
-        return True  # not a pid (held by hand), or another user's live process
-    return True
-
-
 def claim(lock: Path) -> bool:
-    """Write this process's pid to the job's `lock` and return True, unless a live process holds it already."""
-    if lock.exists() and lock_is_held(lock):
-        return False
+    """Write this process's pid to the job's `lock` and return True, unless a live process holds it already (a
+    lock whose pid is dead is stale and taken over)."""
+    if lock.exists():
+        try:
+            os.kill(int(lock.read_text()), 0)
+            return False
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            return False  # not a pid (held by hand), or another user's live process
     lock.write_text(str(os.getpid()))
     return True
 
