@@ -34,7 +34,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ A2PR_SETTINGS: dict[tuple[str, str], tuple[float, float, float, float]] = {
     ("walker2d", "medium-replay"): (2.5, 1.2, 1.5, 0.995),
     ("walker2d", "medium-expert"): (2.5, 0.8, 1.0, 0.99),
 }
-ALGOS = ("td3_bc", "a2pr")
+Algo = Literal["td3_bc", "a2pr"]
+ALGOS: tuple[Algo, ...] = get_args(Algo)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Args:
     """datasets to train on per env"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """seeds of the offline runs"""
-    algos: tuple[Literal["td3_bc", "a2pr"], ...] = ALGOS
+    algos: tuple[Algo, ...] = ALGOS
     """offline agents to run (the report always compares both, on the runs recorded so far)"""
     gradient_steps: int = 1_000_000
     """gradient steps per offline run"""
