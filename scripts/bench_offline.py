@@ -274,6 +274,34 @@ def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def per_run_rows(args: Args, records: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: every dataset and seed with both algorithms' final scores and their difference, then each
+    seed's mean over the datasets where both finished."""
+    score = {(r["algo"], r["env_id"], r["kind"], r["seed"]): r["final_score"] for r in records}
+    rows, differences = [], {seed: [] for seed in args.seeds}
+    for env_id in args.envs:
+        for kind in args.kinds:
+            for seed in args.seeds:
+                td3_bc, a2pr = (score.get((algo, env_id, kind, seed)) for algo in ALGOS)
+                if td3_bc is None and a2pr is None:
+                    continue
+                cells = [f"{s:.1f}" if s is not None else "-" for s in (td3_bc, a2pr)]
+                if td3_bc is not None and a2pr is not None:
+                    differences[seed].append((td3_bc, a2pr))
+                    cells.append(f"{a2pr - td3_bc:+.1f}")
+                else:
+                    cells.append("")
+                rows.append(f"| {env_id} {kind} | {seed} | {' | '.join(cells)} |")
+    for seed, pairs in differences.items():
+        if pairs:
+            td3_bc, a2pr = np.mean(pairs, axis=0)
+            rows.append(
+                f"| mean of seed {seed} ({len(pairs)} datasets) | {seed} | {td3_bc:.1f} | {a2pr:.1f} | "
+                f"{a2pr - td3_bc:+.1f} |"
+            )
+    return rows
+
+
 def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
     """<results>.md, .json and .png: score per dataset and algorithm, their means over the datasets and seeds
     that both algorithms finished, gradient steps per second, evaluation curves (kept in the JSON's records)."""
@@ -328,6 +356,12 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
         "",
         f"Gradient steps per second (training only, runs alternating on one machine, batch 256): "
         f"TD3+BC {mean_std(speed['td3_bc'])}, A2PR {mean_std(speed['a2pr'])}; TD3+BC / A2PR = {ratio:.2f}.",
+        "",
+        "Every run (final score, 'mean of seed' over the datasets where both algorithms finished that seed):",
+        "",
+        "| dataset | seed | TD3+BC | A2PR | A2PR - TD3+BC |",
+        "|---|---|---|---|---|",
+        *per_run_rows(args, records),
         "",
         f"![evaluation curves]({out.with_suffix('.png').name})",
         "",
