@@ -26,6 +26,7 @@ normalised score of the final policy per dataset (mean +- std over seeds) and it
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -274,25 +275,22 @@ def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def per_run_rows(args: Args, records: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows: every dataset and seed with both algorithms' final scores and their difference, then each
-    seed's mean over the datasets where both finished."""
-    score = {(r["algo"], r["env_id"], r["kind"], r["seed"]): r["final_score"] for r in records}
-    rows, differences = [], {seed: [] for seed in args.seeds}
-    for env_id in args.envs:
-        for kind in args.kinds:
-            for seed in args.seeds:
-                td3_bc, a2pr = (score.get((algo, env_id, kind, seed)) for algo in ALGOS)
-                if td3_bc is None and a2pr is None:
-                    continue
-                cells = [f"{s:.1f}" if s is not None else "-" for s in (td3_bc, a2pr)]
-                if td3_bc is not None and a2pr is not None:
-                    differences[seed].append((td3_bc, a2pr))
-                    cells.append(f"{a2pr - td3_bc:+.1f}")
-                else:
-                    cells.append("")
-                rows.append(f"| {env_id} {kind} | {seed} | {' | '.join(cells)} |")
-    for seed, pairs in differences.items():
+def per_run_rows(args: Args, score: dict[tuple, float]) -> list[str]:
+    """Markdown rows: every dataset and seed with both algorithms' final scores (`score[algo, env_id, kind,
+    seed]`) and their difference, then each seed's mean over the datasets where both finished."""
+    rows, pairs_by_seed = [], {seed: [] for seed in args.seeds}
+    for env_id, kind, seed in itertools.product(args.envs, args.kinds, args.seeds):
+        td3_bc, a2pr = (score.get((algo, env_id, kind, seed)) for algo in ALGOS)
+        if td3_bc is None and a2pr is None:
+            continue
+        cells = [f"{s:.1f}" if s is not None else "-" for s in (td3_bc, a2pr)]
+        if td3_bc is not None and a2pr is not None:
+            pairs_by_seed[seed].append((td3_bc, a2pr))
+            cells.append(f"{a2pr - td3_bc:+.1f}")
+        else:
+            cells.append("")
+        rows.append(f"| {env_id} {kind} | {seed} | {' | '.join(cells)} |")
+    for seed, pairs in pairs_by_seed.items():
         if pairs:
             td3_bc, a2pr = np.mean(pairs, axis=0)
             rows.append(
@@ -306,15 +304,14 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
     """<results>.md, .json and .png: score per dataset and algorithm, their means over the datasets and seeds
     that both algorithms finished, gradient steps per second, evaluation curves (kept in the JSON's records)."""
     records = [{**r, "curve": evaluation_curve(r)} for r in records]
+    score = {(r["algo"], r["env_id"], r["kind"], r["seed"]): r["final_score"] for r in records}
     rows, means, paired_runs = [], {algo: [] for algo in ALGOS}, 0
     for env_id in args.envs:
         for kind in args.kinds:
             info = dataset_info(dataset_id(args, env_id, kind))
             by_seed = {
                 algo: {
-                    r["seed"]: r["final_score"]
-                    for r in records
-                    if (r["algo"], r["env_id"], r["kind"]) == (algo, env_id, kind)
+                    seed: score[algo, env_id, kind, seed] for seed in args.seeds if (algo, env_id, kind, seed) in score
                 }
                 for algo in ALGOS
             }
@@ -361,7 +358,7 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
         "",
         "| dataset | seed | TD3+BC | A2PR | A2PR - TD3+BC |",
         "|---|---|---|---|---|",
-        *per_run_rows(args, records),
+        *per_run_rows(args, score),
         "",
         f"![evaluation curves]({out.with_suffix('.png').name})",
         "",
