@@ -151,6 +151,21 @@ def test_ratio_estimator_trains_the_mixing_weights_through_the_surrogate_alone(t
     assert mixing_grad.abs().sum() > 0
 
 
+def test_pmoe_clips_the_agent_and_the_q_network_gradients_each_on_its_own(tmp_path):
+    """Large returns make both gradients far larger than max_grad_norm: each group is clipped to it on its own (one
+    norm over all parameters would leave each group below it, the Q network's gradient shrinking the PPO step)."""
+    args = tiny_args(tmp_path, policy="gmm", num_experts=3, num_minibatches=1, update_epochs=1, max_grad_norm=0.5)
+    batch, actor, critic, qf = collect(args)
+    batch = batch._replace(returns=1000.0 * batch.returns)
+    flat = flatten_parameters([actor, critic, qf])
+    ppo.make_update(args, actor, critic, qf, FlatAdam(flat, lr=1e-4))(batch)
+    num_agent = sum(p.numel() for module in (actor, critic) for p in module.parameters())
+    agent_grad, q_grad = flat.grad[:num_agent], flat.grad[num_agent:]  # the last minibatch's clipped gradient
+    assert q_grad.norm() == pytest.approx(0.5, rel=1e-4)
+    assert agent_grad.norm() == pytest.approx(0.5, rel=1e-4)
+    assert all(p.grad.norm() > 0 for p in qf.parameters())
+
+
 def test_pmoe_with_one_expert_gives_the_gaussian_ratio():
     torch.manual_seed(3)
     gaussian = DiagonalGaussianActor(4, 3, (16, 16))

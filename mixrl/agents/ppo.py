@@ -100,7 +100,7 @@ class Args:
     vf_coef: float = 0.5
     """c_V, weight of the value loss"""
     max_grad_norm: float = 0.5
-    """clip the global gradient norm of all parameters to this"""
+    """clip the gradient norm of the actor and critic together to this (gmm: the Q network's on its own, likewise)"""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """hidden layer widths of the actor and the critic (tanh)"""
     policy: Literal["gaussian", "gmm"] = "gaussian"
@@ -274,6 +274,10 @@ def make_update(
     batch_size = args.num_envs * args.num_steps
     num_mb, mb_size = args.num_minibatches, batch_size // args.num_minibatches
     gradient = loss_gradient(Objective(args, actor, critic, qf), params, compile=args.compile)
+    # Gradient-norm clipping groups: the agent's (actor and critic) and the auxiliary Q network's (stored last in
+    # params), each clipped on its own, so that large Q gradients never shrink the PPO step.
+    num_agent = sum(p.numel() for module in (actor, critic) for p in module.parameters())
+    clip_groups = [g.view(1, -1) for g in params.grad.split([num_agent, params.numel() - num_agent]) if g.numel()]
 
     def update(batch: Batch) -> dict[str, torch.Tensor]:
         log_ratios = []
@@ -287,8 +291,9 @@ def make_update(
                 shuffled = shuffled._replace(advantages=adv)
             for mb in zip(*(field.unbind(0) for field in shuffled)):
                 _, (log_ratio, terms) = gradient(Batch(*mb))  # fills params.grad
-                # g <- g max_norm / ||g|| where ||g|| > max_norm, ||g|| the norm of all gradients together
-                params.grad.view(1, -1).renorm_(2, 0, args.max_grad_norm)
+                # g <- g max_norm / ||g|| where ||g|| > max_norm, per group (the agent's, the Q network's)
+                for group in clip_groups:
+                    group.renorm_(2, 0, args.max_grad_norm)
                 optimizer.step()
                 log_ratios.append(log_ratio)
         # The loss terms and KL estimates of the last minibatch; the clip fraction over all minibatches.
