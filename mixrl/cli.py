@@ -99,6 +99,9 @@ def run_dataset(rest: list[str]) -> None:
             print(f"{key:22s} {value:.2f}" if isinstance(value, float) else f"{key:22s} {value}")
 
 
+EXPORT_HELP = "Export a run's deterministic policy as an ONNX or TorchScript graph: raw observation -> env action."
+
+
 def available_agents() -> dict[str, object]:
     modules = {}
     for name, module_name in AGENTS.items():
@@ -116,6 +119,7 @@ def usage(agents: dict[str, object]) -> str:
         lines.append(f"  {name:10s} train: {(module.__doc__ or '').strip().splitlines()[0]}")
     lines.append(f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)")
     lines.append(f"  {'dataset':10s} collect | list | info: Minari datasets for the offline agents (td3_bc, a2pr)")
+    lines.append(f"  {'export':10s} write a run's deterministic policy as ONNX or TorchScript (raw obs -> env action)")
     lines.append("\n`mixrl COMMAND --help` lists the options of a command.")
     return "\n".join(lines)
 
@@ -137,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
             run_eval(tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy."))
         elif command == "dataset":
             run_dataset(rest)
+        elif command == "export":
+            from mixrl.export import ExportArgs, run_export
+
+            run_export(tyro.cli(ExportArgs, args=rest, prog="mixrl export", description=EXPORT_HELP))
         elif command in agents:
             module = agents[command]
             args = tyro.cli(module.Args, args=rest, prog=f"mixrl {command}", description=module.__doc__)
