@@ -41,6 +41,7 @@ from torch import nn
 from mixrl.agents import td3_bc
 from mixrl.buffers import Batch
 from mixrl.datasets import load_dataset
+from mixrl.envs.factory import parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble, ValueNetwork
@@ -55,6 +56,8 @@ class Args:
     """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
     env_id: str | None = None
     """evaluation environment (default: the one the dataset records)"""
+    env_kwargs: tuple[str, ...] = ()
+    """keyword arguments of the env constructor (merged over the dataset's): one JSON object, or key=value pairs"""
     seed: int = 1024
     """seed of torch, NumPy, Python and the evaluation episodes"""
     total_steps: int = 1_000_000
@@ -320,7 +323,8 @@ def main(args: Args) -> Path:
     env_id = args.env_id or data.env_id
     if env_id is None:
         raise ValueError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
-    env_kwargs = data.env_kwargs if env_id == data.env_id else {}
+    dataset_kwargs = data.env_kwargs if env_id == data.env_id else {}
+    env_kwargs = {**dataset_kwargs, **parse_env_kwargs(args.env_kwargs)}
     obs_space, action_space = data.check_env(env_id, env_kwargs)
     run = Run(args, "a2pr", env_id, args.run_root, resume=args.resume)
     obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import tyro
 
 from mixrl.buffers import Batch, ReplayBuffer
-from mixrl.envs.factory import make_vec_env
+from mixrl.envs.factory import make_vec_env, parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.discrete import QNetwork
 from mixrl.runs import (
@@ -44,7 +44,9 @@ from mixrl.runs import (
 @dataclass
 class Args:
     env_id: str = "mixrl/ThreeBodyTimestep-v0"
-    """Gymnasium id of a task with a discrete action space"""
+    """Gymnasium id of a task with a discrete action space; module:id for a task your own package registers"""
+    env_kwargs: tuple[str, ...] = ()
+    """keyword arguments of the env constructor: one JSON object, or key=value pairs (e.g. frame_skip=2 sparse=1)"""
     seed: int = 1
     """seed of the envs, torch, NumPy and Python"""
     total_timesteps: int = 200_000
@@ -156,7 +158,10 @@ def main(args: Args) -> Path:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
-    envs = make_vec_env(args.env_id, args.num_envs, args.seed, device, normalize_obs=args.normalize_obs)
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
+    envs = make_vec_env(
+        args.env_id, args.num_envs, args.seed, device, normalize_obs=args.normalize_obs, env_kwargs=env_kwargs
+    )
     if envs.continuous or envs.env_action_space.shape != ():
         raise ValueError(
             f"DQN needs a Discrete action space, but {args.env_id} has {envs.env_action_space}. "
@@ -195,7 +200,7 @@ def main(args: Args) -> Path:
     def checkpoint() -> dict:
         payload = {
             "args": dataclasses.asdict(args),
-            "env_kwargs": {},
+            "env_kwargs": env_kwargs,
             "observation_space": envs.single_observation_space,
             "action_space": envs.env_action_space,
             "obs_normalizer": envs.normalizer_state(),
@@ -226,7 +231,7 @@ def main(args: Args) -> Path:
         policy = Policy(
             q_network, envs.single_observation_space, envs.env_action_space, envs.normalizer_state(), device
         )
-        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
+        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
         mean, std = result["mean_return"], result["std_return"]
         run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
         run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mixrl.buffers import Batch, ReplayBuffer
-from mixrl.envs.factory import make_vec_env
+from mixrl.envs.factory import make_vec_env, parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
@@ -75,7 +75,9 @@ from mixrl.runs import (
 @dataclass
 class Args:
     env_id: str = "HalfCheetah-v5"
-    """Gymnasium id of a task with a continuous (Box) action space"""
+    """Gymnasium id of a task with a continuous (Box) action space; module:id for a task your own package registers"""
+    env_kwargs: tuple[str, ...] = ()
+    """keyword arguments of the env constructor: one JSON object, or key=value pairs (e.g. frame_skip=2 sparse=1)"""
     seed: int = 1
     """seed of the envs, torch, NumPy and Python"""
     total_timesteps: int = 1_000_000
@@ -345,7 +347,10 @@ def main(args: Args) -> Path:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
-    envs = make_vec_env(args.env_id, args.num_envs, args.seed, device, normalize_obs=args.normalize_obs)
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
+    envs = make_vec_env(
+        args.env_id, args.num_envs, args.seed, device, normalize_obs=args.normalize_obs, env_kwargs=env_kwargs
+    )
     if not envs.continuous:
         raise ValueError(
             f"SAC needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
@@ -398,7 +403,7 @@ def main(args: Args) -> Path:
     def checkpoint() -> dict:
         payload = {
             "args": dataclasses.asdict(args),
-            "env_kwargs": {},
+            "env_kwargs": env_kwargs,
             "observation_space": envs.single_observation_space,
             "action_space": envs.env_action_space,
             "obs_normalizer": envs.normalizer_state(),
@@ -423,7 +428,7 @@ def main(args: Args) -> Path:
         policy = Policy(actor, *spaces, envs.normalizer_state(), device)
         # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
+            result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
         mean, std = result["mean_return"], result["std_return"]
         run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
         run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})

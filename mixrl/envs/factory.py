@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib
+import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +105,18 @@ class RewardScaler:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise a ValueError naming close matches when `env_id` is not registered with Gymnasium."""
+    """Raise a ValueError naming close matches when `env_id` is not registered with Gymnasium. An id of the form
+    `module:id` (a task in the user's own package) imports `module` first, which registers it, as gym.make does."""
+    module, colon, name = env_id.partition(":")
+    if colon:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(
+                f"Environment id {env_id!r}: cannot import module {module!r} ({err}). Install the package that "
+                "registers the task, or put its folder on PYTHONPATH."
+            ) from None
+        env_id = name
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
@@ -111,6 +125,29 @@ def check_env_id(env_id: str) -> None:
         f"Unknown environment id {env_id!r}.{hint} "
         "List all ids with: python -c 'import gymnasium, mixrl; gymnasium.pprint_registry()'"
     )
+
+
+def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """`--env-kwargs` -> keyword arguments of the env constructor: one JSON object ('{"goal": [0.1, 0.2]}') or
+    key=value pairs whose values are read as JSON when they parse (goal_radius=0.05 sparse=true) and as text else."""
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        try:
+            kwargs = json.loads(items[0])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--env-kwargs {items[0]!r} is not valid JSON ({err}).") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--env-kwargs {items[0]!r}: give a JSON object or key=value pairs.")
+        return kwargs
+    kwargs = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.isidentifier():
+            raise ValueError(f"--env-kwargs {item!r} is not key=value: write e.g. --env-kwargs frame_skip=2 sparse=1.")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
 
 
 def make_env(env_id: str, render_mode: str | None = None, **env_kwargs: Any) -> gym.Env:
