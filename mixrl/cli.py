@@ -36,6 +36,10 @@ class EvalArgs:
     """write an MP4 of the first episode into <run>/videos/ (headless EGL rendering)"""
     max_video_frames: int = 1000
     """frames recorded per video"""
+    video_size: tuple[int, int] | None = None
+    """video width and height in pixels (default: the env's own render size)"""
+    overlay: bool = False
+    """draw the step counter and the return so far on the video frames"""
     device: str = "cpu"
     """torch device for the policy"""
     eval_rule: Literal["argmax_w", "weighted_mean", "sampled_k_mean", "sample"] | None = None
@@ -47,7 +51,15 @@ def run_eval(args: EvalArgs) -> None:
     from mixrl.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.path, args.episodes, args.seed, args.video, args.device, args.max_video_frames, args.eval_rule
+        args.path,
+        args.episodes,
+        args.seed,
+        args.video,
+        args.device,
+        args.max_video_frames,
+        args.eval_rule,
+        args.video_size,
+        args.overlay,
     )
     rule = result.get("eval_rule")
     kind = "stochastic" if rule in ("sampled_k_mean", "sample") else "deterministic"

@@ -96,11 +96,38 @@ def policy_from_checkpoint(
     return Policy(actor, ckpt["observation_space"], ckpt["action_space"], ckpt.get("obs_normalizer"), device)
 
 
-def _make_render_env(env_id: str, env_kwargs: dict[str, Any], width: int, height: int) -> gym.Env:
+def _make_render_env(
+    env_id: str, env_kwargs: dict[str, Any], size: tuple[int, int] | None
+) -> tuple[gym.Env, tuple[int, int] | None]:
+    """An rgb_array env that renders at `size` (width, height), or at its own default size when `size` is None.
+    Also returns the size its frames still need resizing to (envs without width/height arguments), else None."""
+    if size is None:
+        return make_env(env_id, render_mode="rgb_array", **env_kwargs), None
     try:
-        return make_env(env_id, render_mode="rgb_array", width=width, height=height, **env_kwargs)
-    except TypeError:  # envs without width/height arguments (non-MuJoCo)
-        return make_env(env_id, render_mode="rgb_array", **env_kwargs)
+        return make_env(env_id, render_mode="rgb_array", width=size[0], height=size[1], **env_kwargs), None
+    except TypeError:  # envs without width/height arguments (non-MuJoCo): frames are resized instead
+        return make_env(env_id, render_mode="rgb_array", **env_kwargs), tuple(size)
+
+
+def _frame(env: gym.Env, resize: tuple[int, int] | None, overlay: bool, step: int, total: float) -> np.ndarray:
+    """The env's RGB frame, resized to `resize` (width, height) if given, with the step counter and the return so
+    far drawn in its top-left corner when `overlay`."""
+    frame = env.render()
+    if resize is None and not overlay:
+        return frame
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.fromarray(frame)
+    if resize is not None:
+        image = image.resize(resize, Image.Resampling.BILINEAR)
+    if overlay:
+        draw = ImageDraw.Draw(image)
+        font = ImageFont.load_default(size=max(10, image.height // 24))
+        text = f"step {step}  return {total:.1f}"
+        left, top, right, bottom = draw.textbbox((4, 4), text, font=font)
+        draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+        draw.text((4, 4), text, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
 
 
 def evaluate(
@@ -112,7 +139,8 @@ def evaluate(
     video_dir: str | Path | None = None,
     video_episodes: int = 1,
     max_video_frames: int = 1000,
-    video_size: tuple[int, int] = (320, 240),
+    video_size: tuple[int, int] | None = None,
+    video_overlay: bool = False,
 ) -> dict[str, Any]:
     """Run `episodes` deterministic episodes (seeds seed, seed + 1, ...); optionally write MP4s of the first ones.
 
@@ -120,13 +148,13 @@ def evaluate(
     """
     env_kwargs = dict(env_kwargs or {})
     env = make_env(env_id, **env_kwargs)
-    render_env = _make_render_env(env_id, env_kwargs, *video_size) if video_dir is not None else None
+    render_env, resize = _make_render_env(env_id, env_kwargs, video_size) if video_dir is not None else (None, None)
     returns, lengths, videos = [], [], []
     for episode in range(episodes):
         recording = render_env is not None and episode < video_episodes
         current = render_env if recording else env
         obs, _ = current.reset(seed=seed + episode)
-        frames = [current.render()] if recording else []
+        frames = [_frame(current, resize, video_overlay, 0, 0.0)] if recording else []
         total, length, done = 0.0, 0, False
         while not done:
             obs, reward, terminated, truncated, _ = current.step(policy(obs))
@@ -134,7 +162,7 @@ def evaluate(
             length += 1
             done = terminated or truncated
             if recording and len(frames) < max_video_frames:
-                frames.append(current.render())
+                frames.append(_frame(current, resize, video_overlay, length, total))
         returns.append(total)
         lengths.append(length)
         if recording:
@@ -169,6 +197,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
     max_video_frames: int = 1000,
     eval_rule: str | None = None,
+    video_size: tuple[int, int] | None = None,
+    video_overlay: bool = False,
 ) -> dict[str, Any]:
     """`mixrl eval`: evaluate a run directory or checkpoint and write eval.json (and videos/) next to it.
     Stochastic mixture rules draw from torch's stream seeded with `seed`, so a call repeats exactly."""
@@ -186,6 +216,8 @@ def evaluate_checkpoint(
             ckpt.get("env_kwargs"),
             video_dir=run_dir / "videos" if video else None,
             max_video_frames=max_video_frames,
+            video_size=video_size,
+            video_overlay=video_overlay,
         )
     result.update(checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes)
     if hasattr(policy.actor, "eval_rule"):

@@ -101,3 +101,20 @@ def test_env_kwargs_forms_and_errors():
         check_env_id("no_such_pkg:no_such_pkg/Reach-v0")
     with pytest.raises(ValueError, match="Did you mean: byo_pkg/Reach-v0"):
         check_env_id("byo_pkg:byo_pkg/Rech-v0")
+
+
+def test_videos_at_the_env_size_or_a_given_one_with_an_overlay(tmp_path):
+    import imageio.v2 as imageio
+
+    def policy(obs):
+        return np.zeros(2, np.float32)
+
+    plain = evaluate(policy, ENV_ID, 1, video_dir=tmp_path / "plain", max_video_frames=5)
+    sized = evaluate(policy, ENV_ID, 1, video_dir=tmp_path / "sized", video_size=(160, 96), video_overlay=True)
+    plain_frames, sized_frames = imageio.mimread(plain["videos"][0]), imageio.mimread(sized["videos"][0])
+    assert plain_frames[0].shape == (48, 48, 3)  # the env's own render size
+    assert sized_frames[0].shape == (96, 160, 3) and len(sized_frames) == 21  # first frame + 20 steps
+    # the env draws on white; the overlay is white text on a black box in the top-left corner
+    assert plain_frames[-1][:8, :40].mean() > 200
+    corner = sized_frames[-1][:10, :120].astype(float)
+    assert corner.mean() < 150 and corner.max() > 200
