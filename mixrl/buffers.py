@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from mixrl.errors import UsageError
+
 
 class Batch(NamedTuple):
     obs: torch.Tensor
@@ -68,7 +70,7 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         if state["data"].shape[1] != self.data.shape[1] or state["size"] > self.capacity:
-            raise ValueError(
+            raise UsageError(
                 f"Replay buffer in checkpoint has shape {tuple(state['data'].shape)}, "
                 f"which does not fit capacity {self.capacity} and row width {self.data.shape[1]}."
             )

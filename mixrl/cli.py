@@ -7,6 +7,7 @@ mixrl dataset collect medium --policy runs/Hopper-v5__sac__1__<time> --expert ru
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ AGENTS = {
     "dqn": "mixrl.agents.dqn",
     "td3_bc": "mixrl.agents.td3_bc",
     "a2pr": "mixrl.agents.a2pr",
+    "bc": "mixrl.agents.bc",
 }
 
 
@@ -114,6 +116,22 @@ def run_dataset(rest: list[str]) -> None:
 EXPORT_HELP = "Export a run's deterministic policy as an ONNX or TorchScript graph: raw observation -> env action."
 
 
+def given_flags(args_type: type, argv: list[str]) -> set[str]:
+    """The Args fields that `argv` names (--name, --name=value, --no-name): what `--resume` takes from the command
+    line, even where the value equals the default."""
+    names = {field.name for field in dataclasses.fields(args_type)}
+    given = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token.removeprefix("--").split("=", 1)[0].replace("-", "_")
+        if name not in names and name.startswith("no_"):
+            name = name[3:]
+        if name in names:
+            given.add(name)
+    return given
+
+
 def available_agents() -> dict[str, object]:
     modules = {}
     for name, module_name in AGENTS.items():
@@ -131,6 +149,7 @@ def usage(agents: dict[str, object]) -> str:
         lines.append(f"  {name:10s} train: {(module.__doc__ or '').strip().splitlines()[0]}")
     lines.append(f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)")
     lines.append(f"  {'dataset':10s} collect | list | info: Minari datasets for the offline agents (td3_bc, a2pr)")
+    lines.append(f"  {'sweep':10s} trials (agents x envs x seeds x flags) on Ray; `sweep report` tables and plots")
     lines.append(f"  {'export':10s} write a run's deterministic policy as ONNX or TorchScript (raw obs -> env action)")
     lines.append("\n`mixrl COMMAND --help` lists the options of a command.")
     return "\n".join(lines)
@@ -146,13 +165,17 @@ def main(argv: list[str] | None = None) -> None:
         print(usage(agents))
         return
     command, rest = argv[0], argv[1:]
-    from mixrl.runs import NonFiniteLossError
+    from mixrl.runs import Interrupted, NonFiniteLossError, UsageError, mark_given
 
     try:
         if command == "eval":
             run_eval(tyro.cli(EvalArgs, args=rest, prog="mixrl eval", description="Evaluate a trained policy."))
         elif command == "dataset":
             run_dataset(rest)
+        elif command == "sweep":
+            from mixrl.sweep import main as sweep_main
+
+            sweep_main(rest)
         elif command == "export":
             from mixrl.export import ExportArgs, run_export
 
@@ -160,16 +183,16 @@ def main(argv: list[str] | None = None) -> None:
         elif command in agents:
             module = agents[command]
             args = tyro.cli(module.Args, args=rest, prog=f"mixrl {command}", description=module.__doc__)
-            run_dir = module.main(args)
+            run_dir = module.main(mark_given(args, given_flags(module.Args, rest)))
             print(f"run directory: {run_dir}")
         else:
             sys.exit(f"mixrl: unknown command {command!r}.\n\n{usage(agents)}")
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except (UsageError, NonFiniteLossError) as err:  # messages for people; any other error is a bug: traceback
         sys.exit(f"mixrl {command}: error: {err}")
+    except Interrupted as err:  # Ctrl-C or SIGTERM, honoured at an iteration boundary
+        sys.exit(f"mixrl {command}: {err}")
     except KeyboardInterrupt:
-        sys.exit(
-            f"mixrl {command}: interrupted; the latest checkpoint is in the run directory (continue with --resume)."
-        )
+        sys.exit(f"mixrl {command}: interrupted at once; checkpoints/latest.pt is the last periodic checkpoint.")
 
 
 if __name__ == "__main__":

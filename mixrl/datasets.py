@@ -4,6 +4,7 @@ and load any local Minari dataset as tensors for the offline agents (td3_bc, a2p
     mixrl dataset collect random        --env-id Hopper-v5 --expert RUN      # uniform-random actions
     mixrl dataset collect medium        --policy RUN --expert EXPERT_RUN      # deterministic rollouts
     mixrl dataset collect expert        --policy EXPERT_RUN --action-noise 0.1
+    mixrl dataset collect expert        --policy scripted --env-id mixrl/PegInsertion-v0 --action-noise 0.05
     mixrl dataset collect medium-replay --policy RUN --expert EXPERT_RUN      # the run's replay buffer
     mixrl dataset collect medium-expert --sources mixrl/hopper-v5/medium-v0 mixrl/hopper-v5/expert-v0
     mixrl dataset list
@@ -48,8 +49,10 @@ from tqdm import tqdm
 from mixrl.buffers import ReplayBuffer
 from mixrl.envs.factory import make_env
 from mixrl.evaluation import evaluate, load_policy
+from mixrl.errors import MissingPathError, UsageError
 from mixrl.runs import load_checkpoint
 
+SCRIPTED = "scripted"  # --policy value: the env's scripted expert
 KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 RUN_HINT = "RUN is a mixrl run directory or checkpoint; EXPERT_RUN that of the expert"
 
@@ -61,9 +64,10 @@ class CollectArgs:
     kind: Annotated[Literal["random", "medium", "expert", "medium-replay", "medium-expert"], tyro.conf.Positional]
     """D4RL kind: random, medium, expert (rollouts), medium-replay (a run's replay buffer), medium-expert (both)"""
     policy: str | None = None
-    """run directory or checkpoint that acts (medium, expert) or whose replay buffer is read (medium-replay)"""
+    """run directory or checkpoint that acts (medium, expert) or whose replay buffer is read (medium-replay);
+    `scripted`: the scripted expert of the env that --env-id names (e.g. mixrl/PegInsertion-v0)"""
     env_id: str | None = None
-    """environment of a random dataset (the other kinds take it from their checkpoint or sources)"""
+    """environment of a random or scripted dataset (the other kinds take it from their checkpoint or sources)"""
     expert: str | None = None
     """run directory or checkpoint of the expert, whose mean return is ref_max_score (kind expert: --policy)"""
     sources: tuple[str, ...] = ()
@@ -148,6 +152,14 @@ def uniform_policy(action_space: gym.spaces.Box, seed: int) -> Callable[[np.ndar
     return lambda obs: action_space.sample()
 
 
+def scripted_policy(env: gym.Env, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """obs -> action of the env's own scripted expert, `env.unwrapped.scripted_expert(seed=seed)`."""
+    make = getattr(env.unwrapped, "scripted_expert", None)
+    if make is None:
+        raise UsageError(f"{env.spec.id} has no scripted expert: pass --policy RUN, a trained policy.")
+    return make(seed=seed)
+
+
 def noisy_policy(policy: Callable, action_space: gym.spaces.Box, std: float, seed: int) -> Callable:
     """a = clip(policy(obs) + std (high - low) / 2 N(0, I), low, high)."""
     rng = np.random.default_rng(seed)
@@ -199,14 +211,14 @@ def replay_episodes(ckpt: dict[str, Any], source: str) -> list:
     The last row of each env closes a truncated episode; a full ring's first episode may lack its start.
     """
     if "buffer" not in ckpt:
-        raise ValueError(
+        raise UsageError(
             f"{source} was saved without its replay buffer: train the run with --save-buffer to make a "
             "medium-replay dataset from it."
         )
     if not isinstance(ckpt["action_space"], gym.spaces.Box):
-        raise ValueError(f"{source} acts in {ckpt['action_space']}; medium-replay needs a continuous-action run (SAC).")
+        raise UsageError(f"{source} acts in {ckpt['action_space']}; medium-replay needs a continuous-action run (SAC).")
     if ckpt["args"].get("normalize_obs"):
-        raise ValueError(
+        raise UsageError(
             f"{source} was trained with --normalize-obs, so its replay buffer holds running-normalised "
             "observations that cannot be mapped back to the env's: use a run without --normalize-obs."
         )
@@ -215,7 +227,7 @@ def replay_episodes(ckpt: dict[str, Any], source: str) -> list:
     state = ckpt["buffer"]
     data, pos, size = state["data"].double().cpu().numpy(), state["pos"], state["size"]
     if data.shape != (size, 2 * obs_dim + action_dim + 2):
-        raise ValueError(
+        raise UsageError(
             f"{source}: replay buffer of shape {data.shape} does not hold (obs, action, reward, next_obs, "
             f"terminated) rows for observations of size {obs_dim} and actions of size {action_dim}."
         )
@@ -289,7 +301,7 @@ def write_dataset(
     root = datasets_root()
     final = root / dataset_id
     if final.exists():
-        raise ValueError(
+        raise UsageError(
             f"Dataset {dataset_id} already exists at {final}: delete it first (`minari delete {dataset_id}`) "
             "or choose another --dataset-id."
         )
@@ -324,14 +336,14 @@ def open_dataset(dataset_id: str):
 
     path = datasets_root() / dataset_id
     if not (path / "data").is_dir():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"No Minari dataset {dataset_id!r} in {datasets_root()} (set MINARI_DATASETS_PATH to the folder "
             f"that holds it). Get it with: {collect_command(dataset_id)}"
         )
     try:
         return minari.MinariDataset(path / "data")
     except Exception as err:
-        raise ValueError(corrupt_message(dataset_id, path, err)) from err
+        raise UsageError(corrupt_message(dataset_id, path, err)) from err
 
 
 def corrupt_message(dataset_id: str, path: Path, err: Exception) -> str:
@@ -347,17 +359,17 @@ def read_episodes(dataset) -> list[dict[str, Any]]:
     try:
         episodes = list(dataset.storage.get_episodes(dataset.episode_indices))
     except Exception as err:
-        raise ValueError(corrupt_message(dataset.id, path, err)) from err
+        raise UsageError(corrupt_message(dataset.id, path, err)) from err
     for episode in episodes:
         steps = len(episode["rewards"])
         if not isinstance(episode["observations"], np.ndarray):
-            raise ValueError(
+            raise UsageError(
                 f"Dataset {dataset.id} has structured observations ({dataset.observation_space}); mixrl's "
                 "offline agents need a flat Box observation space."
             )
         lengths = {len(episode["observations"]) - 1, len(episode["actions"]), len(episode["terminations"])}
         if lengths != {steps}:
-            raise ValueError(corrupt_message(dataset.id, path, ValueError(f"episode {episode['id']} is ragged")))
+            raise UsageError(corrupt_message(dataset.id, path, ValueError(f"episode {episode['id']} is ragged")))
     return episodes
 
 
@@ -442,23 +454,25 @@ def check_collect_args(args: CollectArgs) -> None:
         "medium-replay": ("policy",),
         "medium-expert": ("sources",),
     }[args.kind]
+    if args.policy == SCRIPTED:
+        needs += ("env_id",)
     for name in needs:
         if not getattr(args, name):
-            raise ValueError(f"`mixrl dataset collect {args.kind}` needs --{name.replace('_', '-')}.")
+            raise UsageError(f"`mixrl dataset collect {args.kind}` needs --{name.replace('_', '-')}.")
     for name in ("policy", "env_id", "sources"):
         if name not in needs and getattr(args, name):
-            raise ValueError(f"--{name.replace('_', '-')} does not apply to kind {args.kind}.")
+            raise UsageError(f"--{name.replace('_', '-')} does not apply to kind {args.kind}.")
     if args.kind in ("random", "medium", "medium-replay") and args.expert is None and args.ref_max_score is None:
-        raise ValueError(
+        raise UsageError(
             f"Kind {args.kind} needs the expert's reference score for normalised scores: pass --expert EXPERT_RUN "
             "or --ref-max-score."
         )
     if args.kind == "medium-expert" and len(args.sources) < 2:
-        raise ValueError("--sources needs at least two dataset ids, e.g. the medium and the expert one.")
+        raise UsageError("--sources needs at least two dataset ids, e.g. the medium and the expert one.")
     if args.action_noise and args.kind not in ("medium", "expert"):
-        raise ValueError(f"--action-noise applies to policy rollouts (medium, expert), not to kind {args.kind}.")
+        raise UsageError(f"--action-noise applies to policy rollouts (medium, expert), not to kind {args.kind}.")
     if args.action_noise < 0 or args.steps < 1 or args.ref_episodes < 1:
-        raise ValueError("--action-noise must be >= 0, --steps and --ref-episodes >= 1.")
+        raise UsageError("--action-noise must be >= 0, --steps and --ref-episodes >= 1.")
 
 
 def reference_scores(
@@ -471,14 +485,16 @@ def reference_scores(
     if ref_min is None:
         random_policy = uniform_policy(env.action_space, seed)
         ref_min = evaluate(random_policy, env_id, args.ref_episodes, seed, env_kwargs)["mean_return"]
+    if ref_max is None and expert == SCRIPTED:
+        ref_max = evaluate(scripted_policy(env, seed), env_id, args.ref_episodes, seed, env_kwargs)["mean_return"]
     if ref_max is None:
         ckpt = load_checkpoint(expert)
         if ckpt["env_id"] != env_id:
-            raise ValueError(f"--expert {expert} was trained on {ckpt['env_id']}, not on {env_id}.")
+            raise UsageError(f"--expert {expert} was trained on {ckpt['env_id']}, not on {env_id}.")
         policy = load_policy(expert, args.device)
         ref_max = evaluate(policy, env_id, args.ref_episodes, seed, env_kwargs)["mean_return"]
     if ref_max <= ref_min:
-        raise ValueError(
+        raise UsageError(
             f"ref_max_score {ref_max:.1f} is not above ref_min_score {ref_min:.1f}: the expert must beat a "
             "random policy."
         )
@@ -501,12 +517,12 @@ def combined_episodes(args: CollectArgs) -> tuple[list, str, dict[str, Any], flo
                 episode_buffer(e["observations"], e["actions"], e["rewards"], e["terminations"], e["truncations"])
             )
     if len(envs) != 1 or len(spaces) != 1 or env_id is None:
-        raise ValueError(f"--sources {' '.join(args.sources)} do not share one recorded environment and spaces.")
+        raise UsageError(f"--sources {' '.join(args.sources)} do not share one recorded environment and spaces.")
     ref_min, ref_max = refs.pop() if len(refs) == 1 else (None, None)
     ref_min = args.ref_min_score if args.ref_min_score is not None else ref_min
     ref_max = args.ref_max_score if args.ref_max_score is not None else ref_max
     if ref_min is None or ref_max is None:
-        raise ValueError(
+        raise UsageError(
             f"--sources {' '.join(args.sources)} do not record one pair of reference scores: pass --ref-min-score "
             "and --ref-max-score."
         )
@@ -515,7 +531,7 @@ def combined_episodes(args: CollectArgs) -> tuple[list, str, dict[str, Any], flo
 
 def check_new(dataset_id: str) -> None:
     if (datasets_root() / dataset_id).exists():
-        raise ValueError(
+        raise UsageError(
             f"Dataset {dataset_id} already exists in {datasets_root()}: delete it first "
             f"(`minari delete {dataset_id}`) or choose another --dataset-id."
         )
@@ -531,7 +547,9 @@ def collect(args: CollectArgs) -> str:
         algorithm, description = "concatenation", f"the episodes of {', '.join(args.sources)}"
         env = make_env(env_id, **env_kwargs)
     else:
-        ckpt = None if args.kind == "random" else load_checkpoint(args.policy)
+        scripted = args.policy == SCRIPTED
+        # newest: a run's latest.pt holds its replay buffer (medium-replay); final.pt does not
+        ckpt = None if args.kind == "random" or scripted else load_checkpoint(args.policy, newest=True)
         env_id = args.env_id if ckpt is None else ckpt["env_id"]
         env_kwargs = {} if ckpt is None else dict(ckpt.get("env_kwargs") or {})
         dataset_id = args.dataset_id or default_dataset_id(env_id, args.kind)
@@ -546,6 +564,8 @@ def collect(args: CollectArgs) -> str:
         else:
             if args.kind == "random":
                 policy, algorithm = uniform_policy(env.action_space, args.seed), "a uniform-random policy"
+            elif scripted:
+                policy, algorithm = scripted_policy(env, args.seed), "the scripted expert"
             else:
                 policy, algorithm = load_policy(args.policy, args.device), f"mixrl-{ckpt['algo']} deterministic"
             if args.action_noise:
@@ -599,7 +619,7 @@ class OfflineDataset:
         obs_space, action_space = env.observation_space, env.action_space
         env.close()
         if not isinstance(action_space, gym.spaces.Box) or action_space.shape != self.action_space.shape:
-            raise ValueError(
+            raise UsageError(
                 f"Dataset {self.dataset_id} has actions {self.action_space}, but {env_id} has {action_space}: "
                 "evaluate on the dataset's environment (leave --env-id unset)."
             )
@@ -607,7 +627,7 @@ class OfflineDataset:
             np.allclose(action_space.low, self.action_space.low)
             and np.allclose(action_space.high, self.action_space.high)
         ):
-            raise ValueError(
+            raise UsageError(
                 f"Dataset {self.dataset_id} (observations {self.observation_space.shape}, actions in "
                 f"[{self.action_space.low}, {self.action_space.high}]) does not match {env_id} (observations "
                 f"{obs_space.shape}, actions in [{action_space.low}, {action_space.high}]): evaluate on the "
@@ -628,15 +648,15 @@ def load_dataset(
     dataset = open_dataset(dataset_id)
     obs_space, action_space = dataset.observation_space, dataset.action_space
     if not isinstance(obs_space, gym.spaces.Box) or not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(
+        raise UsageError(
             f"Dataset {dataset_id} has spaces {obs_space} / {action_space}; mixrl's offline agents need Box "
             "observations and Box actions."
         )
     if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
-        raise ValueError(f"Dataset {dataset_id} has unbounded actions {action_space}; mixrl actors need bounds.")
+        raise UsageError(f"Dataset {dataset_id} has unbounded actions {action_space}; mixrl actors need bounds.")
     episodes = read_episodes(dataset)
     if not episodes:
-        raise ValueError(f"Dataset {dataset_id} holds no episodes.")
+        raise UsageError(f"Dataset {dataset_id} holds no episodes.")
 
     def stack(key: str, part: slice = slice(None)) -> np.ndarray:
         return np.concatenate([np.asarray(e[key][part], np.float64).reshape(len(e["rewards"]), -1) for e in episodes])
@@ -646,11 +666,11 @@ def load_dataset(
     actions = 2.0 * (stack("actions") - low) / (high - low) - 1.0
     rewards, terminated = stack("rewards")[:, 0], stack("terminations")[:, 0]
     if obs.shape[1] != int(np.prod(obs_space.shape)) or actions.shape[1] != int(np.prod(action_space.shape)):
-        raise ValueError(
+        raise UsageError(
             corrupt_message(dataset_id, datasets_root() / dataset_id, ValueError("shapes differ from spaces"))
         )
     if not all(np.isfinite(x).all() for x in (obs, next_obs, actions, rewards)):
-        raise ValueError(corrupt_message(dataset_id, datasets_root() / dataset_id, ValueError("non-finite values")))
+        raise UsageError(corrupt_message(dataset_id, datasets_root() / dataset_id, ValueError("non-finite values")))
 
     obs_normalizer = None
     if normalize_obs:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mixrl.envs.factory import make_env
+from mixrl.errors import UsageError
 from mixrl.policies.mixture import ACTOR_EVAL_RULES
 from mixrl.runs import find_checkpoint, load_checkpoint
 
@@ -59,6 +60,11 @@ class Policy:
             action = action.astype(np.int64).reshape(len(batch), *self.action_space.shape)
         return action[0] if single else action
 
+    def reset(self) -> None:
+        """Start a new episode: empties the action queues of chunked policies (a no-op for the others)."""
+        if hasattr(self.actor, "reset"):
+            self.actor.reset()
+
 
 def policy_spec(actor: nn.Module, **kwargs: Any) -> dict[str, Any]:
     """What a checkpoint stores to rebuild `actor` without training code: class path, kwargs, weights."""
@@ -71,8 +77,12 @@ def policy_spec(actor: nn.Module, **kwargs: Any) -> dict[str, Any]:
 
 
 def build_actor(spec: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a module from policy_spec(); a kwarg that is itself a spec (a residual's base) is built first."""
     module_name, _, class_name = spec["class"].rpartition(".")
-    actor = getattr(importlib.import_module(module_name), class_name)(**spec["kwargs"])
+    kwargs = {
+        k: build_actor(v, device) if isinstance(v, dict) and "class" in v else v for k, v in spec["kwargs"].items()
+    }
+    actor = getattr(importlib.import_module(module_name), class_name)(**kwargs)
     actor.load_state_dict(spec["state_dict"])
     return actor.to(device).eval()
 
@@ -89,9 +99,9 @@ def policy_from_checkpoint(
     actor = build_actor(ckpt["policy"], device)
     if eval_rule is not None:
         if not hasattr(actor, "eval_rule"):
-            raise ValueError(f"--eval-rule applies to mixture policies only; this one is {ckpt['policy']['class']}.")
+            raise UsageError(f"--eval-rule applies to mixture policies only; this one is {ckpt['policy']['class']}.")
         if eval_rule not in ACTOR_EVAL_RULES:
-            raise ValueError(f"--eval-rule {eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)}.")
+            raise UsageError(f"--eval-rule {eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)}.")
         actor.eval_rule = eval_rule
     return Policy(actor, ckpt["observation_space"], ckpt["action_space"], ckpt.get("obs_normalizer"), device)
 
@@ -144,20 +154,23 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run `episodes` deterministic episodes (seeds seed, seed + 1, ...); optionally write MP4s of the first ones.
 
-    Returns {"mean_return", "std_return", "returns", "lengths", "videos"}.
+    Returns {"mean_return", "std_return", "returns", "lengths", "videos"}, and "success_rate" where the env
+    reports info["is_success"]. A policy with a `reset()` method has it called at the start of each episode.
     """
     env_kwargs = dict(env_kwargs or {})
     env = make_env(env_id, **env_kwargs)
     render_env, resize = _make_render_env(env_id, env_kwargs, video_size) if video_dir is not None else (None, None)
-    returns, lengths, videos = [], [], []
+    returns, lengths, videos, successes = [], [], [], []
     for episode in range(episodes):
         recording = render_env is not None and episode < video_episodes
         current = render_env if recording else env
         obs, _ = current.reset(seed=seed + episode)
+        if hasattr(policy, "reset"):  # stateful policies (action-chunk queues) start each episode afresh
+            policy.reset()
         frames = [_frame(current, resize, video_overlay, 0, 0.0)] if recording else []
-        total, length, done = 0.0, 0, False
+        total, length, done, info = 0.0, 0, False, {}
         while not done:
-            obs, reward, terminated, truncated, _ = current.step(policy(obs))
+            obs, reward, terminated, truncated, info = current.step(policy(obs))
             total += float(reward)
             length += 1
             done = terminated or truncated
@@ -165,6 +178,8 @@ def evaluate(
                 frames.append(_frame(current, resize, video_overlay, length, total))
         returns.append(total)
         lengths.append(length)
+        if "is_success" in info:
+            successes.append(bool(info["is_success"]))
         if recording:
             videos.append(str(write_video(frames, Path(video_dir) / f"episode_{episode}.mp4", current)))
     env.close()
@@ -176,6 +191,7 @@ def evaluate(
         "returns": returns,
         "lengths": lengths,
         "videos": videos,
+        **({"success_rate": float(np.mean(successes))} if len(successes) == episodes else {}),
     }
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
+from mixrl.errors import UsageError
+
 
 def flatten_parameters(modules: Sequence[nn.Module]) -> torch.Tensor:
     """Move the parameters of `modules` into one contiguous tensor and return it, its `.grad` set.
@@ -138,12 +140,12 @@ class FlatAdam:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not {"lr", "exp_avg", "exp_avg_sq", "steps"} <= state.keys():
-            raise ValueError(
+            raise UsageError(
                 "The checkpoint's optimiser state is not FlatAdam's (a checkpoint of an older mixrl, which used "
                 "torch.optim.Adam?): it cannot be resumed exactly; its policy still loads with mixrl.load_policy."
             )
         if state["exp_avg"].shape != self.params.shape:
-            raise ValueError(
+            raise UsageError(
                 f"Optimiser state for {tuple(state['exp_avg'].shape)} parameters does not fit "
                 f"{tuple(self.params.shape)}: the checkpoint was made with other network sizes."
             )

@@ -1,33 +1,68 @@
-"""One run, one directory: config, TensorBoard, progress bar, atomic self-describing checkpoints and resume.
+"""One run, one directory: config, TensorBoard, progress bar, atomic self-describing checkpoints, resume and
+interrupts. Everything an agent's loop needs besides its algorithm:
+
+    saved = None
+    if args.resume is not None:
+        args, saved = resume_args(args, "total_timesteps")   # the saved Args; the budget may be extended
+    ...build envs and networks; load saved["state"] into them; set_rng_state(saved["rng"]) last...
+    with Run(args, "sac", args.env_id, saved=saved) as run:   # Ctrl-C / SIGTERM now only set run.stop_requested
+        while global_step < args.total_timesteps:
+            ...one iteration: act, store, update...
+            run.log_evaluation({"step": global_step, ...}, scalars)   # when an evaluation is due
+            run.end_iteration(global_step, checkpoint)   # latest.pt every checkpoint_every steps; on a stop:
+                                                         # save latest.pt, then raise Interrupted
+        run.save_final(checkpoint())                     # final.pt (no replay buffer) and latest.pt
+    # leaving the block, by any exception too, restores the signal handlers and closes the writer
+
+An interrupt is honoured at an iteration boundary, so latest.pt is always a state the run passed through and
+`--resume` continues exactly; a second Ctrl-C stops at once (latest.pt is then the last periodic one).
+`checkpoint` is a function returning the payload: the agent's state (args, spaces, policy spec, state dicts,
+counters, RNG states); save_checkpoint adds the format tag, agent, algorithm, env id and library versions.
 
 runs/<env>__<algo>__<seed>__<time>/
-    config.json  events.out.tfevents.*  checkpoints/{latest,final}.pt  videos/  eval.json
+    config.json  events.out.tfevents.*  evaluations.jsonl  checkpoints/{latest,final}.pt  videos/  eval.json
+
+Files are replaced atomically (temporary file, fsync, rename, fsync of the folder): a crash or SIGKILL leaves
+the old file or the new one, never half of one. Resume reads checkpoints/latest.pt (the newest state); load_policy
+and `mixrl eval` prefer final.pt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
 import random
 import signal
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from mixrl.errors import MissingPathError, UsageError
+
+__all__ = ["MissingPathError", "UsageError"]  # re-exported: agents import both from here
+
 CHECKPOINT_FORMAT = "mixrl-checkpoint-1"
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at an iteration boundary on Ctrl-C or SIGTERM, after saving checkpoints/latest.pt."""
 
 
 def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
@@ -72,8 +107,8 @@ def library_versions() -> dict[str, str]:
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    """Raise NonFiniteLossError naming the first non-finite loss and the step."""
-    if torch.isfinite(torch.cat([value.detach().reshape(-1) for value in losses.values()])).all():
+    """Raise NonFiniteLossError naming the first non-finite loss and the step (no losses yet: nothing to check)."""
+    if not losses or torch.isfinite(torch.cat([value.detach().reshape(-1) for value in losses.values()])).all():
         return  # one check for all values: one host synchronisation per call
     for name, value in losses.items():
         if not torch.isfinite(value).all():
@@ -89,80 +124,225 @@ def crossed(step: int, previous: int, every: int) -> bool:
     return every > 0 and step // every > previous // every
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (a no-op where folders cannot be opened, as on Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Replace `path` by what `write(file)` writes: into a temporary file of the same folder, fsync, rename, fsync
+    the folder. A crash at any moment leaves the old file or the new one, never a part of one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the best one in a run directory (final.pt, else latest.pt)."""
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through atomic_write."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through atomic_write (config.json, eval.json, evaluations.jsonl rewrites)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and resume
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def find_checkpoint(path: str | Path, newest: bool = False) -> Path:
+    """A checkpoint file, or one in a run directory: final.pt, else latest.pt (the newest state, latest.pt first,
+    with `newest`, as a resume needs: a finished run that was extended and stopped has a newer latest.pt)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("final.pt", "latest.pt"):
+        for name in ("latest.pt", "final.pt") if newest else ("final.pt", "latest.pt"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name
-        raise FileNotFoundError(f"No checkpoints/final.pt or checkpoints/latest.pt in run directory {path}.")
+        raise MissingPathError(
+            f"No checkpoints/final.pt or checkpoints/latest.pt in run directory {path} (a run writes latest.pt "
+            "every --checkpoint-every steps and when stopped): start the run again."
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"No run directory or checkpoint at {path}.")
+        raise MissingPathError(f"No run directory or checkpoint at {path}.")
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", newest: bool = False) -> dict[str, Any]:
     """Load a mixrl checkpoint (trusted file: it holds pickled spaces and RNG states)."""
-    file = find_checkpoint(path)
+    file = find_checkpoint(path, newest)
     try:
         ckpt = torch.load(file, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise ValueError(f"Could not read checkpoint {file}: {err}. The file is corrupt or not a checkpoint.") from err
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise UsageError(
+            f"Could not read checkpoint {file} ({reason}): the file is corrupt or not a checkpoint."
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{file} is not a mixrl checkpoint (expected format {CHECKPOINT_FORMAT!r}).")
+        raise UsageError(f"{file} is not a mixrl checkpoint (expected format {CHECKPOINT_FORMAT!r}).")
     return ckpt
 
 
-def resume_args(args: Any, budget: str) -> tuple[Any, dict[str, Any]]:
-    """The saved Args and checkpoint of the run `args.resume` names; the `budget` field (e.g. total_timesteps)
-    comes from `args` when it differs from its default, so that a resumed run can be extended."""
-    saved = load_checkpoint(args.resume)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items()}
-    requested = getattr(args, budget)
-    if requested == getattr(type(args), budget):
-        requested = fields[budget]
-    return dataclasses.replace(type(args)(**fields), resume=args.resume, **{budget: requested}), saved
+def agent_name(args: Any) -> str:
+    """The agent an Args instance belongs to: the last part of its module's name (sac, ppo, td3_bc, ...)."""
+    module = type(args).__module__
+    if module == "__main__":  # python -m mixrl.agents.sac
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return module.rpartition(".")[2]
+
+
+def record_given(cls: type) -> type:
+    """Class decorator (above @dataclass) for an agent's Args: each instance remembers which fields its caller
+    passed, so that `--resume` tells an explicit value from a default even when they are equal."""
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
+
+    cls.__init__ = __init__
+    return cls
+
+
+def mark_given(args: Any, names: set[str]) -> Any:
+    """Set the fields that count as given (the `mixrl` command marks the flags on its command line)."""
+    object.__setattr__(args, "_given", frozenset(names))
+    return args
+
+
+def given_fields(args: Any) -> set[str]:
+    """The fields the caller gave: recorded by @record_given or mark_given, else those that differ from defaults."""
+    given = getattr(args, "_given", None)
+    if given is not None:
+        return set(given)
+    defaults = type(args)()
+    return {f.name for f in dataclasses.fields(args) if getattr(args, f.name) != getattr(defaults, f.name)}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads",)) -> tuple[Any, dict[str, Any]]:
+    """(Args, checkpoint) to continue the run `args.resume` from its checkpoints/latest.pt: the saved Args, with the
+    `budget` field (e.g. total_timesteps) and the `changeable` ones taken from `args` where the caller gave them.
+
+    Refuses (UsageError, nothing written) a run of another agent, and any other given field whose value differs
+    from the saved one: a resumed run keeps the settings it was started with. Prints what comes from where.
+    """
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise MissingPathError(f"--resume {run_dir}: no such run directory.")
+    saved = load_checkpoint(run_dir, newest=True)
+    agent = agent_name(args)
+    saved_agent = saved.get("agent") or str(saved.get("algo", "?")).removeprefix("pmoe_")
+    if saved_agent != agent:
+        raise UsageError(
+            f"--resume {run_dir}: that is a {saved.get('algo')} run on {saved.get('env_id')}, not a {agent} run: "
+            f"continue it with `mixrl {saved_agent} --resume {run_dir}`."
+        )
+    names = {f.name for f in dataclasses.fields(args)}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items() if k in names}
+    resumed = dataclasses.replace(type(args)(**fields), resume=args.resume)
+    taken, refused = {}, []
+    for name in sorted(given_fields(args) - {"resume"}):
+        value = getattr(args, name)
+        if value == getattr(resumed, name):
+            continue
+        if name == budget or name in changeable:
+            taken[name] = value
+        else:
+            refused.append(f"{flag(name)} {value} (saved: {getattr(resumed, name)})")
+    if refused:
+        raise UsageError(
+            f"--resume {run_dir} keeps the settings the run was started with, but {'; '.join(refused)} differ: "
+            f"drop them (only {', '.join(flag(n) for n in (budget, *changeable))} may change on resume), or start "
+            "a new run."
+        )
+    step = saved["global_step"]
+    if taken.get(budget, step) < step:
+        raise UsageError(f"{flag(budget)} {taken[budget]} is below the step of {run_dir}'s latest checkpoint ({step}).")
+    resumed = dataclasses.replace(resumed, **taken)
+    from_command_line = ", ".join(f"{flag(name)} {value}" for name, value in taken.items()) or "nothing"
+    print(
+        f"resuming {run_dir} from checkpoints/latest.pt at step {step}: from the command line {from_command_line}; "
+        f"every other setting from the saved run ({flag(budget)} {getattr(resumed, budget)})."
+    )
+    return resumed, saved
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
 
 
 class Run:
-    """The directory, TensorBoard writer and progress bar of one training run."""
+    """The directory, TensorBoard writer, progress bar and checkpoints of one training run, and (as a context
+    manager) its interrupt handling; see the module docstring for the loop it serves.
 
-    def __init__(self, args: Any, algo: str, env_id: str, root: str | Path = "runs", resume: str | Path | None = None):
-        self.algo, self.env_id = algo, env_id
+    A new run makes runs/<env>__<algo>__<seed>__<time>/ under `root` (default args.run_root) and writes config.json;
+    with `saved`, the checkpoint that resume_args returned, it reopens args.resume and forgets what the
+    interrupted run logged after that checkpoint.
+    """
+
+    def __init__(
+        self,
+        args: Any,
+        algo: str,
+        env_id: str,
+        root: str | Path | None = None,
+        resume: str | Path | None = None,
+        saved: dict[str, Any] | None = None,
+    ):
+        self.algo, self.env_id, self.agent = algo, env_id, agent_name(args)
+        self.checkpoint_every = int(getattr(args, "checkpoint_every", 0))
+        resume = resume if resume is not None else (getattr(args, "resume", None) if saved is not None else None)
         if resume is not None:
             self.dir = Path(resume)
             if not self.dir.is_dir():
-                raise FileNotFoundError(f"--resume {resume}: no such run directory.")
+                raise MissingPathError(f"--resume {resume}: no such run directory.")
         else:
+            root = Path(root if root is not None else getattr(args, "run_root", "runs"))
             name = f"{env_id.replace('/', '-')}__{algo}__{args.seed}__{int(time.time())}"
-            self.dir = Path(root) / name
+            self.dir = root / name
             suffix = 1
             while self.dir.exists():
-                self.dir = Path(root) / f"{name}_{suffix}"
+                self.dir = root / f"{name}_{suffix}"
                 suffix += 1
             self.dir.mkdir(parents=True)
             config = {
                 "algo": algo,
+                "agent": self.agent,
                 "env_id": env_id,
                 "args": dataclasses.asdict(args),
                 "versions": library_versions(),
             }
-            (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            atomic_write_text(self.dir / "config.json", json.dumps(config, indent=2, default=str))
         self.checkpoint_dir = self.dir / "checkpoints"
         self.writer = SummaryWriter(str(self.dir))
         if resume is None:
@@ -170,11 +350,46 @@ class Run:
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.bar: tqdm | None = None
         self._start_time, self._start_step = time.time(), 0
-        # SIGTERM (`kill`, a scheduler's stop) is Ctrl-C while the run is open: the agent saves checkpoints/latest.pt.
-        self._sigterm_handler = None
-        if threading.current_thread() is threading.main_thread():
-            self._sigterm_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        self.step = 0  # the step of the last end_iteration (or of the checkpoint resumed from)
+        self.stop_requested = False
+        self._handlers: dict[int, Any] = {}
+        self._closed = False
+        if saved is not None:
+            self.step = saved["global_step"]
+            self.rewind(self.step)
 
+    # ------------------------------------------------------------------ interrupts
+    def __enter__(self) -> Run:
+        """Defer Ctrl-C (SIGINT) and SIGTERM to the next end_iteration (main thread only)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._handlers[signum] = signal.signal(signum, self._request_stop)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt  # the second signal stops at once
+        self.stop_requested = True
+        name = signal.Signals(signum).name
+        tqdm.write(
+            f"{name}: stopping after this iteration and saving checkpoints/latest.pt (again to stop at once).",
+            file=sys.stderr,
+        )
+
+    def end_iteration(self, step: int, checkpoint: Callable[[], dict[str, Any]]) -> None:
+        """Close one iteration at `step`: write latest.pt with checkpoint() when a multiple of checkpoint_every was
+        passed or a stop was requested; after a stop, raise Interrupted."""
+        due = crossed(step, self.step, self.checkpoint_every)
+        self.step = step
+        if due or self.stop_requested:
+            self.save_checkpoint(checkpoint())
+        if self.stop_requested:
+            raise Interrupted(f"stopped at step {step}; continue with --resume {self.dir}")
+
+    # ------------------------------------------------------------------ logging
     def progress(self, total: int, initial: int = 0) -> tqdm:
         """A progress bar over environment steps (shown on terminals only)."""
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
@@ -196,39 +411,59 @@ class Run:
         if returns and self.bar is not None:
             self.bar.set_postfix(ret=f"{np.mean(returns):.1f}", sps=f"{self.steps_per_second(step):.0f}")
 
-    def log_evaluation(self, line: dict[str, Any]) -> None:
-        """Append one evaluation, a dict with its "step", to evaluations.jsonl."""
+    def log_evaluation(self, line: dict[str, Any], scalars: dict[str, float] | None = None) -> None:
+        """Append one evaluation, a dict with its "step", to evaluations.jsonl; `scalars` (e.g. eval/return) also go
+        to TensorBoard at that step."""
+        if scalars:
+            self.log_scalars(line["step"], scalars)
         with open(self.dir / "evaluations.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
 
     def rewind(self, step: int) -> None:
         """On resume from a checkpoint at `step`: forget the evaluations and TensorBoard events that the interrupted
-        run logged after it, which the resumed run logs again."""
+        run logged after it, which the resumed run logs again (a line torn by a kill is dropped too), and the
+        temporary files of a checkpoint write that a kill cut short."""
+        for tmp in self.checkpoint_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
         evaluations = self.dir / "evaluations.jsonl"
         if evaluations.exists():
-            kept = [line for line in evaluations.read_text().splitlines() if json.loads(line)["step"] <= step]
-            evaluations.write_text("".join(line + "\n" for line in kept))
+            kept = []
+            for line in evaluations.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+            atomic_write_text(evaluations, "".join(line + "\n" for line in kept))
         self.writer.close()
         self.writer = SummaryWriter(str(self.dir), purge_step=step + 1)
 
+    # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, payload: dict[str, Any], name: str = "latest") -> Path:
-        """Atomically write checkpoints/<name>.pt with the format tag, algorithm and library versions."""
+        """Atomically write checkpoints/<name>.pt with the format tag, agent, algorithm, env id and library versions."""
         path = self.checkpoint_dir / f"{name}.pt"
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "algo": self.algo,
-                "env_id": self.env_id,
-                "versions": library_versions(),
-                **payload,
-            },
-            path,
-        )
+        header = {
+            "format": CHECKPOINT_FORMAT,
+            "agent": self.agent,
+            "algo": self.algo,
+            "env_id": self.env_id,
+            "versions": library_versions(),
+        }
+        atomic_torch_save({**header, **payload}, path)
         return path
 
+    def save_final(self, payload: dict[str, Any]) -> Path:
+        """The end of training: latest.pt with the whole payload (what a resume that extends the budget needs), then
+        final.pt without the replay buffer (what load_policy and `mixrl eval` read). Returns final.pt."""
+        self.save_checkpoint(payload)
+        return self.save_checkpoint({k: v for k, v in payload.items() if k != "buffer"}, "final")
+
     def close(self) -> None:
+        """Restore the signal handlers, close the bar and the writer (again: nothing happens)."""
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers = {}
+        if self._closed:
+            return
+        self._closed = True
         if self.bar is not None:
             self.bar.close()
         self.writer.close()
-        if self._sigterm_handler is not None:
-            signal.signal(signal.SIGTERM, self._sigterm_handler)

@@ -24,7 +24,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,117 @@ from mixrl.envs.three_body import (
     INTEGRATOR_PARAM_NAMES,
     MU_VALUES,
     YEAR,
-    EpisodeRecord,
-    fixed_mu_policy,
+    ThreeBodyTimestepContinuousEnv,
+    ThreeBodyTimestepEnv,
     hermite_evolve,
     initial_conditions,
     legacy_ic_parameters,
-    run_aarseth,
-    run_episode,
 )
+
+# ------------------------------------------------------------------------------------ baselines, episodes
+Policy = Callable[[np.ndarray], object]
+
+
+def fixed_mu_policy(index: int) -> Policy:
+    """The baseline that always picks action `index` (mu = MU_VALUES[index] for Hermite)."""
+    return lambda obs: index
+
+
+@dataclass
+class EpisodeRecord:
+    """What one evaluation episode cost and how accurate it was."""
+
+    ic_seed: int
+    final_error: float
+    max_error: float
+    hermite_steps: int
+    force_evals: int
+    wall_time: float
+    steps: int
+    terminated: bool
+    failed_at: int | None
+    rewards: list[float] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)
+    params: list[float] = field(default_factory=list)
+
+    def episode_return(self, max_steps: int | None = None, stop_error: float | None = 0.1) -> float:
+        """Return of the first `max_steps` steps, ending at the first step with |dE| > stop_error (the
+        training protocol) when stop_error is given."""
+        total = 0.0
+        for i, (r, e) in enumerate(zip(self.rewards, self.errors, strict=True)):
+            if max_steps is not None and i >= max_steps:
+                break
+            total += r
+            if stop_error is not None and e > stop_error:
+                break
+        return total
+
+
+def run_episode(
+    policy: Policy,
+    ic_seed: int,
+    max_steps: int = 300,
+    integrator: str = "hermite",
+    max_energy_error: float = np.inf,
+    continuous: bool = False,
+    env: ThreeBodyTimestepEnv | None = None,
+) -> EpisodeRecord:
+    """Run `policy` (obs -> action) on the paper's system `ic_seed`.
+
+    By default there is no early stop (max_energy_error = inf), as for the 30-yr evaluation; the error at
+    the last step is recorded whatever it is, and `failed_at` is the first step with |dE| > 0.1.
+    """
+    if env is None:
+        cls = ThreeBodyTimestepContinuousEnv if continuous else ThreeBodyTimestepEnv
+        env = cls(
+            max_steps=max_steps,
+            max_energy_error=max_energy_error,
+            integrator=integrator,
+            report_wall_time=True,
+        )
+    obs, _ = env.reset(options={"ic_seed": ic_seed})
+    rewards, errors, params = [], [], []
+    failed_at = None
+    done = terminated = False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        rewards.append(reward)
+        errors.append(info["energy_error"])
+        params.append(info["mu"])
+        if failed_at is None and info["energy_error"] > 0.1:
+            failed_at = len(errors)
+        done = terminated or truncated
+    return EpisodeRecord(
+        ic_seed=ic_seed,
+        final_error=errors[-1],
+        max_error=max(errors),
+        hermite_steps=env.episode_steps,
+        force_evals=env.episode_force_evals,
+        wall_time=env.episode_wall_time,
+        steps=len(errors),
+        terminated=bool(terminated),
+        failed_at=failed_at,
+        rewards=rewards,
+        errors=errors,
+        params=params,
+    )
+
+
+def run_fixed_mu(mu_index: int, ic_seed: int, max_steps: int = 300, **kwargs) -> EpisodeRecord:
+    """Baseline: the Hermite integrator with mu = MU_VALUES[mu_index] throughout."""
+    return run_episode(fixed_mu_policy(mu_index), ic_seed, max_steps, **kwargs)
+
+
+def run_aarseth(eta: float, ic_seed: int, max_steps: int = 300, max_energy_error: float = np.inf) -> EpisodeRecord:
+    """Baseline: Hermite with Aarseth's time-step criterion at a fixed eta (any positive value)."""
+    env = ThreeBodyTimestepEnv(
+        max_steps=max_steps,
+        max_energy_error=max_energy_error,
+        integrator="hermite_aarseth",
+        action_values=np.full(len(MU_VALUES), float(eta)),
+        report_wall_time=True,
+    )
+    return run_episode(fixed_mu_policy(0), ic_seed, max_steps, env=env)
 
 
 @dataclass

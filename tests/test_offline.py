@@ -139,7 +139,7 @@ def test_replay_buffer_becomes_episodes(root, tmp_path):
             run_root=str(tmp_path / "runs"),
         )
     )
-    ckpt = load_checkpoint(run)
+    ckpt = load_checkpoint(run, newest=True)  # latest.pt holds the replay buffer, final.pt does not
     episodes = replay_episodes(ckpt, str(run))
     # 250 steps per env, the last 150 of each kept: rows 100-199 end at the 200-step time limit, then 50 more
     assert sorted(len(e.rewards) for e in episodes) == [50, 50, 100, 100]
@@ -474,7 +474,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(root, tmp_path, monkeyp
 
     def sample_then_terminated(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:  # `kill` during the 4th iteration, before its update
+        if len(calls) == 4:  # `kill` during the 4th iteration, before its update: the run stops after it
             os.kill(os.getpid(), signal.SIGTERM)
         return sample(self, *args, **kwargs)
 
@@ -485,7 +485,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(root, tmp_path, monkeyp
     monkeypatch.setattr(ReplayBuffer, "sample", sample)
     assert signal.getsignal(signal.SIGTERM) is handler  # restored when the run closes
     run_dir = next((tmp_path / "b" / "runs").iterdir())
-    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 3
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 4
     resumed = load_checkpoint(td3_bc.main(td3_bc.Args(resume=str(run_dir))))
     for name in ("actor", "qf", "qf_target"):
         for key, value in straight["state"][name].items():

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -334,8 +336,8 @@ def test_ctrl_c_mid_rollout_saves_the_last_whole_iteration_and_resume_stays_exac
 
     def interrupted_step(self, actions):
         calls.append(1)
-        if len(calls) == 64 + 20:  # 20 steps into the second rollout
-            raise KeyboardInterrupt
+        if len(calls) == 64 + 20:  # Ctrl-C 20 steps into the second rollout: the run stops after that iteration
+            os.kill(os.getpid(), signal.SIGINT)
         return step(self, actions)
 
     monkeypatch.setattr(TorchVecEnv, "step", interrupted_step)
@@ -343,7 +345,7 @@ def test_ctrl_c_mid_rollout_saves_the_last_whole_iteration_and_resume_stays_exac
         ppo.main(tiny_args(tmp_path / "b", total_timesteps=384, checkpoint_every=0))  # only Ctrl-C saves
     monkeypatch.setattr(TorchVecEnv, "step", step)
     run_dir = next((tmp_path / "b" / "runs").iterdir())
-    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 128
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["global_step"] == 256
     resumed = load_checkpoint(ppo.main(ppo.Args(resume=str(run_dir))))
     for key, value in straight["state"]["actor"].items():
         assert torch.equal(value, resumed["state"]["actor"][key]), key

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -13,6 +16,7 @@ from gymnasium.utils.env_checker import check_env
 import mixrl
 from mixrl.agents import dqn
 from mixrl.envs.three_body import (
+    MONOTONE_TERMINAL_REWARD,
     MU_VALUES,
     YEAR,
     ThreeBodyTimestepEnv,
@@ -23,7 +27,6 @@ from mixrl.envs.three_body import (
     leapfrog_evolve,
     legacy_ic_parameters,
     reward_fn,
-    run_fixed_mu,
     total_energy,
 )
 from mixrl.evaluation import evaluate
@@ -31,6 +34,15 @@ from mixrl.policies.discrete import QNetwork
 from mixrl.runs import load_checkpoint
 
 ENV_IDS = ["mixrl/ThreeBodyTimestep-v0", "mixrl/ThreeBodyTimestepContinuous-v0"]
+
+
+def three_body_eval():
+    """scripts/three_body_eval.py as a module (its baselines and episode runner)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "three_body_eval.py"
+    spec = importlib.util.spec_from_file_location("three_body_eval", path)
+    module = sys.modules["three_body_eval"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def kepler_binary(e: float):
@@ -90,6 +102,25 @@ def test_other_integrators_conserve_energy_at_their_accurate_end():
         assert abs((total_energy(x, v, m) - e0) / e0) < 1e-9, name
 
 
+def test_other_integrators_follow_a_kepler_orbit():
+    """Positions against the exact orbit after 1.3 periods in five calls (energy alone would pass a frozen state)."""
+    e, t_end = 0.5, 1.3 * 2 * math.pi
+    runs = {  # name -> (x, v, m, t, t_end, carry) -> (t, steps, evals, ok, carry), and its position tolerance
+        "aarseth": (lambda x, v, m, t, te, c: hermite_aarseth_evolve(x, v, m, t, te, 1e-6, c), 1e-9),
+        "leapfrog": (lambda x, v, m, t, te, c: (*leapfrog_evolve(x, v, m, t, te, 1e-3), c), 2e-5),
+        "dopri5": (lambda x, v, m, t, te, c: dopri5_evolve(x, v, m, t, te, 1e-12, c), 1e-9),
+    }
+    for name, (run, tolerance) in runs.items():
+        x, v, m = kepler_binary(e)
+        t, carry = 0.0, 0.0
+        for i in range(1, 6):
+            t, _, _, ok, carry = run(x, v, m, t, i * t_end / 5, carry)
+            assert ok, name
+        assert t == pytest.approx(t_end, abs=2e-3), name
+        error = np.linalg.norm((x[1] - x[0]) - kepler_relative_position(e, t))
+        assert error < tolerance, (name, error)
+
+
 def test_initial_conditions_of_seed_0():
     k = legacy_ic_parameters(0)
     np.testing.assert_allclose(k, [13.232, 7.152, -6.028, 13.173], atol=5e-4)
@@ -130,6 +161,29 @@ def test_env_reward_and_info_follow_the_formula():
             assert info["time_yr"] == pytest.approx(0.1 * i, abs=0.02)
         assert info["force_evals"] == info["hermite_steps"] + 1 and info["wall_time"] >= 0.0
         assert not (terminated or truncated)
+
+
+def test_monotone_terminal_reward_replaces_only_the_terminating_step():
+    """The same system and actions with the paper's reward and with a fixed terminal reward: equal rewards until
+    the blow-up step, which costs MONOTONE_TERMINAL_REWARD whatever |dE| is (the paper's formula pays less for a
+    larger blow-up)."""
+
+    def rewards(terminal_reward):
+        env = ThreeBodyTimestepEnv(max_energy_error=1e-9, terminal_reward=terminal_reward)
+        env.reset(options={"ic_seed": 0})
+        out, terminated = [], False
+        while not terminated:
+            _, reward, terminated, _, _ = env.step(5 if not out else 9)
+            out.append(reward)
+        return out
+
+    paper, monotone = rewards(None), rewards(MONOTONE_TERMINAL_REWARD)
+    assert len(paper) == len(monotone) >= 3 and monotone[:-1] == paper[:-1]
+    assert monotone[-1] == MONOTONE_TERMINAL_REWARD != paper[-1]
+    # Below the paper's worst non-terminating reward (step 2, |dE| = 0.1), and the registered id uses it.
+    assert MONOTONE_TERMINAL_REWARD < reward_fn(0.1, MU_VALUES[0], step=2)
+    assert gym.make("mixrl/ThreeBodyTimestepMonotone-v0").unwrapped.terminal_reward == MONOTONE_TERMINAL_REWARD
+    assert gym.make("mixrl/ThreeBodyTimestep-v0").unwrapped.terminal_reward is None
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -178,7 +232,7 @@ def test_continuous_action_is_log10_mu():
 
 
 def test_fixed_mu_baseline_record():
-    record = run_fixed_mu(9, ic_seed=0, max_steps=20)
+    record = three_body_eval().run_fixed_mu(9, ic_seed=0, max_steps=20)
     assert record.steps == 20 and len(record.rewards) == 20 and record.rewards[0] == 0.0
     assert record.final_error == record.errors[-1] and record.hermite_steps > 0
     assert record.force_evals == record.hermite_steps + 20
@@ -201,7 +255,7 @@ def tiny_dqn_args(tmp_path, **overrides):
 
 def test_dqn_smoke_run_checkpoint_and_load_policy(tmp_path):
     run_dir = dqn.main(tiny_dqn_args(tmp_path, double_dqn=True))
-    ckpt = load_checkpoint(run_dir)
+    ckpt = load_checkpoint(run_dir, newest=True)  # latest.pt holds the replay buffer, final.pt does not
     assert ckpt["algo"] == "dqn" and ckpt["env_id"] == "mixrl/ThreeBodyTimestep-v0"
     assert ckpt["global_step"] == 300 and ckpt["buffer"]["size"] == 300
     assert (run_dir / "checkpoints" / "best.pt").is_file()

@@ -47,9 +47,19 @@ from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_prec
 from mixrl.policies.critics import QEnsemble, ValueNetwork
 from mixrl.policies.deterministic import DeterministicActor
 from mixrl.policies.vae import ConditionalVAE, kl_to_standard_normal
-from mixrl.runs import Run, check_finite, resume_args, rng_state, seed_everything, set_rng_state
+from mixrl.runs import (
+    Run,
+    UsageError,
+    check_finite,
+    record_given,
+    resume_args,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 
+@record_given
 @dataclass
 class Args:
     dataset_id: str = "mixrl/hopper-v5/medium-v0"
@@ -137,9 +147,9 @@ class Args:
 def check_args(args: Args) -> None:
     """Refuse values that cannot train, naming the fix."""
     if args.policy_freq < 1 or args.batch_size < 1 or args.total_steps < 0 or args.latent_dim < 0:
-        raise ValueError("--policy-freq and --batch-size must be at least 1, --total-steps and --latent-dim >= 0.")
+        raise UsageError("--policy-freq and --batch-size must be at least 1, --total-steps and --latent-dim >= 0.")
     if min(args.policy_noise, args.noise_clip, args.bc_weight, args.vae_recon_weight) < 0:
-        raise ValueError("--policy-noise, --noise-clip, --bc-weight and --vae-recon-weight must be non-negative.")
+        raise UsageError("--policy-noise, --noise-clip, --bc-weight and --vae-recon-weight must be non-negative.")
 
 
 def vae_loss(
@@ -313,6 +323,7 @@ def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str,
 
 def main(args: Args) -> Path:
     """Train A2PR on a Minari dataset; returns the run directory."""
+    saved = None
     if args.resume is not None:
         args, saved = resume_args(args, "total_steps")
     check_args(args)
@@ -322,11 +333,10 @@ def main(args: Args) -> Path:
     data = load_dataset(args.dataset_id, device, args.normalize_obs)
     env_id = args.env_id or data.env_id
     if env_id is None:
-        raise ValueError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
+        raise UsageError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
     dataset_kwargs = data.env_kwargs if env_id == data.env_id else {}
     env_kwargs = {**dataset_kwargs, **parse_env_kwargs(args.env_kwargs)}
     obs_space, action_space = data.check_env(env_id, env_kwargs)
-    run = Run(args, "a2pr", env_id, args.run_root, resume=args.resume)
     obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim
 
     # Actor and critics first, as in td3_bc.py, and V and the VAE only when used: equal seeds then give
@@ -336,19 +346,19 @@ def main(args: Args) -> Path:
     actor = modules["actor"]
 
     global_step = 0
-    if args.resume is not None:
+    if saved is not None:
         for name, module in modules.items():
             module.load_state_dict(saved["state"][name])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(saved["state"][f"{name}_optimizer"])
         global_step = saved["global_step"]
         set_rng_state(saved["rng"])
-        run.rewind(global_step)
     if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
         torch.compiler.reset()
     update = make_update(args, modules, optimizers, global_step)
 
     def checkpoint() -> dict:
+        check_finite(metrics, global_step)  # never save a state with non-finite losses
         return {
             "args": dataclasses.asdict(args),
             "dataset_id": args.dataset_id,
@@ -373,15 +383,14 @@ def main(args: Args) -> Path:
         if score is not None:
             scalars["eval/normalized_score"] = score
             bar.set_postfix(score=f"{score:.1f}")
-        run.log_scalars(global_step, scalars)
         line = {"step": global_step, **scalars, "steps_per_second": steps_per_second}
-        run.log_evaluation(line)
+        run.log_evaluation(line, scalars)
         return line
 
-    bar = run.progress(args.total_steps, initial=global_step)
     metrics: dict[str, torch.Tensor] = {}
-    start_step, train_seconds = global_step, 0.0
-    try:
+    with Run(args, "a2pr", env_id, saved=saved) as run:
+        bar = run.progress(args.total_steps, initial=global_step)
+        start_step, train_seconds = global_step, 0.0
         while global_step < args.total_steps:
             tick = time.perf_counter()
             metrics.update(update(data.buffer.sample(args.batch_size)))
@@ -394,24 +403,14 @@ def main(args: Args) -> Path:
                 run.log_scalars(global_step, {**metrics, "charts/SPS": sps})
             if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_steps:
                 run_evaluation((global_step - start_step) / train_seconds)
-            if args.checkpoint_every and global_step % args.checkpoint_every == 0:
-                check_finite(metrics, global_step)
-                run.save_checkpoint(checkpoint())
-    except KeyboardInterrupt:
-        run.save_checkpoint(checkpoint())
-        run.close()
-        raise
-    check_finite(metrics, global_step)
-    final = run_evaluation((global_step - start_step) / max(train_seconds, 1e-9))
-    payload = checkpoint()  # built once: final.pt and latest.pt hold the same state
-    run.save_checkpoint(payload, "final")
-    run.save_checkpoint(payload)
-    score = final.get("eval/normalized_score")
-    bar.write(
-        f"final deterministic return over {args.eval_episodes} episodes: {final['eval/return']:.1f} "
-        f"+- {final['eval/return_std']:.1f}" + (f", normalised score {score:.1f}" if score is not None else "")
-    )
-    run.close()
+            run.end_iteration(global_step, checkpoint)
+        final = run_evaluation((global_step - start_step) / max(train_seconds, 1e-9))
+        run.save_final(checkpoint())
+        score = final.get("eval/normalized_score")
+        bar.write(
+            f"final deterministic return over {args.eval_episodes} episodes: {final['eval/return']:.1f} "
+            f"+- {final['eval/return_std']:.1f}" + (f", normalised score {score:.1f}" if score is not None else "")
+        )
     return run.dir
 
 

@@ -32,8 +32,10 @@ from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.discrete import QNetwork
 from mixrl.runs import (
     Run,
+    UsageError,
     check_finite,
     crossed,
+    record_given,
     resume_args,
     rng_state,
     seed_everything,
@@ -41,6 +43,7 @@ from mixrl.runs import (
 )
 
 
+@record_given
 @dataclass
 class Args:
     env_id: str = "mixrl/ThreeBodyTimestep-v0"
@@ -151,10 +154,11 @@ def make_update(args: Args, q_network: QNetwork, q_target: QNetwork, optimizer: 
 
 def main(args: Args) -> Path:
     """Train DQN; returns the run directory."""
+    saved = None
     if args.resume is not None:
         args, saved = resume_args(args, "total_timesteps")
     if args.learning_starts < args.batch_size:
-        raise ValueError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
+        raise UsageError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
@@ -163,11 +167,10 @@ def main(args: Args) -> Path:
         args.env_id, args.num_envs, args.seed, device, normalize_obs=args.normalize_obs, env_kwargs=env_kwargs
     )
     if envs.continuous or envs.env_action_space.shape != ():
-        raise ValueError(
+        raise UsageError(
             f"DQN needs a Discrete action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl sac` or `mixrl ppo` for continuous actions."
         )
-    run = Run(args, "dqn", args.env_id, args.run_root, resume=args.resume)
     obs_dim, num_actions = envs.obs_dim, int(envs.env_action_space.n)
 
     q_network = QNetwork(obs_dim, num_actions, args.hidden_sizes, args.shared_hidden).to(device)
@@ -181,19 +184,18 @@ def main(args: Args) -> Path:
     obs = envs.reset()
     global_step, best_return = 0, -math.inf
     episode_steps = torch.zeros(args.num_envs, device=device)
-    if args.resume is not None:
+    if saved is not None:
+        if "buffer" not in saved:
+            raise UsageError(
+                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
+            )
         state = saved["state"]
         for name, module in modules.items():
             module.load_state_dict(state[name])
         optimizer.load_state_dict(state["optimizer"])
-        if "buffer" not in saved:
-            raise ValueError(
-                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
-            )
         rb.load_state_dict(saved["buffer"])
         envs.load_state_dict(saved["env_state"])
         obs, global_step = saved["obs"].to(device), saved["global_step"]
-        run.rewind(global_step)
         episode_steps, best_return = saved["episode_steps"].to(device), saved["best_return"]
         set_rng_state(saved["rng"])
 
@@ -233,17 +235,16 @@ def main(args: Args) -> Path:
         )
         result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
         mean, std = result["mean_return"], result["std_return"]
-        run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
-        run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})
+        line = {"step": global_step, "mean_return": mean, "std_return": std}
+        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std})
         if mean > best_return:
             best_return = mean
-            run.save_checkpoint(checkpoint(), "best")
+            run.save_checkpoint({k: v for k, v in checkpoint().items() if k != "buffer"}, "best")
         return result
 
-    bar = run.progress(args.total_timesteps, initial=global_step)
-    last_log_time, last_log_step = time.time(), global_step
-    metrics: dict[str, torch.Tensor] = {}
-    try:
+    with Run(args, "dqn", args.env_id, saved=saved) as run:
+        bar = run.progress(args.total_timesteps, initial=global_step)
+        last_log_time, last_log_step = time.time(), global_step
         while global_step < args.total_timesteps:
             if args.eps_per_episode:
                 eps = epsilon(args, episode_steps)
@@ -280,21 +281,13 @@ def main(args: Args) -> Path:
                     run.log_scalars(global_step, {**metrics, "charts/epsilon": eps.mean(), "charts/SPS": sps})
             if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
                 run_evaluation()
-            if crossed(global_step, previous_step, args.checkpoint_every):
-                run.save_checkpoint(checkpoint())
-    except KeyboardInterrupt:
-        run.save_checkpoint(checkpoint())
-        run.close()
-        raise
-    final = run_evaluation()
-    payload = checkpoint()  # built once: final.pt and latest.pt hold the same state
-    run.save_checkpoint(payload, "final")
-    run.save_checkpoint(payload)
-    bar.write(
-        f"final deterministic return over {args.eval_episodes} episodes: "
-        f"{final['mean_return']:.1f} +- {final['std_return']:.1f} (best {best_return:.1f})"
-    )
-    run.close()
+            run.end_iteration(global_step, checkpoint)
+        final = run_evaluation()
+        run.save_final(checkpoint())
+        bar.write(
+            f"final deterministic return over {args.eval_episodes} episodes: "
+            f"{final['mean_return']:.1f} +- {final['std_return']:.1f} (best {best_return:.1f})"
+        )
     envs.close()
     return run.dir
 

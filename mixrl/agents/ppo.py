@@ -31,7 +31,6 @@ Run `python -m mixrl.agents.ppo --help` (or `mixrl ppo --help`) for every option
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -54,8 +53,10 @@ from mixrl.policies.mixture import ACTOR_EVAL_RULES, DiagonalGaussianMixtureActo
 from mixrl.policies.nets import mlp, orthogonal_init
 from mixrl.runs import (
     Run,
+    UsageError,
     check_finite,
     crossed,
+    record_given,
     resume_args,
     rng_state,
     seed_everything,
@@ -63,12 +64,16 @@ from mixrl.runs import (
 )
 
 
+@record_given
 @dataclass
 class Args:
     env_id: str = "HalfCheetah-v5"
     """Gymnasium id of a task with a continuous (Box) action space; module:id for a task your own package registers"""
     env_kwargs: tuple[str, ...] = ()
     """keyword arguments of the env constructor: one JSON object, or key=value pairs (e.g. frame_skip=2 sparse=1)"""
+    backend: Literal["gymnasium", "warp"] = "gymnasium"
+    """simulator: Gymnasium envs stepped one by one on the CPU, or all envs at once on MuJoCo Warp (GPU-batched
+    MuJoCo, with --device cuda; supports InvertedPendulum, HalfCheetah, Hopper, Walker2d and Ant v5)"""
     seed: int = 1
     """seed of the envs, torch, NumPy and Python"""
     total_timesteps: int = 1_000_000
@@ -159,30 +164,30 @@ class Batch(NamedTuple):
 def check_args(args: Args) -> None:
     """Refuse options that do not fit together, naming the fix."""
     if args.policy not in ("gaussian", "gmm"):
-        raise ValueError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
+        raise UsageError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
     if args.policy == "gaussian":
         changed = [name for name in GMM_OPTIONS if getattr(args, name) != getattr(Args, name)]
         if changed:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
-            raise ValueError(f"{flags} only apply to the mixture policy: add --policy gmm.")
+            raise UsageError(f"{flags} only apply to the mixture policy: add --policy gmm.")
     elif args.num_experts < 1:
-        raise ValueError(f"--num-experts must be at least 1, got {args.num_experts}.")
+        raise UsageError(f"--num-experts must be at least 1, got {args.num_experts}.")
     elif args.gmm_grad not in ("frequency", "ratio"):
-        raise ValueError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, ratio.")
+        raise UsageError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, ratio.")
     elif args.gmm_eval_rule not in ACTOR_EVAL_RULES:
-        raise ValueError(f"--gmm-eval-rule {args.gmm_eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)}.")
+        raise UsageError(f"--gmm-eval-rule {args.gmm_eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)}.")
     elif args.ent_coef != 0.0:
-        raise ValueError("--ent-coef needs a closed-form entropy, which the mixture policy lacks: use --ent-coef 0.")
+        raise UsageError("--ent-coef needs a closed-form entropy, which the mixture policy lacks: use --ent-coef 0.")
     batch_size = args.num_envs * args.num_steps
     if args.num_minibatches < 1 or batch_size % args.num_minibatches:
-        raise ValueError(
+        raise UsageError(
             f"--num-minibatches {args.num_minibatches} must divide the rollout of num_envs * num_steps = "
             f"{batch_size} transitions."
         )
     if args.norm_adv and batch_size // args.num_minibatches < 2:
-        raise ValueError("--norm-adv needs minibatches of at least 2 transitions: use fewer --num-minibatches.")
+        raise UsageError("--norm-adv needs minibatches of at least 2 transitions: use fewer --num-minibatches.")
     if args.total_timesteps < batch_size:
-        raise ValueError(
+        raise UsageError(
             f"--total-timesteps {args.total_timesteps} is less than one rollout of num_envs * num_steps = "
             f"{batch_size} transitions."
         )
@@ -308,8 +313,17 @@ def make_update(
     return update
 
 
+def annealed_lr(iteration: int, anchor: tuple[int, float, int]) -> float:
+    """lr_i = lr_a (N + 1 - i) / (N + 1 - i_a): linear to zero after iteration N through the anchor (i_a, lr_a, N),
+    which is (1, --learning-rate, N) for a new run; a resume that changes N anchors at its last iteration and rate,
+    so the rate never jumps."""
+    start, lr, num_iterations = anchor
+    return lr * (num_iterations + 1 - iteration) / (num_iterations + 1 - start)
+
+
 def main(args: Args) -> Path:
     """Train PPO or PMOE-PPO; returns the run directory."""
+    saved = None
     if args.resume is not None:
         args, saved = resume_args(args, "total_timesteps")
     check_args(args)
@@ -325,14 +339,13 @@ def main(args: Args) -> Path:
         normalize_obs=args.normalize_obs,
         normalize_reward_gamma=args.gamma if args.normalize_reward else None,
         env_kwargs=env_kwargs,
+        backend=args.backend,
     )
     if not envs.continuous:
-        raise ValueError(
+        raise UsageError(
             f"PPO needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl dqn` for discrete actions."
         )
-    algo = "ppo" if args.policy == "gaussian" else "pmoe_ppo"
-    run = Run(args, algo, args.env_id, args.run_root, resume=args.resume)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
@@ -354,15 +367,18 @@ def main(args: Args) -> Path:
     num_iterations = args.total_timesteps // batch_size
 
     obs = envs.reset()
-    global_step = 0
-    if args.resume is not None:
+    global_step, lr_anchor = 0, (1, args.learning_rate, num_iterations)
+    if saved is not None:
         state = saved["state"]
         for name, module in modules.items():
             module.load_state_dict(state[name])
         optimizer.load_state_dict(state["optimizer"])
         envs.load_state_dict(saved["env_state"])
         obs, global_step = saved["obs"].to(device), saved["global_step"]
-        run.rewind(global_step)
+        lr_anchor = saved.get("lr_anchor", (1, args.learning_rate, saved["args"]["total_timesteps"] // batch_size))
+        if lr_anchor[2] != num_iterations:  # an extended budget: anneal on from the last rate
+            done = global_step // batch_size
+            lr_anchor = (done, annealed_lr(done, lr_anchor), num_iterations)
         set_rng_state(saved["rng"])
 
     def checkpoint() -> dict:
@@ -378,6 +394,7 @@ def main(args: Args) -> Path:
                 "optimizer": optimizer.state_dict(),
             },
             "global_step": global_step,
+            "lr_anchor": lr_anchor,
             "obs": obs,
             "rng": rng_state(),
             "env_state": envs.state_dict(),
@@ -390,18 +407,17 @@ def main(args: Args) -> Path:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
         mean, std = result["mean_return"], result["std_return"]
-        run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
-        run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})
+        line = {"step": global_step, "mean_return": mean, "std_return": std}
+        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std})
         return result
 
-    bar = run.progress(num_iterations * batch_size, initial=global_step)
-    # What Ctrl-C saves: a copy of the state after the last whole iteration, so that --resume stays exact.
-    snapshot = copy.deepcopy(checkpoint())
-    last_time = time.time()
-    try:
+    algo = "ppo" if args.policy == "gaussian" else "pmoe_ppo"
+    with Run(args, algo, args.env_id, saved=saved) as run:
+        bar = run.progress(num_iterations * batch_size, initial=global_step)
+        last_time = time.time()
         for iteration in range(global_step // batch_size + 1, num_iterations + 1):
             if args.anneal_lr:
-                optimizer.lr = (1.0 - (iteration - 1) / num_iterations) * args.learning_rate
+                optimizer.lr = annealed_lr(iteration, lr_anchor)
             with torch.no_grad():
                 for t in range(args.num_steps):
                     actions, _ = actor.sample(obs)
@@ -414,7 +430,6 @@ def main(args: Args) -> Path:
                 batch = rollout_batch(args, rollout, actor, critic)
             metrics = update(batch)
             check_finite(metrics, global_step)
-            snapshot = copy.deepcopy(checkpoint())
             sps = batch_size / max(time.time() - last_time, 1e-9)
             residual_var = (batch.returns - batch.values).var(correction=0)
             metrics.update(
@@ -426,24 +441,16 @@ def main(args: Args) -> Path:
                 }
             )
             run.log_scalars(global_step, metrics)
-            previous_step = global_step - batch_size
-            if iteration < num_iterations and crossed(global_step, previous_step, args.eval_every):
+            if iteration < num_iterations and crossed(global_step, global_step - batch_size, args.eval_every):
                 run_evaluation()
-            if crossed(global_step, previous_step, args.checkpoint_every):
-                run.save_checkpoint(snapshot)
+            run.end_iteration(global_step, checkpoint)
             last_time = time.time()
-    except KeyboardInterrupt:
-        run.save_checkpoint(snapshot)
-        run.close()
-        raise
-    final = run_evaluation()
-    run.save_checkpoint(snapshot, "final")
-    run.save_checkpoint(snapshot)
-    bar.write(
-        f"final deterministic return over {args.eval_episodes} episodes: "
-        f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
-    )
-    run.close()
+        final = run_evaluation()
+        run.save_final(checkpoint())
+        bar.write(
+            f"final deterministic return over {args.eval_episodes} episodes: "
+            f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
+        )
     envs.close()
     return run.dir
 

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mixrl.buffers import Batch, ReplayBuffer
-from mixrl.envs.factory import make_vec_env, parse_env_kwargs
+from mixrl.envs.factory import ObsNormalizer, make_vec_env, parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
@@ -63,8 +63,10 @@ from mixrl.policies.mixture import (
 )
 from mixrl.runs import (
     Run,
+    UsageError,
     check_finite,
     crossed,
+    record_given,
     resume_args,
     rng_state,
     seed_everything,
@@ -72,12 +74,16 @@ from mixrl.runs import (
 )
 
 
+@record_given
 @dataclass
 class Args:
     env_id: str = "HalfCheetah-v5"
     """Gymnasium id of a task with a continuous (Box) action space; module:id for a task your own package registers"""
     env_kwargs: tuple[str, ...] = ()
     """keyword arguments of the env constructor: one JSON object, or key=value pairs (e.g. frame_skip=2 sparse=1)"""
+    backend: Literal["gymnasium", "warp"] = "gymnasium"
+    """simulator: Gymnasium envs stepped one by one on the CPU, or all envs at once on MuJoCo Warp (GPU-batched
+    MuJoCo, with --device cuda; supports InvertedPendulum, HalfCheetah, Hopper, Walker2d and Ant v5)"""
     seed: int = 1
     """seed of the envs, torch, NumPy and Python"""
     total_timesteps: int = 1_000_000
@@ -164,33 +170,33 @@ GMM_OPTIONS = ("num_experts", "gmm_grad", "gmm_entropy", "gmm_eval_rule", "gumbe
 def check_args(args: Args) -> None:
     """Refuse options that do not fit together, naming the fix."""
     if args.policy not in ("gaussian", "gmm"):
-        raise ValueError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
+        raise UsageError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
     if args.policy == "gaussian":
         changed = [name for name in GMM_OPTIONS if getattr(args, name) != getattr(Args, name)]
         if changed:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
-            raise ValueError(f"{flags}: options of the mixture policy only; add --policy gmm.")
+            raise UsageError(f"{flags}: options of the mixture policy only; add --policy gmm.")
         return
     if args.num_experts < 1:
-        raise ValueError(f"--num-experts must be at least 1, got {args.num_experts}.")
+        raise UsageError(f"--num-experts must be at least 1, got {args.num_experts}.")
     if args.gmm_grad not in ("frequency", "gumbel", "reinforce"):
-        raise ValueError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, gumbel, reinforce.")
+        raise UsageError(f"--gmm-grad {args.gmm_grad!r} is not one of: frequency, gumbel, reinforce.")
     if args.gmm_entropy not in ENTROPY_MODES:
-        raise ValueError(f"--gmm-entropy {args.gmm_entropy!r} is not one of: {', '.join(ENTROPY_MODES)}.")
+        raise UsageError(f"--gmm-entropy {args.gmm_entropy!r} is not one of: {', '.join(ENTROPY_MODES)}.")
     if args.gmm_eval_rule not in ACTOR_EVAL_RULES:
-        raise ValueError(
+        raise UsageError(
             f"--gmm-eval-rule {args.gmm_eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)} "
             "(argmax_q ranks the experts with a critic, which a saved policy does not carry)."
         )
     if args.gmm_grad == "gumbel" and args.gmm_entropy == "mixture":
-        raise ValueError(
+        raise UsageError(
             "--gmm-grad gumbel acts with the blend sum_k g_k a_k, which is no sample of the mixture, so the "
             "mixture log-density is no entropy estimate for it: use --gmm-entropy component."
         )
     if args.gmm_grad != "gumbel" and args.gumbel_tau != Args.gumbel_tau:
-        raise ValueError("--gumbel-tau only applies to --gmm-grad gumbel.")
+        raise UsageError("--gumbel-tau only applies to --gmm-grad gumbel.")
     if args.gumbel_tau <= 0.0:
-        raise ValueError(f"--gumbel-tau must be positive, got {args.gumbel_tau}.")
+        raise UsageError(f"--gumbel-tau must be positive, got {args.gumbel_tau}.")
 
 
 def normalize_batch_rewards(rewards: torch.Tensor) -> torch.Tensor:
@@ -341,6 +347,7 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
 
 def main(args: Args) -> Path:
     """Train SAC or PMOE-SAC; returns the run directory."""
+    saved = None
     if args.resume is not None:
         args, saved = resume_args(args, "total_timesteps")
     check_args(args)
@@ -348,17 +355,23 @@ def main(args: Args) -> Path:
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     env_kwargs = parse_env_kwargs(args.env_kwargs)
-    envs = make_vec_env(
-        args.env_id, args.num_envs, args.seed, device, normalize_obs=args.normalize_obs, env_kwargs=env_kwargs
-    )
+    envs = make_vec_env(args.env_id, args.num_envs, args.seed, device, env_kwargs=env_kwargs, backend=args.backend)
     if not envs.continuous:
-        raise ValueError(
+        raise UsageError(
             f"SAC needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl dqn` for discrete actions."
         )
-    algo = "sac" if args.policy == "gaussian" else "pmoe_sac"
-    run = Run(args, algo, args.env_id, args.run_root, resume=args.resume)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
+    # --normalize-obs: the buffer stores raw observations; acting and every sampled batch are z-scored with the
+    # running statistics of that moment (as Stable-Baselines3's VecNormalize), so old rows never keep old statistics.
+    normalizer = ObsNormalizer(envs.single_observation_space.shape) if args.normalize_obs else None
+
+    def normalize(obs: torch.Tensor) -> torch.Tensor:
+        return obs if normalizer is None else normalizer.normalize_tensor(obs)
+
+    def observe(obs: torch.Tensor) -> None:  # running statistics of every observation the agent acts on
+        if normalizer is not None:
+            normalizer.rms.update(obs.cpu().numpy().reshape(-1, *normalizer.shape))
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     if args.policy == "gmm":
@@ -381,8 +394,13 @@ def main(args: Args) -> Path:
 
     modules = {"actor": actor, "qf": qf, "qf_target": qf_target}
     obs = envs.reset()
+    observe(obs)
     global_step, updates_due = 0, 0.0
-    if args.resume is not None:
+    if saved is not None:
+        if "buffer" not in saved:
+            raise UsageError(
+                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
+            )
         state = saved["state"]
         for name, module in modules.items():
             module.load_state_dict(state[name])
@@ -390,15 +408,12 @@ def main(args: Args) -> Path:
             optimizer.load_state_dict(state[f"{name}_optimizer"])
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
-        if "buffer" not in saved:
-            raise ValueError(
-                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
-            )
         rb.load_state_dict(saved["buffer"])
         envs.load_state_dict(saved["env_state"])
+        if normalizer is not None:
+            normalizer.load_state_dict(saved["obs_normalizer"])
         obs, global_step, updates_due = saved["obs"].to(device), saved["global_step"], saved["updates_due"]
         set_rng_state(saved["rng"])
-        run.rewind(global_step)
 
     def checkpoint() -> dict:
         payload = {
@@ -406,7 +421,7 @@ def main(args: Args) -> Path:
             "env_kwargs": env_kwargs,
             "observation_space": envs.single_observation_space,
             "action_space": envs.env_action_space,
-            "obs_normalizer": envs.normalizer_state(),
+            "obs_normalizer": None if normalizer is None else normalizer.state_dict(),
             "policy": policy_spec(actor, **actor_kwargs),
             "state": {
                 **{name: m.state_dict() for name, m in modules.items()},
@@ -425,28 +440,30 @@ def main(args: Args) -> Path:
 
     def run_evaluation() -> dict:
         spaces = envs.single_observation_space, envs.env_action_space
-        policy = Policy(actor, *spaces, envs.normalizer_state(), device)
+        policy = Policy(actor, *spaces, None if normalizer is None else normalizer.state_dict(), device)
         # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
         mean, std = result["mean_return"], result["std_return"]
-        run.log_scalars(global_step, {"eval/return": mean, "eval/return_std": std})
-        run.log_evaluation({"step": global_step, "mean_return": mean, "std_return": std})
+        line = {"step": global_step, "mean_return": mean, "std_return": std}
+        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std})
         return result
 
-    bar = run.progress(args.total_timesteps, initial=global_step)
-    last_log_time, last_log_step = time.time(), global_step
-    metrics: dict[str, torch.Tensor] = {}
-    try:
+    algo = "sac" if args.policy == "gaussian" else "pmoe_sac"
+    with Run(args, algo, args.env_id, saved=saved) as run:
+        bar = run.progress(args.total_timesteps, initial=global_step)
+        last_log_time, last_log_step = time.time(), global_step
+        metrics: dict[str, torch.Tensor] = {}
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
                 actions = torch.rand(args.num_envs, action_dim, device=device) * 2.0 - 1.0
             else:
                 with torch.no_grad():
-                    actions, _ = sample(obs)
+                    actions, _ = sample(normalize(obs))
             next_obs, rewards, terminated, _, final_obs = envs.step(actions)
             rb.add(obs, actions, rewards, final_obs, terminated)
             obs = next_obs
+            observe(obs)
             previous_step, global_step = global_step, global_step + args.num_envs
             bar.update(args.num_envs)
             run.log_episodes(global_step, *envs.pop_episodes())
@@ -454,30 +471,23 @@ def main(args: Args) -> Path:
             if global_step >= args.learning_starts:
                 updates_due += args.num_envs * args.utd_ratio
                 while updates_due >= 1.0:
-                    metrics = update(rb.sample(args.batch_size))
+                    batch = rb.sample(args.batch_size)
+                    metrics = update(batch._replace(obs=normalize(batch.obs), next_obs=normalize(batch.next_obs)))
                     updates_due -= 1.0
                 check_finite(metrics, global_step)
-                if crossed(global_step, previous_step, args.log_every):
+                if metrics and crossed(global_step, previous_step, args.log_every):
                     sps = (global_step - last_log_step) / max(time.time() - last_log_time, 1e-9)
                     last_log_time, last_log_step = time.time(), global_step
                     run.log_scalars(global_step, {**metrics, "charts/SPS": sps})
             if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
                 run_evaluation()
-            if crossed(global_step, previous_step, args.checkpoint_every):
-                run.save_checkpoint(checkpoint())
-    except KeyboardInterrupt:
-        run.save_checkpoint(checkpoint())
-        run.close()
-        raise
-    final = run_evaluation()
-    payload = checkpoint()  # built once: final.pt and latest.pt hold the same state
-    run.save_checkpoint(payload, "final")
-    run.save_checkpoint(payload)
-    bar.write(
-        f"final deterministic return over {args.eval_episodes} episodes: "
-        f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
-    )
-    run.close()
+            run.end_iteration(global_step, checkpoint)
+        final = run_evaluation()
+        run.save_final(checkpoint())
+        bar.write(
+            f"final deterministic return over {args.eval_episodes} episodes: "
+            f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
+        )
     envs.close()
     return run.dir
 

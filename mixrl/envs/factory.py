@@ -12,9 +12,9 @@ import difflib
 import importlib
 import json
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import mixrl.envs  # noqa: F401  (registers the mixrl/* ids)
+from mixrl.errors import UsageError
 
 
 class RunningMeanStd:
@@ -66,6 +67,12 @@ class ObsNormalizer:
             self.rms.update(obs.reshape(-1, *self.shape))
         z = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.epsilon)
         return np.clip(z, -self.clip, self.clip)
+
+    def normalize_tensor(self, obs: torch.Tensor) -> torch.Tensor:
+        """The same z-score and clip of flat (N, obs_dim) tensors with the current statistics, without updating them."""
+        mean = torch.as_tensor(self.rms.mean.reshape(-1), dtype=obs.dtype, device=obs.device)
+        std = torch.as_tensor(np.sqrt(self.rms.var + self.epsilon).reshape(-1), dtype=obs.dtype, device=obs.device)
+        return ((obs - mean) / std).clamp(-self.clip, self.clip)
 
     def state_dict(self) -> dict[str, Any]:
         return {"clip": self.clip, "epsilon": self.epsilon, **self.rms.state_dict()}
@@ -112,7 +119,7 @@ def check_env_id(env_id: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise ValueError(
+            raise UsageError(
                 f"Environment id {env_id!r}: cannot import module {module!r} ({err}). Install the package that "
                 "registers the task, or put its folder on PYTHONPATH."
             ) from None
@@ -121,7 +128,7 @@ def check_env_id(env_id: str) -> None:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ValueError(
+    raise UsageError(
         f"Unknown environment id {env_id!r}.{hint} "
         "List all ids with: python -c 'import gymnasium, mixrl; gymnasium.pprint_registry()'"
     )
@@ -134,15 +141,15 @@ def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
         try:
             kwargs = json.loads(items[0])
         except json.JSONDecodeError as err:
-            raise ValueError(f"--env-kwargs {items[0]!r} is not valid JSON ({err}).") from None
+            raise UsageError(f"--env-kwargs {items[0]!r} is not valid JSON ({err}).") from None
         if not isinstance(kwargs, dict):
-            raise ValueError(f"--env-kwargs {items[0]!r}: give a JSON object or key=value pairs.")
+            raise UsageError(f"--env-kwargs {items[0]!r}: give a JSON object or key=value pairs.")
         return kwargs
     kwargs = {}
     for item in items:
         key, equals, value = item.partition("=")
         if not equals or not key.isidentifier():
-            raise ValueError(f"--env-kwargs {item!r} is not key=value: write e.g. --env-kwargs frame_skip=2 sparse=1.")
+            raise UsageError(f"--env-kwargs {item!r} is not key=value: write e.g. --env-kwargs frame_skip=2 sparse=1.")
         try:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -212,20 +219,21 @@ class TorchVecEnv:
         normalize_obs: bool = False,
         normalize_reward_gamma: float | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        wrapper: Callable[[gym.Env], gym.Env] | None = None,
     ):
         if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            raise UsageError(f"num_envs must be >= 1, got {num_envs}")
         check_env_id(env_id)
         self.env_id, self.num_envs, self.device = env_id, num_envs, torch.device(device)
         self.env_kwargs = dict(env_kwargs or {})
         self.envs = gym.vector.SyncVectorEnv(
-            [lambda: gym.make(env_id, **self.env_kwargs) for _ in range(num_envs)],
+            [lambda: (wrapper or (lambda env: env))(gym.make(env_id, **self.env_kwargs)) for _ in range(num_envs)],
             autoreset_mode=AutoresetMode.SAME_STEP,
         )
         self.single_observation_space = self.envs.single_observation_space
         self.env_action_space = self.envs.single_action_space
         if not isinstance(self.single_observation_space, gym.spaces.Box):
-            raise ValueError(
+            raise UsageError(
                 f"{env_id}: only Box observation spaces are supported, got {self.single_observation_space}"
             )
         self.continuous = isinstance(self.env_action_space, gym.spaces.Box)
@@ -273,6 +281,7 @@ class TorchVecEnv:
 
     def step(self, action: torch.Tensor):
         obs, reward, terminated, truncated, info = self.envs.step(self.to_env_action(action))
+        self.info = info  # the vector env's info of this step (an ended sub-env's own is under "final_info")
         done = terminated | truncated
         self._returns += reward
         self._lengths += 1
@@ -342,6 +351,28 @@ def make_vec_env(
     normalize_obs: bool = False,
     normalize_reward_gamma: float | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    backend: Literal["gymnasium", "warp"] = "gymnasium",
+    wrapper: Callable[[gym.Env], gym.Env] | None = None,
 ) -> TorchVecEnv:
-    """Vector env of `num_envs` copies of `env_id` (sync), seeded with seed, seed + 1, ..., on `device`."""
-    return TorchVecEnv(env_id, num_envs, seed, device, normalize_obs, normalize_reward_gamma, env_kwargs)
+    """Vector env of `num_envs` copies of `env_id` (sync), seeded with seed, seed + 1, ..., on `device`.
+
+    backend="warp" steps all copies at once on MuJoCo Warp (mixrl.envs.warp, same interface; warp is imported
+    only then), seeded with `seed` for the reset noise of every world. `wrapper` wraps each Gymnasium
+    sub-env (e.g. mixrl.envs.interventions.InterventionWrapper); the warp backend takes none.
+    """
+    if backend == "warp" and wrapper is not None:
+        raise UsageError("backend 'warp' takes no Gymnasium wrapper: use backend 'gymnasium'.")
+    if backend == "warp":
+        from mixrl.envs.warp import check_warp_env_id
+
+        check_warp_env_id(env_id)
+        try:
+            from mixrl.envs.warp.vec_env import WarpVecEnv
+        except ImportError as error:
+            raise UsageError(
+                f"backend 'warp' needs MuJoCo Warp ({error}); install it with: pip install 'mixrl[warp]'"
+            ) from None
+        return WarpVecEnv(env_id, num_envs, seed, device, normalize_obs, normalize_reward_gamma, env_kwargs)
+    if backend != "gymnasium":
+        raise UsageError(f"Unknown backend {backend!r}; use 'gymnasium' or 'warp'.")
+    return TorchVecEnv(env_id, num_envs, seed, device, normalize_obs, normalize_reward_gamma, env_kwargs, wrapper)
