@@ -6,7 +6,7 @@
 The graph does what `mixrl.load_policy` does around the network, so it needs nothing else at run time:
     z = clip((obs - mean) / sqrt(var + eps), -c, c)       observation normalisation (float64), if the run used it
     a = actor.deterministic(z)                            Gaussian mean, mixture rule, deterministic actor, argmax Q
-    a_env = low + (clip(a, -1, 1) + 1) (high - low) / 2   Box action spaces; discrete ones give the int64 index
+    a_env = low + (clip(a, -1, 1) + 1) (high - low) / 2   Box action spaces; Discrete ones give start + index
 Input "obs": (batch, *observation shape) in the observation space's dtype; output "action": (batch, *action shape).
 The batch size is dynamic.
 """
@@ -24,6 +24,7 @@ import torch
 import tyro
 from torch import nn
 
+from mixrl.errors import UsageError
 from mixrl.evaluation import Policy, policy_from_checkpoint
 from mixrl.runs import find_checkpoint, load_checkpoint
 
@@ -37,9 +38,14 @@ class ExportablePolicy(nn.Module):
         super().__init__()
         rule = getattr(policy.actor, "eval_rule", None)
         if rule in STOCHASTIC_RULES:
-            raise ValueError(
+            raise UsageError(
                 f"The policy's evaluation rule {rule!r} draws a random expert, so it has no deterministic graph to "
                 "export: pass --eval-rule argmax_w or --eval-rule weighted_mean."
+            )
+        if hasattr(policy.actor, "reset"):
+            raise UsageError(
+                f"{type(policy.actor).__name__} keeps state between steps (a queue of chunked actions), which a "
+                "graph of one observation cannot hold: evaluate it in Python with mixrl.load_policy instead."
             )
         self.actor = policy.actor.cpu().eval()
         self.obs_shape = tuple(policy.observation_space.shape)
@@ -56,6 +62,7 @@ class ExportablePolicy(nn.Module):
             self.register_buffer("high", torch.as_tensor(policy.action_space.high))
         else:
             self.action_shape = tuple(policy.action_space.shape)
+            self.action_start = int(getattr(policy.action_space, "start", 0))  # Discrete(n, start)
         self.requires_grad_(False)  # an inference graph: outputs that users can turn into numpy directly
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -64,7 +71,7 @@ class ExportablePolicy(nn.Module):
             x = ((x.double() - self.obs_mean) / self.obs_std).clamp(-self.obs_clip, self.obs_clip)
         action = self.actor.deterministic(x.float())
         if self.discrete:
-            return action.long().reshape(obs.shape[0], *self.action_shape)
+            return (action.long() + self.action_start).reshape(obs.shape[0], *self.action_shape)
         return self.low + 0.5 * (action.clamp(-1.0, 1.0) + 1.0) * (self.high - self.low)
 
 
@@ -87,7 +94,7 @@ def export_policy(
     """Write the deterministic policy of a run directory or checkpoint as ONNX or TorchScript; returns the file.
     The default output is <run>/policy.onnx (or policy.torchscript.pt) next to the run's checkpoints."""
     if format not in ("onnx", "torchscript"):
-        raise ValueError(f"--format {format!r} is not one of: onnx, torchscript.")
+        raise UsageError(f"--format {format!r} is not one of: onnx, torchscript.")
     file = find_checkpoint(path)
     policy = policy_from_checkpoint(load_checkpoint(file), "cpu", eval_rule)
     module = ExportablePolicy(policy)

@@ -4,28 +4,32 @@
         --total-timesteps 100000 --name sac
     python scripts/bench_learning.py report --name sac
 
-`run` writes one JSON per (variant, env, seed) into results/raw/<name>/ (jobs already there are skipped, so
-several processes can share the work); `report` turns them into results/<name>.md and results/<name>.png:
-final deterministic return and area under the learning curve (mean of the evaluation curve), mean +- std
-over seeds. Evaluations: every --eval-every steps, deterministic, 5 episodes on seeds 10000 + seed + i.
+`run` runs every (variant, env, seed) as a trial of the `mixrl sweep` runs/sweeps/<name> (on Ray: --max-concurrent
+trials at once, or a cluster with --address; finished trials are skipped, interrupted ones resume), then records
+each finished trial as one JSON in results/raw/<name>/. `report` turns those into results/<name>.md and
+results/<name>.png with mixrl.sweep's tables and plots: final deterministic return and area under the learning curve
+(mean of the evaluation curve), mean +- std over seeds. Evaluations: every --eval-every steps, deterministic,
+5 episodes on seeds 10000 + seed + i.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import json
 import os
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mixrl.sweep import SweepArgs, Trial, plot_curves, run_sweep, summarize, table_lines, trial_records
+
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+SWEEPS = RESULTS.parent / "runs" / "sweeps"
 
 # variant -> (agent module or "sb3-sac" / "sb3-ppo", Args overrides). Shared hyperparameters follow SB3's SAC
 # defaults except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm. The
@@ -58,40 +62,26 @@ PUBLISHED_PROTOCOL = (
 )
 
 
-def training_return(run_dir: Path, episodes: int = 100) -> float | None:
-    """Mean return of the last `episodes` training episodes of a mixrl run, from its TensorBoard log."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    if "charts/episodic_return" not in acc.Tags()["scalars"]:
-        return None
-    return float(np.mean([e.value for e in acc.Scalars("charts/episodic_return")][-episodes:]))
-
-
-def run_mixrl(agent: str, overrides: dict[str, Any], env_id: str, seed: int, steps: int, eval_every: int) -> dict:
-    import importlib
-
-    module = importlib.import_module(f"mixrl.agents.{agent}")
-    if "save_buffer" in {field.name for field in dataclasses.fields(module.Args)}:
-        overrides = {"save_buffer": False, **overrides}  # off-policy agents: no replay buffer in checkpoints
-    args = module.Args(
-        env_id=env_id,
-        seed=seed,
-        total_timesteps=steps,
-        eval_every=eval_every,
-        eval_episodes=5,
-        checkpoint_every=0,
-        run_root=str(RESULTS.parent / "runs" / "bench"),
-        **overrides,
-    )
-    run_dir = module.main(args)
-    curve = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
-    return {
-        "curve": [(c["step"], c["mean_return"]) for c in curve],
-        "training_return": training_return(run_dir),
-        "run_dir": str(run_dir),
-    }
+def trials(opts: argparse.Namespace) -> list[Trial]:
+    """One sweep trial per (env, variant, seed): a `mixrl <agent>` run, or this script's `sb3` command."""
+    out = []
+    for env_id, variant, seed in itertools.product(opts.env_ids, opts.variants, opts.seeds):
+        agent, overrides = VARIANTS[variant]
+        if agent.startswith("sb3-"):
+            command = [sys.executable, str(Path(__file__).resolve()), "sb3", "--variant", variant]
+            command += ["--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(opts.total_timesteps)]
+            command += ["--eval-every", str(opts.eval_every), "--out", "{trial_dir}"]
+            out.append(Trial(agent, env_id, seed, variant=variant, command=tuple(command)))
+            continue
+        flags = {
+            "total_timesteps": opts.total_timesteps,
+            "eval_every": opts.eval_every,
+            "eval_episodes": 5,
+            "checkpoint_every": opts.eval_every,  # what a retried trial resumes from
+            **overrides,
+        }
+        out.append(Trial(agent, env_id, seed, tuple((k, str(v)) for k, v in flags.items()), variant))
+    return out
 
 
 def sb3_evaluator(
@@ -198,70 +188,44 @@ def findings_link(report: Path) -> list[str]:
     return [f"What these runs show and what was tried: [{findings.name}]({findings.name}).", ""]
 
 
-def claim(lock: Path) -> bool:
-    """Write this process's pid to the job's `lock` and return True, unless a live process holds it already (a
-    lock whose pid is dead is stale and taken over)."""
-    if lock.exists():
-        try:
-            os.kill(int(lock.read_text()), 0)
-            return False
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            return False  # not a pid (held by hand), or another user's live process
-    lock.write_text(str(os.getpid()))
-    return True
-
-
 def cmd_run(opts: argparse.Namespace) -> None:
-    out = RESULTS / "raw" / opts.name
-    out.mkdir(parents=True, exist_ok=True)
-    for env_id in opts.env_ids:
-        for variant in opts.variants:
-            for seed in opts.seeds:
-                path = out / f"{env_id}__{variant}__{seed}.json"
-                lock = path.with_suffix(".running")
-                if path.exists() or not claim(lock):
-                    continue
-                start = time.time()
-                agent, overrides = VARIANTS[variant]
-                print(
-                    f"[bench_learning] {variant} on {env_id}, seed {seed}, {opts.total_timesteps} steps",
-                    flush=True,
-                )
-                try:
-                    if agent == "sb3-sac":
-                        result = run_sb3_sac(env_id, seed, opts.total_timesteps, opts.eval_every)
-                    elif agent == "sb3-ppo":
-                        result = run_sb3_ppo(env_id, seed, opts.total_timesteps, opts.eval_every)
-                    else:
-                        result = run_mixrl(agent, overrides, env_id, seed, opts.total_timesteps, opts.eval_every)
-                finally:
-                    lock.unlink()
-                result.update(
-                    variant=variant,
-                    env_id=env_id,
-                    seed=seed,
-                    total_timesteps=opts.total_timesteps,
-                    overrides=overrides,
-                    wall_seconds=time.time() - start,
-                    command="python scripts/bench_learning.py " + " ".join(map(shlex.quote, sys.argv[1:])),
-                )
-                path.write_text(json.dumps(result, indent=2))
+    """Run the missing trials as the sweep runs/sweeps/<name>, then record the finished ones in results/raw/<name>/."""
+    todo = trials(opts)
+    sweep = SweepArgs(name=opts.name, root=str(SWEEPS), max_concurrent=opts.max_concurrent, address=opts.address)
+    command = "python scripts/bench_learning.py " + shlex.join(sys.argv[1:])
+    try:
+        run_sweep(sweep, todo)
+    finally:  # record what finished, also when some trials failed
+        out = RESULTS / "raw" / opts.name
+        out.mkdir(parents=True, exist_ok=True)
+        by_name = {t.name: t for t in todo}
+        for record in trial_records(SWEEPS / opts.name):
+            trial = by_name.get(Path(record["run_dir"]).relative_to(SWEEPS / opts.name).parts[0])
+            path = out / f"{record['env_id']}__{record['variant']}__{record['seed']}.json"
+            if trial is None or path.exists():
+                continue
+            record.update(
+                total_timesteps=opts.total_timesteps,
+                overrides=VARIANTS[trial.variant][1],
+                command=command,
+                trial_command=record["command"],
+            )
+            path.write_text(json.dumps(record, indent=2))
+
+
+def cmd_sb3(opts: argparse.Namespace) -> None:
+    """One Stable-Baselines3 run; its evaluation curve goes to <out>/evaluations.jsonl, as a mixrl run's does."""
+    runner = run_sb3_sac if opts.variant == "sb3-sac" else run_sb3_ppo
+    curve = runner(opts.env_id, opts.seed, opts.total_timesteps, opts.eval_every)["curve"]
+    lines = [json.dumps({"step": step, "mean_return": value}) for step, value in curve]
+    Path(opts.out, "evaluations.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def cmd_report(opts: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     folders = [opts.name, *opts.include]
     raw = [json.loads(p.read_text()) for folder in folders for p in sorted((RESULTS / "raw" / folder).glob("*.json"))]
     if not raw:
         sys.exit(f"No results in results/raw/{opts.name}: run `bench_learning.py run --name {opts.name}` first.")
-    env_ids = sorted({r["env_id"] for r in raw})
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in raw)]
     lines = [
         f"# Learning benchmark: {opts.name}",
         "",
@@ -272,41 +236,15 @@ def cmd_report(opts: argparse.Namespace) -> None:
         "The training return is the mean of the last 100 training episodes of each mixrl run (the stochastic policy, "
         "as CleanRL reports it; - for SB3 and for runs that did not record it), then mean +- std over seeds.",
         "",
-        "| env | variant | seeds | steps | final return | AUC | training return | wall time per run |",
-        "|---|---|---|---|---|---|---|---|",
+        *table_lines(summarize(raw, list(VARIANTS))),
     ]
-    published = []
-    fig, axes = plt.subplots(1, len(env_ids), figsize=(6 * len(env_ids), 4), squeeze=False)
-    for ax, env_id in zip(axes[0], env_ids):
-        for variant in variants:
-            runs = [r for r in raw if r["env_id"] == env_id and r["variant"] == variant]
-            if not runs:
-                continue
-            finals = [r["curve"][-1][1] for r in runs]
-            aucs = [float(np.mean([v for _, v in r["curve"]])) for r in runs]
-            minutes = np.mean([r["wall_seconds"] for r in runs]) / 60
-            training = [r.get("training_return") for r in runs]
-            training_cell = "-" if None in training else f"{np.mean(training):.0f} +- {np.std(training):.0f}"
-            lines.append(
-                f"| {env_id} | {variant} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['total_timesteps']} "
-                f"| {np.mean(finals):.0f} +- {np.std(finals):.0f} | {np.mean(aucs):.0f} +- {np.std(aucs):.0f} "
-                f"| {training_cell} | {minutes:.0f} min |"
-            )
-            steps = np.array([s for s, _ in runs[0]["curve"]])
-            n = min(len(r["curve"]) for r in runs)
-            values = np.array([[v for _, v in r["curve"][:n]] for r in runs])
-            ax.plot(steps[:n], values.mean(0), label=variant)
-            ax.fill_between(steps[:n], values.min(0), values.max(0), alpha=0.2)
-            if (variant, env_id) in PUBLISHED:
-                mean, std, source = PUBLISHED[(variant, env_id)]
-                ax.axhline(mean, linestyle="--", color="grey", label=f"{source} (training return)")
-                published.append(f"- {source}: {mean:.1f} +- {std:.1f}")
-        ax.set_title(env_id)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("deterministic evaluation return")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{opts.name}.png", dpi=100)
+    reference = {
+        key: (mean, f"{source} (training return)")
+        for key, (mean, _, source) in PUBLISHED.items()
+        if any((r["variant"], r["env_id"]) == key for r in raw)
+    }
+    plot_curves(raw, RESULTS / f"{opts.name}.png", list(VARIANTS), reference)
+    published = [f"- {PUBLISHED[key][2]}: {PUBLISHED[key][0]:.1f} +- {PUBLISHED[key][1]:.1f}" for key in reference]
     commands = sorted({r["command"] for r in raw})
     if published:
         lines += ["", f"Published returns ({PUBLISHED_PROTOCOL}):", "", *published]
@@ -324,19 +262,28 @@ def cmd_report(opts: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train and evaluate the missing (variant, env, seed) jobs")
+    run = sub.add_parser("run", help="train and evaluate the missing (variant, env, seed) trials on Ray")
     run.add_argument("--variants", nargs="+", choices=list(VARIANTS), required=True, help="what to train")
     run.add_argument("--env-ids", nargs="+", default=["HalfCheetah-v5"], help="Gymnasium ids")
     run.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds")
     run.add_argument("--total-timesteps", type=int, default=100_000, help="environment steps per run")
     run.add_argument("--eval-every", type=int, default=10_000, help="environment steps between evaluations")
-    run.add_argument("--name", required=True, help="results/raw/<name>/ and results/<name>.md")
+    run.add_argument("--name", required=True, help="runs/sweeps/<name>, results/raw/<name>/ and results/<name>.md")
+    run.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: CPU cores)")
+    run.add_argument("--address", default=None, help="Ray cluster to join (default: Ray on this machine)")
     report = sub.add_parser("report", help="write results/<name>.md and results/<name>.png")
     report.add_argument("--name", required=True, help="which results/raw/<name> to report")
     report.add_argument("--include", nargs="*", default=[], help="other results/raw/<name> folders to add (baselines)")
+    sb3 = sub.add_parser("sb3", help="one Stable-Baselines3 run (a trial of `run`)")
+    sb3.add_argument("--variant", choices=[v for v, (agent, _) in VARIANTS.items() if agent.startswith("sb3-")])
+    sb3.add_argument("--env-id", required=True)
+    sb3.add_argument("--seed", type=int, required=True)
+    sb3.add_argument("--total-timesteps", type=int, required=True)
+    sb3.add_argument("--eval-every", type=int, required=True)
+    sb3.add_argument("--out", required=True, help="folder of evaluations.jsonl")
     opts = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    cmd_run(opts) if opts.command == "run" else cmd_report(opts)
+    {"run": cmd_run, "report": cmd_report, "sb3": cmd_sb3}[opts.command](opts)
 
 
 if __name__ == "__main__":

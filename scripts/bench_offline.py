@@ -10,16 +10,15 @@ Per environment it
      deterministic policies with --action-noise Gaussian noise, medium-replay is the medium run's whole replay
      buffer, medium-expert the concatenation of medium and expert; every dataset carries the reference scores of
      the expert dataset (random policy and deterministic expert, --ref-episodes episodes each);
-  3. trains TD3+BC and A2PR for --gradient-steps on each dataset of --kinds and seed (every dataset's first seed
-     before any second one), alternating the two algorithms so that their gradient steps per second are measured
-     side by side, and evaluates each final policy over --final-episodes deterministic episodes (seeds
-     seed + 100, ...). Both agents run with --matmul-precision (default medium: bfloat16 products) and, with
-     --compile, compiled losses.
+  3. trains TD3+BC and A2PR for --gradient-steps on each dataset of --kinds and seed as the trials of the Ray sweep
+     <work-dir>/sweeps/offline (`mixrl sweep`: --max-concurrent runs at once, or a cluster with --address; queued
+     with every dataset's first seed before any second one, the two algorithms alternating), and evaluates each
+     final policy over --final-episodes deterministic episodes (seeds seed + 100, ...). Both agents run with
+     --matmul-precision (default medium: bfloat16 products) and, with --compile, compiled losses.
 A2PR uses the authors' per-dataset alpha, bc_weight, vae_recon_weight and gamma (A2PR_SETTINGS) unless
 --no-a2pr-paper-settings. Finished runs are recorded in <work-dir>/runs.jsonl and skipped when the script is run
-again, so an interrupted benchmark continues. Several processes can share the runs once the datasets exist (make
-them first with --stage datasets): each takes the next run that is neither recorded nor held by a live process's
-lock file in <work-dir>/locks/. The report, <results>.md and <results>.json, gives the D4RL
+again; an interrupted run resumes from its checkpoints/latest.pt (a run whose process dies is retried at once).
+The report, <results>.md and <results>.json, gives the D4RL
 normalised score of the final policy per dataset (mean +- std over seeds) and its mean over datasets.
 """
 
@@ -40,11 +39,12 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 import tyro
-from bench_learning import claim, findings_link
+from bench_learning import findings_link
 
 from mixrl.agents import a2pr, sac, td3_bc
 from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, normalized_score
 from mixrl.evaluation import evaluate_checkpoint
+from mixrl.sweep import SweepArgs, Trial, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +110,10 @@ class Args:
     highest: float32)"""
     compile: bool = False
     """torch.compile the offline agents' losses (with bfloat16 products: A2PR steps x1.2 faster, TD3+BC x1.5)"""
+    max_concurrent: int | None = None
+    """offline runs at once, each a trial of the Ray sweep <work-dir>/sweeps/offline (default: CPU cores)"""
+    address: str | None = None
+    """Ray cluster to run the offline runs on (default: Ray on this machine)"""
     stage: Literal["all", "datasets", "report"] = "all"
     """all: datasets, offline runs and report; datasets: only the SAC runs and datasets; report: only the report
     of the runs recorded so far"""
@@ -168,52 +172,39 @@ def make_datasets(args: Args, env_id: str) -> None:
             collect(collect_args)
 
 
-def agent_args(args: Args, algo: str, env_id: str, kind: str, seed: int):
-    """The Args of one offline run."""
-    common = {
+def agent_flags(args: Args, algo: str, env_id: str, kind: str) -> dict[str, Any]:
+    """The flags of one offline run (its seed and env id come from its trial)."""
+    flags = {
         "dataset_id": dataset_id(args, env_id, kind),
-        "seed": seed,
         "total_steps": args.gradient_steps,
         "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes,
-        "run_root": str(Path(args.work_dir) / "runs"),
+        "checkpoint_every": args.eval_every,  # what a retried trial resumes from
         "device": args.device,
         "matmul_precision": args.matmul_precision,
         "compile": args.compile,
     }
-    if algo == "td3_bc":
-        return td3_bc.Args(**common)
     settings = A2PR_SETTINGS.get((env_id.split("-")[0].lower(), kind))
-    if args.a2pr_paper_settings and settings is not None:
+    if algo == "a2pr" and args.a2pr_paper_settings and settings is not None:
         alpha, bc_weight, vae_recon_weight, gamma = settings
-        common.update(alpha=alpha, bc_weight=bc_weight, vae_recon_weight=vae_recon_weight, gamma=gamma)
-    return a2pr.Args(**common)
+        flags.update(alpha=alpha, bc_weight=bc_weight, vae_recon_weight=vae_recon_weight, gamma=gamma)
+    return flags
 
 
-def interrupted_run(run_args: td3_bc.Args | a2pr.Args) -> Path | None:
-    """The directory of an earlier run with exactly these Args that stopped before its end (a checkpoints/latest.pt,
-    from Ctrl-C or a periodic checkpoint, and no final.pt), to resume rather than start again."""
-    wanted = json.loads(json.dumps(dataclasses.asdict(run_args)))
-    for run_dir in sorted(Path(run_args.run_root).glob("*")):
-        checkpoints, config = run_dir / "checkpoints", run_dir / "config.json"
-        if (checkpoints / "latest.pt").exists() and not (checkpoints / "final.pt").exists() and config.exists():
-            if json.loads(config.read_text())["args"] == wanted:
-                return run_dir
-    return None
+def trial(args: Args, algo: str, env_id: str, kind: str, seed: int) -> Trial:
+    flags = tuple((k, str(v)) for k, v in agent_flags(args, algo, env_id, kind).items())
+    return Trial(algo, env_id, seed, flags, variant=f"{algo}[{kind}]")
 
 
-def run_one(args: Args, algo: str, env_id: str, kind: str, seed: int) -> dict[str, Any]:
-    """Train one offline run (resuming an interrupted one) and score its final policy."""
-    module = td3_bc if algo == "td3_bc" else a2pr
-    run_args = agent_args(args, algo, env_id, kind, seed)
-    previous = interrupted_run(run_args)
-    if previous is not None:
-        print(f"resuming {previous}", flush=True)
-    run_dir = module.main(run_args if previous is None else dataclasses.replace(run_args, resume=str(previous)))
+def score_run(args: Args, algo: str, env_id: str, kind: str, seed: int, run_dir: Path) -> dict[str, Any]:
+    """Score the final policy of a finished offline run over --final-episodes episodes."""
+    flags = agent_flags(args, algo, env_id, kind)
     last = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
-    info = dataset_info(run_args.dataset_id)
+    info = dataset_info(flags["dataset_id"])
     returns = evaluate_checkpoint(run_dir, args.final_episodes, seed + 100, device=args.device)["returns"]
     scores = normalized_score(np.array(returns), info["ref_min_score"], info["ref_max_score"])
+    settings = ("alpha", "bc_weight", "vae_recon_weight", "gamma", "matmul_precision", "compile")
+    defaults = td3_bc.Args if algo == "td3_bc" else a2pr.Args
     return {
         "algo": algo,
         "env_id": env_id,
@@ -225,10 +216,7 @@ def run_one(args: Args, algo: str, env_id: str, kind: str, seed: int) -> dict[st
         "final_score": float(np.mean(scores)),
         "final_score_episode_std": float(np.std(scores)),
         "steps_per_second": last["steps_per_second"],
-        "settings": {
-            k: getattr(run_args, k, None)
-            for k in ("alpha", "bc_weight", "vae_recon_weight", "gamma", "matmul_precision", "compile")
-        },
+        "settings": {k: flags.get(k, getattr(defaults, k, None)) for k in settings},
     }
 
 
@@ -390,21 +378,25 @@ def main(args: Args) -> None:
             make_datasets(args, env_id)
     if args.stage == "datasets":
         return
-    locks = log.parent / "locks"
-    locks.mkdir(exist_ok=True)
-    for seed in args.seeds if args.stage == "all" else ():  # every dataset's first seed before any second one
-        for env_id in args.envs:
-            for kind in args.kinds:
-                for algo in args.algos:
-                    key = (algo, env_id, kind, seed, args.gradient_steps)
-                    lock = locks / ("__".join(map(str, key)) + ".running")
-                    if any(record_key(r) == key for r in read_records(log)) or not claim(lock):
-                        continue
-                    print(f"[{env_id} {kind}] {algo} seed {seed}", flush=True)
-                    try:
-                        record = run_one(args, algo, env_id, kind, seed)
-                    finally:
-                        lock.unlink()
+    if args.stage == "all":
+        # every dataset's first seed before any second one, the two algorithms alternating; recorded runs are done
+        keys = itertools.product(args.seeds, args.envs, args.kinds, args.algos)
+        recorded = {record_key(r) for r in read_records(log)}
+        todo = {
+            trial(args, algo, env_id, kind, seed): (algo, env_id, kind, seed)
+            for seed, env_id, kind, algo in keys
+            if (algo, env_id, kind, seed, args.gradient_steps) not in recorded
+        }
+        sweep = SweepArgs(name="offline", root=str(Path(args.work_dir) / "sweeps"), max_concurrent=args.max_concurrent)
+        try:
+            if todo:
+                run_sweep(dataclasses.replace(sweep, address=args.address), list(todo))
+        finally:  # score and record what finished, also when some trials failed
+            for t, (algo, env_id, kind, seed) in todo.items():
+                result = Path(args.work_dir, "sweeps", "offline", t.name, "trial.json")
+                if result.exists() and (algo, env_id, kind, seed, args.gradient_steps) not in recorded:
+                    run_dir = Path(json.loads(result.read_text())["run_dir"])
+                    record = score_run(args, algo, env_id, kind, seed, run_dir)
                     with open(log, "a") as f:
                         f.write(json.dumps(record) + "\n")
     done = [r for r in read_records(log) if r["gradient_steps"] == args.gradient_steps and r["seed"] in args.seeds]
