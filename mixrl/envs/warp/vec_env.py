@@ -1,0 +1,311 @@
+"""WarpVecEnv: N worlds of one Gymnasium MuJoCo task stepped together by MuJoCo Warp, seen through torch tensors.
+
+Same interface as mixrl.envs.factory.TorchVecEnv (same-step autoreset with the true final observation, actions in
+[-1, 1], running normalisation whose state_dict load_policy understands). Controls are written into, and the state
+is read from, zero-copy torch views of warp's arrays (`wp.to_torch`); observations, rewards, resets and the
+normalisers stay on the device. On CUDA the frame_skip physics steps are one captured CUDA graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import mujoco_warp as mjw
+import numpy as np
+import torch
+import warp as wp
+from torch import Tensor
+
+from mixrl.envs.warp.tasks import Task, Views, check_warp_env_id
+
+# Episodes finished on a GPU are read back to the host (one synchronisation) every this many steps.
+CUDA_EPISODE_SYNC_EVERY = 16
+
+
+class DeviceRunningMeanStd:
+    """factory.RunningMeanStd on torch tensors of the env's device; its state_dict holds NumPy like the original."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, epsilon: float = 1e-4):
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.var = torch.ones(shape, dtype=torch.float64, device=device)
+        self.count = epsilon
+
+    def update(self, batch: Tensor) -> None:
+        batch = batch.double()
+        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0, correction=0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.cpu().numpy().copy(), "var": self.var.cpu().numpy().copy(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean = torch.as_tensor(state["mean"], dtype=torch.float64, device=self.mean.device).clone()
+        self.var = torch.as_tensor(state["var"], dtype=torch.float64, device=self.var.device).clone()
+        self.count = state["count"]
+
+
+class DeviceObsNormalizer:
+    """factory.ObsNormalizer on the device: z = clip((obs - mean) / sqrt(var + eps), -clip, clip)."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, clip: float = 10.0, epsilon: float = 1e-8):
+        self.clip, self.epsilon, self.training = clip, epsilon, True
+        self.rms = DeviceRunningMeanStd(shape, device)
+
+    def __call__(self, obs: Tensor, update: bool = True) -> Tensor:
+        if self.training and update:
+            self.rms.update(obs)
+        z = (obs - self.rms.mean) / torch.sqrt(self.rms.var + self.epsilon)
+        return z.clamp(-self.clip, self.clip).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clip": self.clip, "epsilon": self.epsilon, **self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clip, self.epsilon = state["clip"], state["epsilon"]
+        self.rms.load_state_dict(state)
+
+
+class DeviceRewardScaler:
+    """factory.RewardScaler on the device: r / sqrt(Var[discounted return] + eps), clipped."""
+
+    def __init__(self, num_envs: int, gamma: float, device: torch.device, clip: float = 10.0, epsilon: float = 1e-8):
+        self.gamma, self.clip, self.epsilon, self.training = gamma, clip, epsilon, True
+        self.returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.rms = DeviceRunningMeanStd((), device)
+
+    def __call__(self, reward: Tensor, done: Tensor) -> Tensor:
+        if self.training:
+            self.returns = self.returns * self.gamma + reward
+            self.rms.update(self.returns)
+            self.returns = torch.where(done, 0.0, self.returns)
+        return (reward / torch.sqrt(self.rms.var + self.epsilon)).clamp(-self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "clip": self.clip, "returns": self.returns.cpu().numpy(), **self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns = torch.as_tensor(state["returns"], dtype=torch.float64, device=self.returns.device).clone()
+        self.rms.load_state_dict(state)
+
+
+def warp_device(device: torch.device) -> str:
+    """Warp's name for a torch device: "cpu" or "cuda:<index>"."""
+    if device.type == "cpu":
+        return "cpu"
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+
+
+class WarpVecEnv:
+    """`num_envs` worlds of a Gymnasium v5 MuJoCo task on MuJoCo Warp, same interface as TorchVecEnv.
+
+    step(action) -> (obs, reward, terminated, truncated, final_obs), all torch tensors on `device`; worlds whose
+    episode ended are reset within the step (reset masks, no host round trip) and `final_obs` holds their true
+    last observation. Reset noise comes from a torch generator seeded with `seed` on every reset().
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int = 1,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        normalize_obs: bool = False,
+        normalize_reward_gamma: float | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        njmax: int | None = None,
+    ):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        check_warp_env_id(env_id)
+        self.env_id, self.num_envs, self.device = env_id, num_envs, torch.device(device)
+        self.env_kwargs = dict(env_kwargs or {})
+        # Gymnasium's own env provides the compiled XML model, the spaces and the task's parameters.
+        gym_env = gym.make(env_id, **self.env_kwargs)
+        self.task = Task(gym_env).to(self.device)
+        mjm = gym_env.unwrapped.model
+        self.single_observation_space = gym_env.observation_space
+        self.env_action_space = gym_env.action_space
+        gym_env.close()
+        self.continuous = True
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, self.env_action_space.shape, np.float32)
+        self.single_action_space.seed(seed)
+        self._low = torch.as_tensor(self.env_action_space.low, device=self.device)
+        self._high = torch.as_tensor(self.env_action_space.high, device=self.device)
+        self.obs_dim = int(np.prod(self.single_observation_space.shape))
+
+        self._wp_device = warp_device(self.device)
+        with wp.ScopedDevice(self._wp_device):
+            self.model = mjw.put_model(mjm)
+            self.data = mjw.make_data(mjm, nworld=num_envs, njmax=njmax)
+        d = self.data
+        self._views = Views(wp.to_torch(d.qpos), wp.to_torch(d.qvel), wp.to_torch(d.xpos), wp.to_torch(d.cfrc_ext))
+        self._ctrl = wp.to_torch(d.ctrl)
+        # Carried between steps besides qpos and qvel: the solver's warm start and the time.
+        self._qacc_warmstart, self._time = wp.to_torch(d.qacc_warmstart), wp.to_torch(d.time)
+        self._graph = None
+        if self.device.type == "cuda":  # load the kernels, then capture the frame_skip steps as one graph
+            self._physics()
+            with wp.ScopedCapture(self._wp_device) as capture:
+                self._physics()
+            self._graph = capture.graph
+
+        self.obs_normalizer = (
+            DeviceObsNormalizer(self.single_observation_space.shape, self.device) if normalize_obs else None
+        )
+        self.reward_scaler = (
+            DeviceRewardScaler(num_envs, normalize_reward_gamma, self.device)
+            if normalize_reward_gamma is not None
+            else None
+        )
+        self._seed = seed
+        self._generator = torch.Generator(self.device)
+        self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self._returns = torch.zeros(num_envs, dtype=torch.float64, device=self.device)
+        self._lengths = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self._position = self.task.position(self._views)  # what the next step's forward reward starts from
+        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []  # (done, returns, lengths) of unread steps
+        self._sync_every = CUDA_EPISODE_SYNC_EVERY if self.device.type == "cuda" else 1
+        self.episode_returns: list[float] = []
+        self.episode_lengths: list[int] = []
+
+    def _physics(self) -> None:
+        """frame_skip MuJoCo steps of every world (then the contact wrenches cfrc_ext, for Ant)."""
+        with wp.ScopedDevice(self._wp_device):
+            for _ in range(self.task.frame_skip):
+                mjw.step(self.model, self.data)
+            if self.task.uses_cfrc:
+                mjw.rne_postconstraint(self.model, self.data)
+
+    def _simulate(self) -> None:
+        if self._graph is None:
+            self._physics()
+            return
+        # Order the graph after torch's writes of ctrl and torch's reads after the graph, without a host sync.
+        torch_stream = wp.stream_from_torch(torch.cuda.current_stream(self.device))
+        warp_stream = wp.get_stream(self._wp_device)
+        warp_stream.wait_stream(torch_stream)
+        wp.capture_launch(self._graph, warp_stream)
+        torch_stream.wait_stream(warp_stream)
+
+    def _reset_worlds(self, mask: Tensor) -> None:
+        """Fresh episodes in the worlds where `mask` is true (mj_resetData + reset_model of Gymnasium)."""
+        v = self._views
+        qpos, qvel = self.task.reset_state(self.num_envs, self._generator)
+        rows = mask[:, None]
+        v.qpos.copy_(torch.where(rows, qpos, v.qpos))
+        v.qvel.copy_(torch.where(rows, qvel, v.qvel))
+        self._qacc_warmstart.copy_(torch.where(rows, 0.0, self._qacc_warmstart))
+        self._time.copy_(torch.where(mask, 0.0, self._time))
+        v.cfrc_ext.copy_(torch.where(rows[..., None], 0.0, v.cfrc_ext))
+        # mj_forward after the reset puts a free-joint root body at qpos[:3] (Ant's forward reward reads xpos).
+        if self.task.kind == "AntEnv":
+            v.xpos[:, self.task.main_body].copy_(torch.where(rows, qpos[:, :3], v.xpos[:, self.task.main_body]))
+        moved = mask.view(-1, *[1] * (self._position.dim() - 1))
+        self._position = torch.where(moved, self.task.position(v), self._position)
+        self._elapsed.masked_fill_(mask, 0)
+
+    def _obs(self, obs: Tensor, update: bool = True) -> Tensor:
+        return obs if self.obs_normalizer is None else self.obs_normalizer(obs, update)
+
+    def reset(self) -> Tensor:
+        """Reset every world; each call re-seeds the reset noise with `seed`."""
+        self._generator.manual_seed(self._seed)
+        self._reset_worlds(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self._returns.zero_()
+        self._lengths.zero_()
+        return self._obs(self.task.observe(self._views))
+
+    def scale_action(self, action: Tensor) -> Tensor:
+        """Agent action in [-1, 1] -> env units (the actuators' control range), on the device."""
+        return self._low + 0.5 * (action.clamp(-1.0, 1.0) + 1.0) * (self._high - self._low)
+
+    def to_env_action(self, action: Tensor) -> np.ndarray:
+        """Agent action (in [-1, 1]) -> numpy action in the env's own space."""
+        return self.scale_action(action.detach().to(self.device)).cpu().numpy().astype(self.env_action_space.dtype)
+
+    def step(self, action: Tensor):
+        v = self._views
+        env_action = self.scale_action(action.detach().to(self.device, torch.float32))
+        self._ctrl.copy_(env_action)
+        self._simulate()
+        raw_obs = self.task.observe(v)
+        reward, terminated = self.task.reward_terminated(v, self._position, env_action, raw_obs)
+        self._position = self.task.position(v)
+        self._elapsed += 1
+        truncated = self._elapsed >= self.task.max_episode_steps
+        done = terminated | truncated
+        self._returns += reward
+        self._lengths += 1
+        self._pending.append((done, self._returns.clone(), self._lengths.clone()))
+        self._returns.masked_fill_(done, 0.0)
+        self._lengths.masked_fill_(done, 0)
+        self._reset_worlds(done)
+        if self.reward_scaler is not None:
+            reward = self.reward_scaler(reward.double(), done)
+        # The final observation is normalised with the statistics of this step but does not update them.
+        next_obs = self._obs(self.task.observe(v))
+        final_obs = torch.where(done[:, None], self._obs(raw_obs, update=False), next_obs)
+        return next_obs, reward.float(), terminated, truncated, final_obs
+
+    def pop_episodes(self) -> tuple[list[float], list[int]]:
+        """Returns and lengths of the episodes finished since the last call (on CUDA read back every few steps)."""
+        if len(self._pending) >= self._sync_every:
+            done, returns, lengths = (torch.stack(x).cpu() for x in zip(*self._pending))
+            self._pending = []
+            self.episode_returns += returns[done].tolist()
+            self.episode_lengths += lengths[done].tolist()
+        returns, lengths = self.episode_returns, self.episode_lengths
+        self.episode_returns, self.episode_lengths = [], []
+        return returns, lengths
+
+    def normalizer_state(self) -> dict[str, Any] | None:
+        return None if self.obs_normalizer is None else self.obs_normalizer.state_dict()
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        v = self._views
+        return {
+            "qpos": v.qpos,
+            "qvel": v.qvel,
+            "xpos": v.xpos,
+            "cfrc_ext": v.cfrc_ext,
+            "qacc_warmstart": self._qacc_warmstart,
+            "time": self._time,
+            "elapsed": self._elapsed,
+            "returns": self._returns,
+            "lengths": self._lengths,
+            "position": self._position,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: world states, counters, the reset generator, normalisers."""
+        return {
+            "tensors": {name: t.detach().cpu().clone() for name, t in self._state_tensors().items()},
+            "generator": self._generator.get_state(),
+            "action_space_rng": self.single_action_space.np_random.bit_generator.state,
+            "obs_normalizer": self.normalizer_state(),
+            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        targets = self._state_tensors()
+        for name, value in state["tensors"].items():
+            if name == "position":
+                self._position = value.to(self.device).clone()
+            else:
+                targets[name].copy_(value.to(self.device))
+        self._pending = []
+        self._generator.set_state(state["generator"])
+        self.single_action_space.np_random.bit_generator.state = state["action_space_rng"]
+        if self.obs_normalizer is not None:
+            self.obs_normalizer.load_state_dict(state["obs_normalizer"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+    def close(self) -> None:
+        self._graph = None

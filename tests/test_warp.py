@@ -1,0 +1,237 @@
+"""The MuJoCo Warp backend against Gymnasium on the CPU: one-step equivalence from synchronised states, reset
+distributions, autoreset with final observations, exact state round trips, errors, and PPO learning through it.
+
+Warp compiles its kernels on first use (about a minute on a cold cache, then cached in ~/.cache/warp); the envs
+are built once per session and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from mixrl.envs.factory import make_vec_env
+from mixrl.envs.warp import SUPPORTED_IDS
+
+wp = pytest.importorskip("warp")
+
+NUM_WORLDS = 64
+ANT_FRICTION = 0.01  # sliding friction of Ant's geoms in the one-step test (see there)
+NUM_STATES = 8  # distinct synchronised states per task; world i holds state i % NUM_STATES
+
+
+@pytest.fixture(scope="session")
+def warp_env():
+    """One WarpVecEnv of NUM_WORLDS worlds per task, built on first request and shared by the session."""
+    envs = {}
+
+    def get(env_id: str):
+        if env_id not in envs:
+            envs[env_id] = make_vec_env(env_id, NUM_WORLDS, seed=0, backend="warp")
+        return envs[env_id]
+
+    return get
+
+
+def gym_states(env_id: str, rng: np.random.Generator, low_friction: bool = False) -> list[gym.Env]:
+    """NUM_STATES Gymnasium envs driven by random actions for 0-40 steps (restarted if they end), with their
+    physics state rounded to float32 so that both backends start from the same numbers."""
+    envs = []
+    for i in range(NUM_STATES):
+        env = gym.make(env_id)
+        if low_friction:
+            env.unwrapped.model.geom_friction[:, 0] = ANT_FRICTION
+        env.reset(seed=i)
+        env.action_space.seed(i)
+        for _ in range(rng.integers(0, 40)):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+        data = env.unwrapped.data
+        for field in (data.qpos, data.qvel, data.qacc_warmstart, data.xpos, data.cfrc_ext):
+            field[:] = field.astype(np.float32)
+        envs.append(env)
+    return envs
+
+
+def load_states(warp, envs: list[gym.Env], elapsed: list[int]) -> None:
+    """Copy the Gymnasium envs' physics state and step counters into the warp worlds (world i <- env i % n)."""
+    v = warp._views
+    for w in range(warp.num_envs):
+        data = envs[w % len(envs)].unwrapped.data
+        v.qpos[w] = torch.from_numpy(data.qpos)
+        v.qvel[w] = torch.from_numpy(data.qvel)
+        v.xpos[w] = torch.from_numpy(data.xpos)
+        v.cfrc_ext[w] = torch.from_numpy(data.cfrc_ext)
+        warp._qacc_warmstart[w] = torch.from_numpy(data.qacc_warmstart)
+        warp._elapsed[w] = elapsed[w % len(envs)]
+    warp._position = warp.task.position(v)
+
+
+@pytest.fixture
+def low_friction_ant(warp_env):
+    """Ant with sliding friction ANT_FRICTION on every geom while the test runs (the warp model is shared)."""
+    friction = wp.to_torch(warp_env("Ant-v5").model.geom_friction)[..., 0]
+    saved = friction.clone()
+    friction.fill_(ANT_FRICTION)
+    yield
+    friction.copy_(saved)
+
+
+@pytest.mark.parametrize("env_id", SUPPORTED_IDS)
+def test_one_step_matches_gymnasium(warp_env, env_id, request):
+    # Ant's feet are capsules, often within 30 degrees of the floor normal; there MuJoCo Warp orients the contact
+    # frame's tangents (its plane-capsule fallback) unlike MuJoCo C, which turns the pyramidal friction cone and so
+    # changes the friction forces. With friction 0.01 instead of 1 the friction forces are at most 1% of the normal
+    # ones and the step compares the rest within 1e-2; the clipped contact wrenches (cfrc_ext, in [-1, 1]) within
+    # 0.1, as a stiff contact that starts within the step amplifies those 1%.
+    tol, cfrc_tol, cfrc_start = 1e-4, 1e-4, None
+    if env_id == "Ant-v5":
+        request.getfixturevalue("low_friction_ant")
+        tol, cfrc_tol, cfrc_start = 1e-2, 0.1, 27
+    rng = np.random.default_rng(0)
+    envs = gym_states(env_id, rng, env_id == "Ant-v5")
+    warp = warp_env(env_id)
+    warp.reset()
+    # Two envs one step before the time limit: truncated in both backends.
+    elapsed = [env._elapsed_steps for env in envs]
+    elapsed[1] = elapsed[5] = warp.task.max_episode_steps - 1
+    for env, steps in zip(envs, elapsed):
+        env._elapsed_steps = steps
+    load_states(warp, envs, elapsed)
+    actions = rng.uniform(-1.0, 1.0, (NUM_STATES, warp.single_action_space.shape[0])).astype(np.float32)
+    warp_actions = torch.from_numpy(actions[np.arange(NUM_WORLDS) % NUM_STATES])
+    env_actions = warp.to_env_action(warp_actions)[:NUM_STATES]
+    expected = [env.step(a) for env, a in zip(envs, env_actions)]
+    obs, reward, terminated, truncated, final_obs = warp.step(warp_actions)
+    for w in range(NUM_WORLDS):
+        e_obs, e_reward, e_terminated, e_truncated, _ = expected[w % NUM_STATES]
+        got = final_obs[w].numpy()
+        np.testing.assert_allclose(got[:cfrc_start], e_obs[:cfrc_start], rtol=tol, atol=tol, err_msg=f"world {w}")
+        np.testing.assert_allclose(got, e_obs, rtol=0, atol=max(tol, cfrc_tol), err_msg=f"world {w}")
+        assert reward[w].item() == pytest.approx(e_reward, rel=tol, abs=10 * tol), w
+        assert (terminated[w].item(), truncated[w].item()) == (e_terminated, e_truncated), w
+    assert truncated[1] and truncated[5]
+    for env in envs:
+        env.close()
+
+
+@pytest.mark.parametrize("env_id", SUPPORTED_IDS)
+def test_reset_distribution_matches_gymnasium(warp_env, env_id):
+    warp = warp_env(env_id)
+    warp_obs = warp.reset().numpy()
+    env = gym.make(env_id)
+    gym_obs = np.stack([env.reset(seed=1000 + i)[0] for i in range(NUM_WORLDS)])
+    env.close()
+    assert warp_obs.shape == gym_obs.shape
+    # Means within 5 standard errors; spreads within 35% (64 samples from uniform or Gaussian noise).
+    std = gym_obs.std(0)
+    np.testing.assert_allclose(warp_obs.mean(0), gym_obs.mean(0), atol=1e-6 + 5 * std.max() / np.sqrt(NUM_WORLDS))
+    np.testing.assert_allclose(warp_obs.std(0), std, rtol=0.35, atol=1e-6)
+    # Seeded: the same seed gives the same worlds.
+    np.testing.assert_array_equal(warp.reset().numpy(), warp_obs)
+
+
+def test_autoreset_masks_final_obs_and_episodes(warp_env):
+    warp = warp_env("Hopper-v5")
+    warp.reset()
+    warp.pop_episodes()
+    v = warp._views
+    # World 0 falls (z below the healthy range), world 1 reaches the time limit, the others continue.
+    v.qpos[0, 1] = 0.5
+    warp._elapsed[1] = warp._lengths[1] = warp.task.max_episode_steps - 1
+    warp._returns[2] = 7.0  # an unfinished episode keeps its return
+    obs, reward, terminated, truncated, final_obs = warp.step(torch.zeros(NUM_WORLDS, 3))
+    done = terminated | truncated
+    assert terminated.tolist() == [True] + [False] * (NUM_WORLDS - 1)
+    assert truncated.tolist() == [False, True] + [False] * (NUM_WORLDS - 2)
+    # Ended worlds: final_obs is the last observation, obs a fresh reset (within the noise of the initial state).
+    assert final_obs[0, 0] < 0.7  # Hopper's observation starts with z (x is left out)
+    init_obs = torch.cat([warp.task.init_qpos[1:], warp.task.init_qvel])
+    noise = warp.task.noise + 1e-6
+    assert ((obs[done] - init_obs).abs() <= noise).all()
+    assert not torch.equal(obs[:2], final_obs[:2])
+    assert torch.equal(obs[~done], final_obs[~done])
+    assert warp._elapsed[:2].tolist() == [0, 0] and (warp._elapsed[2:] == 1).all()
+    returns, lengths = warp.pop_episodes()
+    assert lengths == [1, warp.task.max_episode_steps]
+    assert returns == pytest.approx(reward[:2].double().tolist())
+    assert warp._returns[2].item() == pytest.approx(7.0 + reward[2].item())
+
+
+def test_state_dict_round_trip_is_exact(warp_env):
+    warp = warp_env("Ant-v5")
+    warp.reset()
+    gen = torch.Generator().manual_seed(0)
+    actions = [torch.rand(NUM_WORLDS, 8, generator=gen) * 2 - 1 for _ in range(4)]
+    warp._elapsed[:3] = warp.task.max_episode_steps - 2  # resets happen within the replayed steps
+    warp.step(actions[0])
+    state = warp.state_dict()
+    first = [warp.step(a) for a in actions[1:]]
+    warp.load_state_dict(state)
+    again = [warp.step(a) for a in actions[1:]]
+    for out_a, out_b in zip(first, again):
+        for a, b in zip(out_a, out_b):
+            assert torch.equal(a, b)
+
+
+def test_normalisation_state_is_what_load_policy_reads():
+    envs = make_vec_env(
+        "InvertedPendulum-v5", 16, seed=3, normalize_obs=True, normalize_reward_gamma=0.99, backend="warp"
+    )
+    obs = envs.reset()
+    for _ in range(3):
+        obs, reward, *_ = envs.step(torch.rand(16, 1) * 2 - 1)
+    state = envs.normalizer_state()
+    assert set(state) == {"clip", "epsilon", "mean", "var", "count"}
+    assert isinstance(state["mean"], np.ndarray) and state["mean"].shape == (4,) and state["count"] > 64
+    assert obs.dtype == torch.float32 and reward.dtype == torch.float32 and obs.abs().max() <= 10.0
+
+
+def test_unsupported_ids_and_backends_are_refused():
+    with pytest.raises(ValueError, match="supported: InvertedPendulum-v5, HalfCheetah-v5"):
+        make_vec_env("Pendulum-v1", backend="warp")
+    with pytest.raises(ValueError, match="PGS"):
+        make_vec_env("Humanoid-v5", backend="warp")
+    with pytest.raises(ValueError, match="Unknown backend"):
+        make_vec_env("Pendulum-v1", backend="jax")
+
+
+def test_gymnasium_backend_never_imports_warp():
+    code = (
+        "import sys, mixrl, mixrl.agents.ppo, mixrl.agents.sac\n"
+        "from mixrl.envs.factory import make_vec_env\n"
+        "make_vec_env('Pendulum-v1').reset()\n"
+        "assert 'warp' not in sys.modules and 'mujoco_warp' not in sys.modules, 'warp imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ppo_learns_inverted_pendulum_through_warp(tmp_path):
+    from mixrl.agents import ppo
+
+    args = ppo.Args(
+        env_id="InvertedPendulum-v5",
+        backend="warp",
+        num_envs=64,
+        num_steps=32,
+        num_minibatches=4,
+        update_epochs=10,
+        total_timesteps=20480,
+        learning_rate=1e-3,
+        eval_every=0,
+        eval_episodes=5,
+        checkpoint_every=0,
+        run_root=str(tmp_path / "runs"),
+        seed=1,
+    )
+    run_dir = ppo.main(args)
+    final = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
+    # A random policy drops the pole after about 5-10 steps (return = steps); 1000 is the episode cap.
+    assert final["mean_return"] > 300, final
