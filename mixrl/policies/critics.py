@@ -11,14 +11,22 @@ from mixrl.policies.nets import EnsembleMLP, mlp
 
 
 class QEnsemble(nn.Module):
-    """`n` independent Q(s, a) networks; `forward` returns all n estimates, shape (n, B)."""
+    """`n` independent Q(s, a) networks; `forward` returns all n estimates, shape (n, B), or those of `members`
+    (indices) only, shape (len(members), B). `layer_norm`: a LayerNorm before each ReLU (RLPD)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, n: int = 2, hidden_sizes: Sequence[int] = (256, 256)):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        n: int = 2,
+        hidden_sizes: Sequence[int] = (256, 256),
+        layer_norm: bool = False,
+    ):
         super().__init__()
-        self.net = EnsembleMLP(n, obs_dim + action_dim, hidden_sizes, 1)
+        self.net = EnsembleMLP(n, obs_dim + action_dim, hidden_sizes, 1, layer_norm)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], dim=-1), members).squeeze(-1)
 
 
 class ValueNetwork(nn.Module):

@@ -62,18 +62,43 @@ class EnsembleLinear(nn.Module):
         return torch.bmm(x, self.weight).add_(self.bias)
 
 
-class EnsembleMLP(nn.Module):
-    """`n` independent ReLU MLPs evaluated together; input (B, in) or (n, B, in), output (n, B, out)."""
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the features of each of `n` members, with a scale and shift per member: (n, B, width)."""
 
-    def __init__(self, n: int, in_dim: int, hidden_sizes: Sequence[int], out_dim: int):
+    def __init__(self, n: int, width: int, eps: float = 1e-5):
+        super().__init__()
+        self.width, self.eps = width, eps
+        self.weight = nn.Parameter(torch.ones(n, 1, width))
+        self.bias = nn.Parameter(torch.zeros(n, 1, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, nn.functional.layer_norm(x, (self.width,), eps=self.eps), self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """`n` independent ReLU MLPs evaluated together; input (B, in) or (n, B, in), output (n, B, out).
+
+    `layer_norm` puts a LayerNorm before each ReLU (RLPD's critics). `members` (indices) evaluates only those
+    members, e.g. a random subset of target critics, without computing the others.
+    """
+
+    def __init__(self, n: int, in_dim: int, hidden_sizes: Sequence[int], out_dim: int, layer_norm: bool = False):
         super().__init__()
         self.n = n
         sizes = [in_dim, *hidden_sizes, out_dim]
         self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.norms = nn.ModuleList(EnsembleLayerNorm(n, width) for width in hidden_sizes) if layer_norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        if members is not None:
+            return torch.func.functional_call(self, self.member_parameters(members), (x,))
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.n, -1, -1)
-        for layer in self.layers[:-1]:
-            x = layer(x).relu_()
+            x = x.unsqueeze(0).expand(self.layers[0].weight.shape[0], -1, -1)
+        for i, layer in enumerate(self.layers[:-1]):
+            x = layer(x)
+            x = (x if self.norms is None else self.norms[i](x)).relu_()
         return self.layers[-1](x)
+
+    def member_parameters(self, members: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameters of the members `members` only (every parameter has the member axis first)."""
+        return {name: p[members] for name, p in self.named_parameters()}

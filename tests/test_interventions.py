@@ -1,0 +1,237 @@
+"""The intervening-expert wrapper (value, random, gated, none) and RLIF's labelling of transitions, on scripted
+sequences of CounterEnv (obs = (t, episode), time limit 5)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import CounterEnv
+
+from mixrl.envs.factory import make_vec_env
+from mixrl.envs.interventions import InterventionLabeller, InterventionWrapper, vector_info
+
+EXPERT = np.array([0.5], np.float32)
+
+
+def expert(obs: np.ndarray) -> np.ndarray:
+    return EXPERT.copy()
+
+
+def closeness_q(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Q(s, a) = -|a - 0.5|: the expert's action is the best one."""
+    return -np.abs(np.asarray(actions)[:, 0] - 0.5)
+
+
+def wrapped(mode="value", terminate_at=None, **kwargs) -> InterventionWrapper:
+    env = gym.wrappers.TimeLimit(CounterEnv(terminate_at), max_episode_steps=5)
+    options = {"beta": 1.0, "delta": 0.1, "relative": False, "takeover_steps": 2, **kwargs}
+    return InterventionWrapper(env, expert, mode, closeness_q if mode == "value" else None, seed=0, **options)
+
+
+def run(env: InterventionWrapper, actions: list[float]) -> list[tuple]:
+    """(reward, intervened, takeover_start, executed action, task reward, done) of each step."""
+    env.reset(seed=0)
+    steps = []
+    for a in actions:
+        _, reward, terminated, truncated, info = env.step(np.array([a], np.float32))
+        steps.append(
+            (reward, info["intervened"], info["takeover_start"], float(info["action"][0]), info["task_reward"])
+        )
+        if terminated or truncated:
+            break
+    return steps
+
+
+def test_value_mode_takes_over_for_k_steps_and_signals_once():
+    steps = run(wrapped(), [0.5, -1.0, 0.9, 0.55, 0.45])
+    assert [s[0] for s in steps] == [0.0, -1.0, 0.0, 0.0, 0.0]  # -1 on the step the expert takes over
+    assert [s[1] for s in steps] == [False, True, True, False, False]  # k = 2 expert steps
+    assert [round(s[3], 2) for s in steps] == [0.5, 0.5, 0.5, 0.55, 0.45]  # the expert's action while it is in control
+    assert [s[4] for s in steps] == [1.0, 2.0, 3.0, 4.0, 5.0]  # task reward kept in info
+
+
+def test_value_mode_probability_beta():
+    env = wrapped(beta=0.8, takeover_steps=1)
+    env.reset(seed=0)
+    starts = [env.wants_takeover(env.obs, np.array([-1.0]), EXPERT) for _ in range(4000)]
+    calm = [env.wants_takeover(env.obs, np.array([0.5]), EXPERT) for _ in range(4000)]
+    assert abs(np.mean(starts) - 0.8) < 0.03 and abs(np.mean(calm) - 0.2) < 0.03
+
+
+@pytest.mark.parametrize(
+    "q_agent, q_cmp, expected",
+    [(9.8, 10.0, False), (9.6, 10.0, True), (-10.2, -10.0, False), (-10.4, -10.0, True), (0.0, 0.0, False)],
+)
+def test_relative_margin_is_a_shortfall_for_either_sign(q_agent, q_cmp, expected):
+    """delta = 0.03: intervene when Q(s, a) < Q(s, a_cmp) - 0.03 |Q(s, a_cmp)|, for positive and negative Q."""
+    env = InterventionWrapper(
+        CounterEnv(), expert, "value", lambda obs, actions: np.array([q_agent, q_cmp]), beta=1.0, delta=0.03
+    )
+    env.reset(seed=0)
+    assert env.wants_takeover(env.obs, np.array([0.0]), EXPERT) == expected
+
+
+def test_additive_margin():
+    env = InterventionWrapper(
+        CounterEnv(),
+        expert,
+        "value",
+        lambda obs, actions: np.array([-100.5, -100.0]),
+        beta=1.0,
+        delta=1.0,
+        relative=False,
+    )
+    env.reset(seed=0)
+    assert not env.wants_takeover(env.obs, np.array([0.0]), EXPERT)
+    env.delta = 0.4
+    assert env.wants_takeover(env.obs, np.array([0.0]), EXPERT)
+
+
+def test_value_mode_compares_with_another_action():
+    env = InterventionWrapper(
+        CounterEnv(),
+        expert,
+        "value",
+        closeness_q,
+        compare=lambda obs: np.array([-1.0], np.float32),
+        beta=1.0,
+        delta=0.1,
+        relative=False,
+    )
+    env.reset(seed=0)
+    assert not env.wants_takeover(env.obs, np.array([-0.9]), EXPERT)  # as good as the comparison action
+
+
+def test_random_mode_rate_and_none_mode():
+    env = wrapped("random", probability=0.3, takeover_steps=1)
+    env.reset(seed=0)
+    assert abs(np.mean([env.wants_takeover(env.obs, np.zeros(1), EXPERT) for _ in range(4000)]) - 0.3) < 0.03
+    steps = run(wrapped("none"), [-1.0] * 5)
+    assert not any(s[1] for s in steps) and all(s[0] == 0.0 for s in steps)
+
+
+def test_gated_mode_l1_threshold_and_decaying_epsilon():
+    env = wrapped("gated", gate_threshold=1.0, gate_epsilon=0.5, gate_decay=0.0)
+    env.reset(seed=0)
+    far = np.mean([env.wants_takeover(env.obs, np.array([-0.6]), EXPERT) for _ in range(4000)])  # |1.1| >= 1
+    near = np.mean([env.wants_takeover(env.obs, np.array([-0.4]), EXPERT) for _ in range(4000)])
+    assert abs(far - 0.5) < 0.03 and abs(near - 0.5) < 0.03  # epsilon 0.5: both coins are fair
+    env.gate_epsilon, env.gate_decay = 0.05, 100.0
+    env.reset()  # episode 1: eps = 0.05 exp(-100)
+    assert env.wants_takeover(env.obs, np.array([-0.6]), EXPERT)
+    assert not env.wants_takeover(env.obs, np.array([-0.4]), EXPERT)
+
+
+def test_expert_noise_is_clipped_and_reproducible():
+    a = wrapped(expert_noise=10.0)
+    a.reset(seed=3)
+    noisy = np.array([a.expert_action(a.obs) for _ in range(50)])
+    assert noisy.min() >= -1.0 and noisy.max() <= 1.0 and noisy.std() > 0.1
+    b = wrapped(expert_noise=10.0)
+    b.reset(seed=3)
+    assert np.array_equal(noisy, np.array([b.expert_action(b.obs) for _ in range(50)]))
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="reference Q"):
+        InterventionWrapper(CounterEnv(), expert, "value")
+    with pytest.raises(ValueError, match="not one of"):
+        InterventionWrapper(CounterEnv(), expert, "sometimes")
+    with pytest.raises(ValueError, match="needs an expert"):
+        InterventionWrapper(CounterEnv(), None, "random")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RLIF's labelling: which transitions are stored, with which reward
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def label(env: InterventionWrapper, actions: list[float]) -> list[tuple]:
+    """Drive one env through InterventionLabeller; the stored rows as (t of obs, action, reward, t of next_obs)."""
+    labeller = InterventionLabeller(1, 2, 1)
+    obs, _ = env.reset(seed=0)
+    rows = []
+    for a in actions:
+        next_obs, _, terminated, truncated, info = env.step(np.array([a], np.float32))
+
+        def t(x):
+            return torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(1, -1)
+
+        out = labeller.step(
+            t(obs),
+            t(info["action"]),
+            torch.tensor([info["takeover_start"]]),
+            torch.tensor([info["intervened"]]),
+            t(next_obs),
+            torch.tensor([terminated]),
+            torch.tensor([truncated]),
+        )
+        rows += [(o[0].item(), x.item(), r.item(), n[0].item()) for o, x, r, n, _ in zip(*out)]
+        assert not out[4].any()  # no stored transition is terminal
+        obs = next_obs
+        if terminated or truncated:
+            break
+    return rows
+
+
+def test_minus_one_goes_to_the_agent_transition_before_the_takeover():
+    rows = label(wrapped(), [0.5, -1.0, 0.9, 0.55, 0.45])
+    # t=0 agent, -1 since the expert takes over at s_1; t=1, 2 expert (r = 0); t=3 agent (0); t=4 agent hits the
+    # time limit: stored at once with r = 0, bootstrapping from the final observation.
+    rows = [(o, round(a, 2), r, n) for o, a, r, n in rows]
+    assert rows == [(0, 0.5, -1.0, 1), (1, 0.5, 0.0, 2), (2, 0.5, 0.0, 3), (3, 0.55, 0.0, 4), (4, 0.45, 0.0, 5)]
+
+
+def test_takeover_right_after_a_takeover_gives_no_minus_one_to_the_expert():
+    rows = label(wrapped(), [-1.0, -1.0, -1.0, -1.0, -1.0])
+    assert [r[2] for r in rows] == [0.0, 0.0, 0.0, 0.0, 0.0] and all(r[1] == 0.5 for r in rows)
+
+
+def test_takeover_running_into_termination_drops_the_terminal_transition():
+    # agent at t=0, expert takes over at s_1 (k = 2) and the episode terminates on its second step (t=2 -> 3).
+    rows = label(wrapped(terminate_at=3), [0.5, -1.0, 0.0, 0.0])
+    assert rows == [(0, 0.5, -1.0, 1), (1, 0.5, 0.0, 2)]
+
+
+def test_agent_termination_is_dropped_and_the_previous_step_labelled_zero():
+    rows = label(wrapped(terminate_at=2), [0.5, 0.5])
+    assert rows == [(0, 0.5, 0.0, 1)]
+
+
+def test_takeover_running_into_truncation_is_stored_and_bootstraps():
+    rows = label(wrapped(takeover_steps=4), [0.5, 0.5, 0.5, -1.0, 0.0])
+    assert rows[-3:] == [(2, 0.5, -1.0, 3), (3, 0.5, 0.0, 4), (4, 0.5, 0.0, 5)]
+
+
+def test_vector_env_autoreset_resets_the_takeover_and_labels_per_env():
+    """Two envs, time limit 5. Env 0's expert takes over at t = 3 for k = 4 steps and runs into the time limit; the
+    autoreset episode starts with the agent in control. Env 1's agent stays close to the expert (no takeover)."""
+
+    def wrap(env):
+        return InterventionWrapper(
+            env, expert, "value", closeness_q, beta=1.0, delta=0.1, relative=False, takeover_steps=4
+        )
+
+    envs = make_vec_env("mixrl_test/Counter-v0", 2, seed=0, wrapper=wrap)
+    labeller = InterventionLabeller(2, 2, 1)
+    obs = envs.reset()
+    stored, intervened_log = [], []
+    for a0 in (0.5, 0.5, 0.5, -1.0, 0.0, 0.55, 0.55):
+        next_obs, _, terminated, truncated, final_obs = envs.step(torch.tensor([[a0], [0.45]]))
+        executed = torch.as_tensor(vector_info(envs.info, "action"), dtype=torch.float32)
+        start = torch.as_tensor(vector_info(envs.info, "takeover_start"))
+        intervened = torch.as_tensor(vector_info(envs.info, "intervened"))
+        intervened_log.append(intervened.tolist())
+        out = labeller.step(obs, executed, start, intervened, final_obs, terminated, truncated)
+        stored += [(tuple(o.tolist()), round(x.item(), 2), r.item(), tuple(n.tolist())) for o, x, r, n, _ in zip(*out)]
+        obs = next_obs
+    assert intervened_log == [[False, False]] * 3 + [[True, False]] * 2 + [[False, False]] * 2
+    assert stored == [
+        ((0, 0), 0.5, 0.0, (1, 0)), ((0, 0), 0.45, 0.0, (1, 0)),
+        ((1, 0), 0.5, 0.0, (2, 0)), ((1, 0), 0.45, 0.0, (2, 0)),
+        ((2, 0), 0.5, -1.0, (3, 0)), ((2, 0), 0.45, 0.0, (3, 0)), ((3, 0), 0.5, 0.0, (4, 0)),  # takeover at s_3
+        ((3, 0), 0.45, 0.0, (4, 0)), ((4, 0), 0.5, 0.0, (5, 0)), ((4, 0), 0.45, 0.0, (5, 0)),  # time limit: final obs
+        ((0, 1), 0.55, 0.0, (1, 1)), ((0, 1), 0.45, 0.0, (1, 1)),  # the next episodes, agents in control
+    ]  # fmt: skip
