@@ -213,12 +213,14 @@ def run_directories(trial_dir: Path) -> list[Path]:
 
 
 def trial_state(trial: Trial, trial_dir: Path) -> tuple[str, Path | None]:
-    """("done", run dir), ("resume", run dir with checkpoints/latest.pt) or ("new", None)."""
+    """("done", None) once recorded, ("ended", run dir) when the run wrote final.pt but trial.json is missing,
+    ("resume", run dir with checkpoints/latest.pt) or ("new", None)."""
     if (trial_dir / "trial.json").is_file():
         return "done", None
     for run_dir in run_directories(trial_dir):
-        if (run_dir / "checkpoints" / "latest.pt").is_file():
-            return "resume", run_dir
+        for state, name in (("ended", "final.pt"), ("resume", "latest.pt")):
+            if (run_dir / "checkpoints" / name).is_file():
+                return state, run_dir
     return "new", None
 
 
@@ -242,6 +244,8 @@ def run_trial(trial: Trial, trial_dir: str) -> dict[str, Any]:
         for run_dir in run_directories(folder):  # started but killed before its first checkpoint: start afresh
             shutil.rmtree(run_dir)
     argv = trial.argv(folder, resume)
+    if state == "ended":  # the run finished but its worker died before recording it
+        return record_trial(trial, folder, shlex.join(argv), 0.0, resumed=True)
     env = {"MUJOCO_GL": "egl", **os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
     with open(folder / "trial.log", "a") as log:
@@ -251,15 +255,23 @@ def run_trial(trial: Trial, trial_dir: str) -> dict[str, Any]:
         (folder / "trial.pid").write_text(str(process.pid))
         returncode = process.wait()
     (folder / "trial.pid").unlink(missing_ok=True)
+    seconds = folder / "trial.seconds"  # wall time summed over the attempts
+    total = time.time() - start + (float(seconds.read_text()) if seconds.is_file() else 0.0)
+    seconds.write_text(str(total))
     if returncode != 0:
         raise RuntimeError(f"trial {trial.name} exited with status {returncode}; see {folder / 'trial.log'}")
+    return record_trial(trial, folder, shlex.join(argv), total, resumed=resume is not None)
+
+
+def record_trial(trial: Trial, folder: Path, command: str, wall_seconds: float, resumed: bool) -> dict[str, Any]:
+    """Write trial.json, the mark of a finished trial."""
     runs = run_directories(folder)
     result = {
         "trial": dataclasses.asdict(trial),
         "run_dir": str(runs[-1]) if runs else str(folder),
-        "command": shlex.join(argv),
-        "wall_seconds": time.time() - start,
-        "resumed": resume is not None,
+        "command": command,
+        "wall_seconds": wall_seconds,
+        "resumed": resumed,
     }
     tmp = folder / "trial.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
