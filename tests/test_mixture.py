@@ -25,6 +25,13 @@ F64 = torch.float64
 @pytest.fixture(autouse=True)
 def seed() -> None:
     """Every test starts from the same random stream."""
+    torch.manual_seed(0)
+
+
+def test_every_test_starts_from_seed_0():
+    first = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.rand(3))
 
 
 def random_params(batch: tuple[int, ...], k: int, a: int, dtype=F64, seed: int = 0):

@@ -21,7 +21,6 @@ def test_check_env_with_and_without_rendering():
     check_env(env.unwrapped)
 
 
-@pytest.mark.skipif("mixrl/MultiGoal-v0" not in gym.registry, reason="mixrl/MultiGoal-v0 not registered yet")
 def test_registered_id_passes_check_env_and_is_time_limited():
     env = gym.make("mixrl/MultiGoal-v0")
     assert env.spec.max_episode_steps == MAX_EPISODE_STEPS

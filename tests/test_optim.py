@@ -63,6 +63,27 @@ def test_matmul_precision_is_restored_after_the_scope():
     assert torch.get_float32_matmul_precision() == before
 
 
+def test_flat_adam_follows_a_learning_rate_changed_between_steps():
+    """An annealed schedule: FlatAdam with lr set before each step matches torch's Adam with the same schedule."""
+    torch.manual_seed(0)
+    net, reference = nn.Linear(4, 2), nn.Linear(4, 2)
+    reference.load_state_dict(net.state_dict())
+    optimizer = FlatAdam(flatten_parameters([net]), lr=1e-2)
+    torch_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    for lr in [1e-2, 5e-3, 1e-4, 2e-2]:
+        x = torch.randn(8, 4)
+        optimizer.params.grad.zero_()
+        net(x).square().sum().backward()
+        optimizer.lr = lr
+        optimizer.step()
+        torch_optimizer.zero_grad()
+        reference(x).square().sum().backward()
+        torch_optimizer.param_groups[0]["lr"] = lr
+        torch_optimizer.step()
+    torch.testing.assert_close(net.weight, reference.weight)
+    torch.testing.assert_close(net.bias, reference.bias)
+
+
 def test_flat_adam_refuses_another_optimisers_state():
     params = torch.zeros(3)
     params.grad = torch.zeros(3)
