@@ -23,6 +23,8 @@ AGENTS = {
     "td3_bc": "mixrl.agents.td3_bc",
     "a2pr": "mixrl.agents.a2pr",
     "bc": "mixrl.agents.bc",
+    "rlif": "mixrl.agents.rlif",
+    "dagger": "mixrl.agents.dagger",
 }
 
 

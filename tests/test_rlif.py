@@ -123,3 +123,48 @@ def test_rlif_learns_to_balance_from_interventions_alone(tmp_path):
     run = rlif.main(args, expert=pd_expert, reference_q=pd_critic)
     final = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
     assert final["mean_return"] >= 200, final
+
+
+def test_dagger_labels():
+    from mixrl.agents.dagger import expert_labels
+
+    intervened = torch.tensor([False, True, True, False] * 500)
+    assert expert_labels("hg-dagger", intervened, 0.5, False).tolist() == [-1, 1, 1, -1] * 500
+    assert expert_labels("hg-dagger", intervened, 0.5, True).tolist() == [0, 1, 1, 0] * 500
+    torch.manual_seed(0)
+    dagger = expert_labels("dagger", intervened, 0.3, False)
+    assert set(dagger.tolist()) == {-1, 1} and abs((dagger == 1).float().mean() - 0.3) < 0.04
+
+
+def dagger_args(tmp_path, method, **kwargs):
+    from mixrl.agents import dagger
+
+    options = dict(
+        env_id="InvertedPendulum-v5", method=method, total_timesteps=600, episodes_per_iteration=1, pretrain_steps=0,
+        train_steps=300, batch_size=64, hidden_sizes=(32, 32), eval_every=0, eval_episodes=2, checkpoint_every=0,
+        run_root=str(tmp_path),
+    )  # fmt: skip
+    return dagger.Args(**{**options, **kwargs})
+
+
+def test_dagger_learns_the_pd_expert(tmp_path):
+    from mixrl.agents import dagger
+
+    run = dagger.main(dagger_args(tmp_path, "dagger"), expert=pd_expert)
+    final = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
+    assert final["mean_return"] >= 200 and final["expert_labels"] > 0, final
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_hg_dagger_aggregates_the_takeovers(tmp_path, keep):
+    from mixrl.agents import dagger
+
+    args = dagger_args(tmp_path, "hg-dagger", total_timesteps=300, gate_threshold=0.5, keep_learner_actions=keep)
+    run = dagger.main(args, expert=pd_expert)
+    ckpt = torch.load(run / "checkpoints" / "final.pt", weights_only=False)
+    obs, actions = ckpt["state"]["data_obs"].double().numpy(), ckpt["state"]["data_actions"].numpy()
+    expert_actions = np.clip(obs @ PD_GAINS, -3, 3) / 3
+    is_expert = np.isclose(actions[:, 0], expert_actions, atol=1e-5)
+    takeovers = ckpt["interventions"]  # k = 4 steps each; the budget may cut the last one short
+    assert takeovers > 0 and is_expert.sum() == ckpt["expert_labels"] and 0 <= 4 * takeovers - is_expert.sum() < 4
+    assert len(obs) == (300 if keep else ckpt["expert_labels"])  # learner actions kept only with --keep-...
