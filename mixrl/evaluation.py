@@ -15,7 +15,7 @@ from torch import nn
 from mixrl.envs.factory import make_env
 from mixrl.errors import UsageError
 from mixrl.policies.mixture import ACTOR_EVAL_RULES
-from mixrl.runs import find_checkpoint, load_checkpoint
+from mixrl.runs import atomic_write_text, find_checkpoint, load_checkpoint
 
 
 class Policy:
@@ -57,7 +57,8 @@ class Policy:
             low, high = self.action_space.low, self.action_space.high
             action = (low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (high - low)).astype(self.action_space.dtype)
         else:
-            action = action.astype(np.int64).reshape(len(batch), *self.action_space.shape)
+            start = getattr(self.action_space, "start", 0)  # Discrete(n, start): index i is action start + i
+            action = (action.astype(np.int64) + start).reshape(len(batch), *self.action_space.shape)
         return action[0] if single else action
 
     def reset(self) -> None:
@@ -85,6 +86,30 @@ def build_actor(spec: dict[str, Any], device: str | torch.device = "cpu") -> nn.
     actor = getattr(importlib.import_module(module_name), class_name)(**kwargs)
     actor.load_state_dict(spec["state_dict"])
     return actor.to(device).eval()
+
+
+def load_base(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A frozen base policy for a residual learner (mixrl.policies.residual): a mixrl run directory or checkpoint,
+    or a Stable-Baselines3 .zip. Its policy_spec() is attached as `.spec`, so that residual checkpoints embed it."""
+    from mixrl.policies.residual import FrozenBase, SB3Base
+
+    if str(path).endswith(".zip"):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--base-policy {path}: no such Stable-Baselines3 zip.")
+        kwargs = {"zip_bytes": Path(path).read_bytes()}
+        base = SB3Base(**kwargs)
+    else:
+        ckpt = load_checkpoint(path, map_location=device)
+        obs_dim = int(np.prod(ckpt["observation_space"].shape))
+        kwargs = {"model": ckpt["policy"], "obs_dim": obs_dim, "obs_normalizer": ckpt.get("obs_normalizer")}
+        base = FrozenBase(build_actor(ckpt["policy"], device), obs_dim, kwargs["obs_normalizer"])
+    base.spec = policy_spec(base, **kwargs)
+    return base.to(device)
+
+
+def residual_spec(policy: nn.Module, head_spec: dict[str, Any]) -> dict[str, Any]:
+    """policy_spec() of a ResidualPolicy: its frozen base and its head as nested specs."""
+    return policy_spec(policy, base=policy.base.spec, head=head_spec, **policy.spec_kwargs)
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", eval_rule: str | None = None) -> Policy:
@@ -238,5 +263,9 @@ def evaluate_checkpoint(
     result.update(checkpoint=str(file), env_id=ckpt["env_id"], algo=ckpt["algo"], seed=seed, episodes=episodes)
     if hasattr(policy.actor, "eval_rule"):
         result["eval_rule"] = policy.actor.eval_rule
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    if hasattr(policy.actor, "base"):  # a residual policy: its frozen base alone, on the same episodes
+        base = Policy(policy.actor.base, policy.observation_space, policy.action_space, None, device)
+        base_result = evaluate(base, ckpt["env_id"], episodes, seed, ckpt.get("env_kwargs"))
+        result["base"] = {k: v for k, v in base_result.items() if k in ("mean_return", "std_return", "success_rate")}
+    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
     return result

@@ -241,6 +241,11 @@ class TorchVecEnv:
             shape = self.env_action_space.shape
             self.single_action_space = gym.spaces.Box(-1.0, 1.0, shape, np.float32)
             self._low, self._high = self.env_action_space.low, self.env_action_space.high
+            if not (np.isfinite(self._low).all() and np.isfinite(self._high).all()):
+                raise UsageError(
+                    f"{env_id} has unbounded actions {self.env_action_space}; mixrl's continuous agents act in "
+                    "[-1, 1] rescaled to the env's bounds: wrap or register the env with finite action bounds."
+                )
         else:
             self.single_action_space = self.env_action_space
         self.obs_dim = int(np.prod(self.single_observation_space.shape))
@@ -277,7 +282,8 @@ class TorchVecEnv:
         if self.continuous:
             action = self._low + 0.5 * (np.clip(action, -1.0, 1.0) + 1.0) * (self._high - self._low)
             return action.astype(self.env_action_space.dtype)
-        return action.astype(np.int64).reshape(self.num_envs, *self.env_action_space.shape)
+        start = getattr(self.env_action_space, "start", 0)  # Discrete(n, start): indices 0..n-1 -> start..start+n-1
+        return (action.astype(np.int64) + start).reshape(self.num_envs, *self.env_action_space.shape)
 
     def step(self, action: torch.Tensor):
         obs, reward, terminated, truncated, info = self.envs.step(self.to_env_action(action))

@@ -1,0 +1,253 @@
+"""The run plumbing of mixrl.runs and the agents' loops: which checkpoint a resume reads, which flags it takes,
+atomic files, error types, and the smaller defects (utd < 1, raw observations in SAC's buffer, Discrete.start,
+unbounded actions, final.pt without the buffer, PPO's learning rate on an extended resume, clean-up on errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import a2pr_args, dataset_root, datasets, dqn_args, ppo_args, sac_args, td3_bc_args  # noqa: F401
+
+import mixrl
+from mixrl import cli
+from mixrl.agents import ppo, sac, td3_bc
+from mixrl.envs.factory import TorchVecEnv
+from mixrl.evaluation import evaluate_checkpoint
+from mixrl.runs import UsageError, load_checkpoint, resume_args
+
+
+def count_env_steps(monkeypatch, fail_at: int | None = None) -> list[int]:
+    """Count TorchVecEnv.step calls; raise RuntimeError at call `fail_at` (a crash that is no interrupt)."""
+    step, calls = TorchVecEnv.step, []
+
+    def counted(self, actions):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise RuntimeError("crash")
+        return step(self, actions)
+
+    monkeypatch.setattr(TorchVecEnv, "step", counted)
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. resume reads the newest checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_of_an_extended_run_continues_from_latest_not_final(tmp_path, monkeypatch):
+    run = sac.main(sac_args(tmp_path, total_timesteps=200, eval_every=100))
+    calls = count_env_steps(monkeypatch, fail_at=150)  # the extension crashes at step 350; latest.pt is at 300
+    with pytest.raises(RuntimeError):
+        sac.main(sac.Args(resume=str(run), total_timesteps=400))
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 300
+    assert load_checkpoint(run)["global_step"] == 200  # load_policy and eval still prefer final.pt
+    calls.clear()
+    monkeypatch.undo()
+    calls = count_env_steps(monkeypatch)
+    sac.main(sac.Args(resume=str(run), total_timesteps=400))
+    assert len(calls) == 100  # from step 300, not from final.pt's 200
+    steps = [json.loads(line)["step"] for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    assert steps == [100, 200, 300, 400]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. utd < 1, no steps at all, resuming a finished offline run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_utd_below_one_zero_steps_and_resuming_a_finished_offline_run(tmp_path, datasets):  # noqa: F811
+    ckpt = load_checkpoint(sac.main(sac_args(tmp_path, utd_ratio=0.25)))
+    assert ckpt["global_step"] == 200 and ckpt["state"]["q_optimizer"]["steps"] == 25
+    zero = td3_bc.main(td3_bc_args(tmp_path, total_steps=0))
+    assert load_checkpoint(zero)["global_step"] == 0
+    finished = td3_bc.main(td3_bc_args(tmp_path))
+    assert load_checkpoint(td3_bc.main(td3_bc.Args(resume=str(finished))))["global_step"] == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. given flags, not defaults; what a resume takes from where
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_takes_a_given_budget_even_when_it_equals_the_default(tmp_path, monkeypatch, capsys):
+    run = str(sac.main(sac_args(tmp_path)))
+    args, _ = resume_args(sac.Args(resume=run, total_timesteps=1_000_000), "total_timesteps")
+    assert args.total_timesteps == 1_000_000
+    args, _ = resume_args(sac.Args(resume=run), "total_timesteps")
+    assert args.total_timesteps == 200 and args.hidden_sizes == (16, 16)
+
+    seen = []
+
+    def fake_main(args):  # the CLI path: parse, mark the given flags, resume
+        seen.append(resume_args(args, "total_timesteps")[0])
+        return Path(run)
+
+    monkeypatch.setattr(sac, "main", fake_main)
+    cli.main(["sac", "--resume", run, "--total-timesteps", "1000000"])
+    assert seen[0].total_timesteps == 1_000_000
+    assert "from the command line --total-timesteps 1000000" in capsys.readouterr().out
+
+
+def test_resume_refuses_flags_it_would_ignore_and_writes_nothing(tmp_path):
+    run = sac.main(sac_args(tmp_path))
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    for flag, value in (("eval_every", 5), ("device", "meta"), ("hidden_sizes", (8,))):
+        with pytest.raises(UsageError, match=f"--{flag.replace('_', '-')}"):
+            sac.main(sac.Args(resume=str(run), **{flag: value}))
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    # a flag that repeats the saved value is no conflict
+    args, _ = resume_args(sac.Args(resume=str(run), hidden_sizes=(16, 16)), "total_timesteps")
+    assert args.hidden_sizes == (16, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. another algorithm's run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_refuses_another_agents_run_and_names_the_command(tmp_path):
+    run = ppo.main(ppo_args(tmp_path, total_timesteps=32))
+    with pytest.raises(UsageError, match=re.escape(f"mixrl ppo --resume {run}")):
+        sac.main(sac.Args(resume=str(run)))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sac", "--resume", str(run)])
+    assert "mixrl ppo --resume" in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. atomic, durable files; a torn line in evaluations.jsonl
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_every_file_a_run_writes_is_fsynced_and_renamed_into_place(tmp_path, monkeypatch):
+    synced, fsync = [], os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    run = sac.main(sac_args(tmp_path, eval_every=100))
+    evaluate_checkpoint(run, episodes=1)
+    (run / "evaluations.jsonl").write_text((run / "evaluations.jsonl").read_text() + '{"step": 2')  # a torn append
+    sac.main(sac.Args(resume=str(run), total_timesteps=300))
+    names = [Path(p).name for p in synced]
+    for name in ("config.json", "latest.pt", "final.pt", "eval.json", "evaluations.jsonl"):
+        assert any(n.startswith(f".{name}.") and n.endswith(".tmp") for n in names), name  # the file, before rename
+    assert str(run) in synced and str(run / "checkpoints") in synced  # the folders that hold the renames
+    steps = [json.loads(line)["step"] for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    assert steps == [100, 200, 300]
+    assert not list(run.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. one-line errors for user input only
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_turns_usage_errors_into_one_line_and_keeps_tracebacks_of_bugs(tmp_path, monkeypatch):
+    def bug(args):
+        raise ValueError("a bug deep inside numpy")
+
+    monkeypatch.setattr(sac, "main", bug)
+    with pytest.raises(ValueError, match="a bug deep inside numpy"):
+        cli.main(["sac"])
+
+    def usage(args):
+        raise UsageError("--x 3 is wrong: use --x 2.")
+
+    monkeypatch.setattr(sac, "main", usage)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sac"])
+    assert exit_info.value.code == "mixrl sac: error: --x 3 is wrong: use --x 2."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. SAC's buffer holds raw observations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_sac_normalize_obs_stores_raw_observations_and_normalises_batches(tmp_path):
+    run = sac.main(sac_args(tmp_path, env_id="mixrl_test/Counting-v0", normalize_obs=True))
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    obs = ckpt["buffer"]["data"][:, :2]
+    assert torch.equal(obs, obs.round()) and obs[:, 0].max() == 4  # (time step, episode count), as the env gave
+    norm = ckpt["obs_normalizer"]
+    assert norm["count"] > 200 and norm["mean"][0] == pytest.approx(2.0, abs=0.1)
+    action = mixrl.load_policy(run)(np.array([1.0, 3.0], np.float32))
+    assert action.shape == (1,) and np.isfinite(action).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9. the smaller ones
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_torch_floor_has_the_cpu_fused_adam_kernel():
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    floor = tuple(int(x) for x in re.search(r'"torch>=(\d+)\.(\d+)', pyproject).groups())
+    assert floor >= (2, 4)  # torch._fused_adam_ on CPU, which FlatAdam calls, came with 2.4
+
+
+def test_continuous_agents_refuse_unbounded_actions(tmp_path):
+    for main, args in ((sac.main, sac_args), (ppo.main, ppo_args)):
+        with pytest.raises(UsageError, match="unbounded actions"):
+            main(args(tmp_path, env_id="mixrl_test/UnboundedAction-v0"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dqn_honours_discrete_start(tmp_path):
+    from mixrl.agents import dqn
+
+    run = dqn.main(dqn_args(tmp_path, env_id="mixrl_test/ShiftedDiscrete-v0", eval_every=100))  # env asserts
+    actions = mixrl.load_policy(run)(np.zeros((5, 2), np.float32))
+    assert set(actions.tolist()) <= {-1, 0, 1}
+    assert evaluate_checkpoint(run, episodes=1)["mean_return"] >= -20
+
+
+def test_final_checkpoint_has_no_replay_buffer_and_latest_has_it(tmp_path):
+    run = sac.main(sac_args(tmp_path))
+    final, latest = (torch.load(run / "checkpoints" / f"{n}.pt", weights_only=False) for n in ("final", "latest"))
+    assert "buffer" not in final and latest["buffer"]["size"] == 200
+    assert final["global_step"] == latest["global_step"] == 200
+    assert mixrl.load_policy(run)(np.zeros(3)).shape == (1,)
+
+
+def test_ppo_learning_rate_anneals_on_without_jumping_when_a_resume_extends_the_budget(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = ppo.main(ppo_args(tmp_path, total_timesteps=96))  # 3 iterations
+    ppo.main(ppo.Args(resume=str(run), total_timesteps=192))  # 3 more
+    events = EventAccumulator(str(run))
+    events.Reload()
+    rates = [event.value for event in sorted(events.Scalars("charts/learning_rate"), key=lambda e: e.step)]
+    assert len(rates) == 6 and rates[:3] == pytest.approx([3e-4, 2e-4, 1e-4])
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:])) and rates[-1] > 0
+    straight = ppo.main(ppo_args(tmp_path / "b", total_timesteps=96))
+    resumed = load_checkpoint(ppo.main(ppo.Args(resume=str(straight))))  # the same budget: the same schedule
+    assert resumed["global_step"] == 96
+
+
+def test_a_crash_that_is_no_interrupt_closes_the_run_and_restores_the_signal_handlers(tmp_path, monkeypatch):
+    def handler(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
+    count_env_steps(monkeypatch, fail_at=150)
+    try:
+        with pytest.raises(RuntimeError):
+            sac.main(sac_args(tmp_path))
+        assert signal.getsignal(signal.SIGTERM) is handler and signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    run = next((tmp_path / "runs").iterdir())
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 100
