@@ -10,6 +10,14 @@ The last line is `ALGO <unit>/s: mixrl=X sb3=Y ratio=Z`.
 `pmoe-sac` compares mixrl PMOE-SAC (`--policy gmm`, K = 4 experts) with mixrl SAC at the same settings instead,
 and ends with `pmoe-sac updates/s: pmoe=X sac=Y cost=Y/X` (how many times slower PMOE-SAC trains).
 
+    python scripts/bench_speed.py rlpd [--utd 1] [--rounds 2] [--steps 2000]
+
+`rlpd` compares the RLPD learner of `mixrl rlif --intervention none` (10 LayerNorm critics, target over 2 of them,
+actor through the mean of all 10) with mixrl SAC (2 critics) at the same width (256-256), batch and update-to-data
+ratio G = --utd: both then take G critic steps per env step, SAC with an actor step after each, RLPD with one
+actor step after the G. Rate = critic updates per second (G x env steps per second); the last line is
+`rlpd updates/s: rlpd=X sac=Y cost=Y/X`.
+
     python scripts/bench_speed.py ppo [--rounds 2] [--iterations 1] [--eager]
 
 PPO: HalfCheetah-v5, 8 sync envs, 2048 steps per env per rollout, 10 epochs of minibatches of 64, separate 64-64
@@ -24,6 +32,7 @@ unless `--eager`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import tempfile
@@ -43,12 +52,13 @@ def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-def mixrl_sac(steps: int, warmup: int, log_every: int, **overrides) -> float:
-    """Updates per second of mixrl SAC while learning (one update per env step)."""
-    from mixrl.agents import sac
+def mixrl_sac(steps: int, warmup: int, log_every: int, agent: str = "sac", **overrides) -> float:
+    """(Critic) updates per second of mixrl SAC, or of another off-policy agent, while learning: env steps per
+    second times the update-to-data ratio."""
+    module = importlib.import_module(f"mixrl.agents.{agent}")
 
     with tempfile.TemporaryDirectory() as root:
-        args = sac.Args(
+        args = module.Args(
             env_id="HalfCheetah-v5",
             total_timesteps=warmup + steps,
             learning_starts=warmup,
@@ -60,10 +70,10 @@ def mixrl_sac(steps: int, warmup: int, log_every: int, **overrides) -> float:
             run_root=root,
             **overrides,
         )
-        run_dir = sac.main(args)
+        run_dir = module.main(args)
         sps = [v for step, v in read_scalars(run_dir, "charts/SPS") if step > warmup + log_every]
     # Windows have equal step counts, so the overall rate is the harmonic mean of the window rates.
-    return len(sps) / sum(1.0 / v for v in sps)
+    return args.utd_ratio * len(sps) / sum(1.0 / v for v in sps)
 
 
 def sb3_sac(steps: int, warmup: int) -> float:
@@ -171,12 +181,13 @@ def sb3_ppo(iterations: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("algo", choices=["sac", "pmoe-sac", "ppo"], help="algorithm to compare")
+    parser.add_argument("algo", choices=["sac", "pmoe-sac", "ppo", "rlpd"], help="algorithm to compare")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating the two contenders)")
     parser.add_argument("--steps", type=int, default=2000, help="learning steps measured per run")
     parser.add_argument("--warmup", type=int, default=1000, help="random steps before learning (not timed)")
     parser.add_argument("--iterations", type=int, default=1, help="ppo: rollout-and-update iterations per run")
     parser.add_argument("--eager", action="store_true", help="run mixrl without --compile")
+    parser.add_argument("--utd", type=int, default=1, help="rlpd: update-to-data ratio G of both contenders")
     parser.add_argument(
         "--precision",
         choices=["highest", "medium"],
@@ -195,6 +206,12 @@ def main() -> None:
         "sac": {"mixrl": mixrl, "sb3": partial(sb3_sac, opts.steps, opts.warmup)},
         "pmoe-sac": {"pmoe": partial(mixrl, policy="gmm", num_experts=4), "sac": mixrl},
         "ppo": {"mixrl": partial(mixrl_ppo, opts.iterations, not opts.eager), "sb3": partial(sb3_ppo, opts.iterations)},
+        "rlpd": {
+            "rlpd": partial(
+                mixrl, agent="rlif", intervention="none", utd_ratio=opts.utd, hidden_sizes=(256, 256), num_critics=10
+            ),
+            "sac": partial(mixrl, utd_ratio=float(opts.utd)),
+        },
     }[opts.algo]
     unit = "env-steps/s" if opts.algo == "ppo" else "updates/s"
     results: dict[str, list[float]] = {name: [] for name in contenders}
@@ -210,6 +227,9 @@ def main() -> None:
     if opts.algo in ("sac", "ppo"):
         mixrl_rate, sb3_rate = mean["mixrl"], mean["sb3"]
         print(f"{opts.algo} {unit}: mixrl={mixrl_rate:.1f} sb3={sb3_rate:.1f} ratio={mixrl_rate / sb3_rate:.2f}")
+    elif opts.algo == "rlpd":
+        rlpd_rate, sac_rate = mean["rlpd"], mean["sac"]
+        print(f"rlpd updates/s: rlpd={rlpd_rate:.1f} sac={sac_rate:.1f} cost={sac_rate / rlpd_rate:.2f}")
     else:
         pmoe_rate, sac_rate = mean["pmoe"], mean["sac"]
         print(f"pmoe-sac updates/s: pmoe={pmoe_rate:.1f} sac={sac_rate:.1f} cost={sac_rate / pmoe_rate:.2f}")
