@@ -279,14 +279,17 @@ def record_trial(trial: Trial, folder: Path, command: str, wall_seconds: float, 
     return result
 
 
-def save_manifest(sweep_dir: Path, trials: list[Trial]) -> None:
-    """sweep.json: every trial this sweep ever had (earlier invocations' trials are kept)."""
+def save_manifest(sweep_dir: Path, trials: list[Trial], command: str | None) -> None:
+    """sweep.json: every trial this sweep ever had and the commands that ran it (earlier invocations' are kept)."""
     path = sweep_dir / "sweep.json"
-    known = json.loads(path.read_text())["trials"] if path.is_file() else []
-    names = {Trial(**fix_trial(t)).name for t in known}
-    known += [dataclasses.asdict(t) for t in trials if t.name not in names]
+    manifest = json.loads(path.read_text()) if path.is_file() else {"trials": [], "commands": []}
+    names = {Trial(**fix_trial(t)).name for t in manifest["trials"]}
+    manifest["trials"] += [dataclasses.asdict(t) for t in trials if t.name not in names]
+    commands = manifest.setdefault("commands", [])
+    if command is not None and command not in commands:
+        commands.append(command)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"trials": known}, indent=2))
+    path.write_text(json.dumps(manifest, indent=2))
 
 
 def fix_trial(record: dict[str, Any]) -> dict[str, Any]:
@@ -294,9 +297,9 @@ def fix_trial(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "flags": tuple(tuple(p) for p in record["flags"]), "command": tuple(record["command"])}
 
 
-def run_sweep(args: SweepArgs, extra: list[Trial] | None = None) -> Path:
+def run_sweep(args: SweepArgs, extra: list[Trial] | None = None, command: str | None = None) -> Path:
     """Run every trial not yet finished (those of `args`, then `extra`); returns the sweep folder. Raises
-    RuntimeError when trials still fail after their retries."""
+    RuntimeError when trials still fail after their retries. `command`, the invocation, is kept in sweep.json."""
     args, listed = load_config(args)
     if args.name is None:
         raise UsageError("Name the sweep: --name NAME (its folder is <root>/NAME), or give --config FILE.")
@@ -320,7 +323,7 @@ def run_sweep(args: SweepArgs, extra: list[Trial] | None = None) -> Path:
         return sweep_dir
     if not todo:
         return sweep_dir
-    save_manifest(sweep_dir, trials)
+    save_manifest(sweep_dir, trials, command)
     failures = schedule(args, todo, sweep_dir)
     if failures:
         raise RuntimeError(
@@ -516,6 +519,14 @@ class ReportArgs:
     """the order of the variants in the table (default: as in the sweep)"""
 
 
+def report_command(args: ReportArgs) -> str:
+    """The `mixrl sweep report` command line that `args` stand for."""
+    argv = ["mixrl", "sweep", "report", args.sweep_dir]
+    for flag, value in (("--output", args.output), ("--title", args.title)):
+        argv += [flag, value] if value else []
+    return shlex.join(argv + (["--variants", *args.variants] if args.variants else []))
+
+
 def report(args: ReportArgs) -> Path:
     """Write the Markdown table, the JSON of every trial and the learning-curve plot; returns the .md file."""
     sweep_dir = Path(args.sweep_dir)
@@ -536,10 +547,11 @@ def report(args: ReportArgs) -> Path:
         "",
         f"![curves]({out.with_suffix('.png').name})",
         "",
-        f"Shaded: min-max over seeds. Machine: {cpu_name()}. Made with `mixrl sweep` ({len(records)} finished "
-        f"trials in {sweep_dir}), then:",
+        f"Shaded: min-max over seeds. Machine: {cpu_name()} ({os.cpu_count()} cores). {len(records)} finished trials "
+        f"in {sweep_dir}, made with:",
         "",
-        f"    mixrl sweep report {sweep_dir}" + (f" --output {args.output}" if args.output else ""),
+        *(f"    {command}" for command in json.loads((sweep_dir / "sweep.json").read_text()).get("commands", [])),
+        f"    {report_command(args)}",
         "",
         "Trial commands:",
         "",
@@ -558,7 +570,9 @@ def main(rest: list[str]) -> None:
         report(tyro.cli(ReportArgs, args=rest[1:], prog="mixrl sweep report"))
         return
     try:
-        sweep_dir = run_sweep(tyro.cli(SweepArgs, args=rest, prog="mixrl sweep"))
+        sweep_dir = run_sweep(
+            tyro.cli(SweepArgs, args=rest, prog="mixrl sweep"), command=shlex.join(["mixrl", "sweep", *rest])
+        )
     except RuntimeError as err:  # trials that failed on every retry: their logs say why
         sys.exit(f"mixrl sweep: {err}")
     print(f"sweep folder: {sweep_dir} (tables and plots: mixrl sweep report {sweep_dir})")

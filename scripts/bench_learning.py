@@ -194,7 +194,7 @@ def cmd_run(opts: argparse.Namespace) -> None:
     sweep = SweepArgs(name=opts.name, root=str(SWEEPS), max_concurrent=opts.max_concurrent, address=opts.address)
     command = "python scripts/bench_learning.py " + shlex.join(sys.argv[1:])
     try:
-        run_sweep(sweep, todo)
+        run_sweep(sweep, todo, command)
     finally:  # record what finished, also when some trials failed
         out = RESULTS / "raw" / opts.name
         out.mkdir(parents=True, exist_ok=True)
