@@ -69,8 +69,16 @@ def run_eval(args: EvalArgs) -> None:
     kind = "stochastic" if rule in ("sampled_k_mean", "sample") else "deterministic"
     print(
         f"{result['algo']} on {result['env_id']}: return {result['mean_return']:.2f} +- {result['std_return']:.2f} "
-        f"over {args.episodes} {kind} episodes" + (f" (mixture rule {rule})" if rule else "")
+        f"over {args.episodes} {kind} episodes"
+        + (f" (mixture rule {rule})" if rule else "")
+        + (f", success rate {result['success_rate']:.2f}" if "success_rate" in result else "")
     )
+    if "base" in result:  # residual policies
+        base = result["base"]
+        print(
+            f"  frozen base alone: return {base['mean_return']:.2f} +- {base['std_return']:.2f}"
+            + (f", success rate {base['success_rate']:.2f}" if "success_rate" in base else "")
+        )
     for video in result["videos"]:
         print(f"video: {video}")
 

@@ -31,6 +31,7 @@ Run `python -m mixrl.agents.ppo --help` (or `mixrl ppo --help`) for every option
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -45,16 +46,18 @@ from torch.nn import functional as F
 
 from mixrl.buffers import RolloutBuffer, compute_gae
 from mixrl.envs.factory import make_vec_env, parse_env_kwargs
-from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.evaluation import Policy, evaluate, load_base, policy_spec, residual_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient
 from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import ACTOR_EVAL_RULES, DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
 from mixrl.policies.nets import mlp, orthogonal_init
+from mixrl.policies.residual import ResidualGaussianActor, ResidualVecEnv
 from mixrl.runs import (
     Run,
     UsageError,
     check_finite,
+    check_range,
     crossed,
     record_given,
     resume_args,
@@ -126,6 +129,13 @@ class Args:
     """z-score observations with running statistics, clipped to +-10 (saved in checkpoints, used by load_policy)"""
     normalize_reward: bool = True
     """divide rewards by the running std of the discounted return, clipped to +-10 (saved in checkpoints)"""
+    base_policy: str | None = None
+    """ResiP: a frozen base (mixrl run directory or checkpoint, or a Stable-Baselines3 .zip); the actor then learns
+    a residual a = a_base + alpha Delta on x = [norm(obs), a_base] (mixrl/policies/residual.py; no --normalize-obs)"""
+    residual_alpha: float = 0.1
+    """ResiP: alpha, the scale of the residual Delta in the base's normalised action space [-1, 1]"""
+    residual_log_std: float = -1.0
+    """ResiP: fixed log-std of Delta (exploration std alpha exp(log_std) = 0.037 in normalised units)"""
     eval_every: int = 50_000
     """environment steps between deterministic evaluations, checked after each iteration (0: only at the end)"""
     eval_episodes: int = 5
@@ -163,6 +173,10 @@ class Batch(NamedTuple):
 
 def check_args(args: Args) -> None:
     """Refuse options that do not fit together, naming the fix."""
+    check_range(args, "num_envs num_steps update_epochs hidden_sizes q_hidden_sizes eval_episodes threads", 1)
+    check_range(args, "total_timesteps learning_rate adam_eps clip_coef ent_coef vf_coef max_grad_norm", 0)
+    check_range(args, "eval_every checkpoint_every", 0)
+    check_range(args, "gamma gae_lambda", 0, 1)
     if args.policy not in ("gaussian", "gmm"):
         raise UsageError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
     if args.policy == "gaussian":
@@ -336,7 +350,7 @@ def main(args: Args) -> Path:
         args.num_envs,
         args.seed,
         device,
-        normalize_obs=args.normalize_obs,
+        normalize_obs=args.normalize_obs and args.base_policy is None,
         normalize_reward_gamma=args.gamma if args.normalize_reward else None,
         env_kwargs=env_kwargs,
         backend=args.backend,
@@ -346,13 +360,22 @@ def main(args: Args) -> Path:
             f"PPO needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl dqn` for discrete actions."
         )
+    if args.base_policy is not None:  # ResiP: observations become x = [norm(obs), a_base], actions Delta
+        if args.policy != "gaussian":
+            raise UsageError("--base-policy trains a Gaussian residual: drop --policy gmm.")
+        envs = ResidualVecEnv(envs, load_base(args.base_policy, device), args.residual_alpha)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     if args.policy == "gmm":
         actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
     head = DiagonalGaussianActor if args.policy == "gaussian" else DiagonalGaussianMixtureActor
+    if args.base_policy is not None:
+        head = ResidualGaussianActor
+        actor_kwargs.update(log_std=args.residual_log_std)
     actor = head(**actor_kwargs).to(device)
+    if args.base_policy is not None:
+        envs.policy.head = actor
     critic = make_critic(obs_dim, args.hidden_sizes).to(device)
     modules: dict[str, nn.Module] = {"actor": actor, "critic": critic}
     qf = None
@@ -388,7 +411,9 @@ def main(args: Args) -> Path:
             "observation_space": envs.single_observation_space,
             "action_space": envs.env_action_space,
             "obs_normalizer": envs.normalizer_state(),
-            "policy": policy_spec(actor, **actor_kwargs),
+            "policy": policy_spec(actor, **actor_kwargs)
+            if args.base_policy is None
+            else residual_spec(envs.policy, policy_spec(actor, **actor_kwargs)),
             "state": {
                 **{name: module.state_dict() for name, module in modules.items()},
                 "optimizer": optimizer.state_dict(),
@@ -402,13 +427,17 @@ def main(args: Args) -> Path:
 
     def run_evaluation() -> dict:
         spaces = envs.single_observation_space, envs.env_action_space
-        policy = Policy(actor, *spaces, envs.normalizer_state(), device)
+        acting = actor if args.base_policy is None else copy.deepcopy(envs.policy)  # its own action queues
+        policy = Policy(acting, *spaces, envs.normalizer_state(), device)
         # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
         mean, std = result["mean_return"], result["std_return"]
         line = {"step": global_step, "mean_return": mean, "std_return": std}
-        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std})
+        scalars = {"eval/return": mean, "eval/return_std": std}
+        if "success_rate" in result:
+            line["success_rate"] = scalars["eval/success_rate"] = result["success_rate"]
+        run.log_evaluation(line, scalars)
         return result
 
     algo = "ppo" if args.policy == "gaussian" else "pmoe_ppo"

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import ObsNormalizer, make_vec_env, parse_env_kwargs
-from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.evaluation import Policy, evaluate, load_base, policy_spec, residual_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.gaussian import TanhGaussianActor
@@ -61,6 +61,7 @@ from mixrl.policies.mixture import (
     sample_experts,
     select_expert,
 )
+from mixrl.policies.residual import ResidualVecEnv
 from mixrl.runs import (
     Run,
     UsageError,
@@ -135,6 +136,11 @@ class Args:
     """z-score rewards within each batch and scale by 10 (a quirk of the PMOE reference code)"""
     normalize_obs: bool = False
     """z-score observations with running statistics (saved in checkpoints)"""
+    base_policy: str | None = None
+    """residual SAC: a frozen base (mixrl run directory or checkpoint, or a Stable-Baselines3 .zip); the actor then
+    learns a residual a = a_base + alpha Delta on x = [norm(obs), a_base] (mixrl/policies/residual.py)"""
+    residual_alpha: float = 0.1
+    """residual SAC: alpha, the scale of the residual Delta in [-1, 1] in the base's normalised action space"""
     eval_every: int = 10_000
     """environment steps between deterministic evaluations (0: only at the end)"""
     eval_episodes: int = 5
@@ -361,6 +367,13 @@ def main(args: Args) -> Path:
             f"SAC needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl dqn` for discrete actions."
         )
+    if args.base_policy is not None:  # residual SAC: observations become x = [norm(obs), a_base], actions Delta
+        if args.policy != "gaussian" or args.normalize_obs:
+            raise UsageError(
+                "--base-policy trains a tanh-Gaussian residual on normalised inputs: drop --policy gmm "
+                "and --normalize-obs."
+            )
+        envs = ResidualVecEnv(envs, load_base(args.base_policy, device), args.residual_alpha)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
     # --normalize-obs: the buffer stores raw observations; acting and every sampled batch are z-scored with the
     # running statistics of that moment (as Stable-Baselines3's VecNormalize), so old rows never keep old statistics.
@@ -378,6 +391,10 @@ def main(args: Args) -> Path:
         actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
     head = TanhGaussianActor if args.policy == "gaussian" else GaussianMixtureHead
     actor = head(**actor_kwargs).to(device)
+    if args.base_policy is not None:  # the residual's mean starts at zero: the combined policy starts as the base
+        nn.init.zeros_(actor.mean.weight)
+        nn.init.zeros_(actor.mean.bias)
+        envs.policy.head = actor
     qf = QEnsemble(obs_dim, action_dim, args.num_critics, args.hidden_sizes).to(device)
     qf_target = copy.deepcopy(qf).requires_grad_(False)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
@@ -422,7 +439,9 @@ def main(args: Args) -> Path:
             "observation_space": envs.single_observation_space,
             "action_space": envs.env_action_space,
             "obs_normalizer": None if normalizer is None else normalizer.state_dict(),
-            "policy": policy_spec(actor, **actor_kwargs),
+            "policy": policy_spec(actor, **actor_kwargs)
+            if args.base_policy is None
+            else residual_spec(envs.policy, policy_spec(actor, **actor_kwargs)),
             "state": {
                 **{name: m.state_dict() for name, m in modules.items()},
                 **{f"{name}_optimizer": o.state_dict() for name, o in optimizers.items()},
@@ -440,7 +459,8 @@ def main(args: Args) -> Path:
 
     def run_evaluation() -> dict:
         spaces = envs.single_observation_space, envs.env_action_space
-        policy = Policy(actor, *spaces, None if normalizer is None else normalizer.state_dict(), device)
+        acting = actor if args.base_policy is None else copy.deepcopy(envs.policy)  # its own action queues
+        policy = Policy(acting, *spaces, None if normalizer is None else normalizer.state_dict(), device)
         # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)

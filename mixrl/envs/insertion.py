@@ -4,9 +4,11 @@ The end effector (EE) has three slide joints driven by position servos; the peg 
 grasp offset. The hole is the gap between four walls standing on the table. Per episode the hole's position,
 the grasp offset and the EE's start are drawn uniformly from ranges set by `randomness` (low, medium, high).
 
-Action a in [-1, 1]^3: the servo targets move to EE position + MAX_STEP a (at most 1 cm per step, 50 Hz).
-Observation (12, metres): EE position, peg tip - EE (the grasp offset), hole - peg tip (hole = centre of the
-hole's mouth), EE velocity / 10, all clipped to [-1, 1].
+Action a in [-1, 1]^3: the servo targets move to EE position + MAX_STEP a + e, e ~ N(0, tracking_noise^2 I)
+(at most 1 cm per step, 50 Hz; the tracking error e is why open-loop action sequences miss the hole).
+Observation (14): EE position, peg tip - EE (the grasp offset), hole - peg tip (hole = centre of the hole's
+mouth), all in metres; tanh(xy of hole - peg tip / FINE_SCALE), the alignment at millimetre scale; EE velocity / 10
+(m/s); all clipped to [-1, 1].
 Reward: 1 on the step the peg is fully inserted (tip within INSERTED_HEIGHT of the table inside the hole),
 which terminates the episode (`info["is_success"]`); 0 otherwise. The time limit (HORIZON steps) comes from
 the registration. `scripted_expert()` returns a noisy approach-align-descend controller for demonstrations.
@@ -27,6 +29,8 @@ HOLE_DEPTH = 0.03
 WALL = 0.01  # wall thickness
 PEG_HALF_LENGTH = 0.04
 PEG_BELOW_EE = 0.05  # peg centre below the EE
+TRACKING_NOISE = 0.0005  # std of the Gaussian error added to each servo target, metres
+FINE_SCALE = 0.002  # metres: the observation's fine alignment feature is tanh(xy offset / FINE_SCALE)
 MAX_STEP = 0.01  # metres of servo-target motion per unit action and step
 INSERTED_HEIGHT = 0.005  # success: peg tip below this height, inside the hole
 ALIGNED = 0.00025  # scripted expert: descends once the tip is this close to the hole's axis
@@ -88,19 +92,27 @@ class PegInsertionEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
-    def __init__(self, randomness: str = "low", render_mode: str | None = None, width: int = 320, height: int = 240):
+    def __init__(
+        self,
+        randomness: str = "low",
+        tracking_noise: float = TRACKING_NOISE,
+        render_mode: str | None = None,
+        width: int = 320,
+        height: int = 240,
+    ):
         if randomness not in RANDOMNESS:
             raise ValueError(f"randomness={randomness!r} is not one of: {', '.join(RANDOMNESS)}.")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r} is not one of {self.metadata['render_modes']}.")
-        self.randomness, self.render_mode, self.width, self.height = randomness, render_mode, width, height
+        self.randomness, self.tracking_noise = randomness, tracking_noise
+        self.render_mode, self.width, self.height = render_mode, width, height
         self.model = mujoco.MjModel.from_xml_string(XML)
         self.data = mujoco.MjData(self.model)
         self._hole = self.model.body("hole").id
         self._peg = self.model.body("peg").id
         self._joint_low, self._joint_high = self.model.jnt_range[:, 0].copy(), self.model.jnt_range[:, 1].copy()
         self._renderer: mujoco.Renderer | None = None
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, (12,), np.float32)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (14,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 
     # Geometry read from the simulation (all in world coordinates, metres).
@@ -117,7 +129,8 @@ class PegInsertionEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         ee, tip = self.data.qpos[:3], self.peg_tip()
-        parts = (ee, tip - ee, self.hole_mouth() - tip, self.data.qvel[:3] / 10.0)
+        to_hole = self.hole_mouth() - tip
+        parts = (ee, tip - ee, to_hole, np.tanh(to_hole[:2] / FINE_SCALE), self.data.qvel[:3] / 10.0)
         return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -135,7 +148,8 @@ class PegInsertionEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        self.data.ctrl[:] = np.clip(self.data.qpos[:3] + MAX_STEP * action, self._joint_low, self._joint_high)
+        target = self.data.qpos[:3] + MAX_STEP * action + self.tracking_noise * self.np_random.standard_normal(3)
+        self.data.ctrl[:] = np.clip(target, self._joint_low, self._joint_high)
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
         success = self.inserted()
         return self._obs(), float(success), success, False, {"is_success": success}
@@ -147,6 +161,10 @@ class PegInsertionEnv(gym.Env):
             self._renderer = mujoco.Renderer(self.model, self.height, self.width)
         self._renderer.update_scene(self.data, camera="insertion")
         return self._renderer.render()
+
+    def scripted_expert(self, noise: float = 0.0, seed: int | None = None):
+        """The noisy approach-align-descend controller of this task (`mixrl dataset collect --policy scripted`)."""
+        return scripted_expert(noise, seed)
 
     def close(self) -> None:
         if self._renderer is not None:

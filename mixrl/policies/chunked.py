@@ -1,0 +1,67 @@
+"""Action chunking (Zhao et al. 2023; Chi et al. 2023): predict the next `horizon` actions from one observation and
+execute the first `execute` of them open-loop, one queue per environment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mixrl.policies.nets import mlp
+
+
+class ChunkedActor(nn.Module):
+    """MLP from an observation to a chunk of `horizon` actions in [-1, 1]^A (tanh output), with per-env queues.
+
+    `forward(obs)` is the chunk, shape (B, horizon, A), for training. `deterministic(obs)` acts: a row whose
+    queue is empty predicts a chunk and queues its first `execute` actions; every row then pops one action.
+    `reset(mask)` empties the queues of the masked rows (all rows without a mask), which must follow each
+    reset of the matching environment. The queues are not part of the state dict.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (256, 256),
+        horizon: int = 8,
+        execute: int = 8,
+    ):
+        super().__init__()
+        if not 1 <= execute <= horizon:
+            raise ValueError(f"execute={execute} must be between 1 and horizon={horizon}.")
+        self.action_dim, self.horizon, self.execute = action_dim, horizon, execute
+        self.net = mlp(obs_dim, hidden_sizes, horizon * action_dim)
+        self.queue = torch.zeros(0, execute, action_dim)  # (N, execute, A)
+        self.position = torch.zeros(0, dtype=torch.long)  # next action of each queue; == execute: empty
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)).unflatten(-1, (self.horizon, self.action_dim))
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        if mask is None:
+            self.position = torch.zeros(0, dtype=torch.long)
+        elif len(self.position):
+            self.position[mask.to(self.position.device)] = self.execute
+
+    @torch.no_grad()
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        n = obs.shape[0]
+        if self.position.shape[0] != n:  # first call, or a batch of another size: start with empty queues
+            self.queue = torch.zeros(n, self.execute, self.action_dim, device=obs.device)
+            self.position = torch.full((n,), self.execute, dtype=torch.long, device=obs.device)
+        empty = self.position >= self.execute
+        if empty.any():
+            self.queue[empty] = self(obs[empty])[:, : self.execute]
+            self.position[empty] = 0
+        action = self.queue[torch.arange(n, device=obs.device), self.position]
+        self.position += 1
+        return action
+
+    def queue_state(self) -> dict[str, torch.Tensor]:
+        """The queues, for a checkpoint that must continue exactly."""
+        return {"queue": self.queue.clone(), "position": self.position.clone()}
+
+    def load_queue_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.queue, self.position = state["queue"].clone(), state["position"].clone()

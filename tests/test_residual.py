@@ -1,0 +1,188 @@
+"""Residual policies (ResiP): the zero-initialised residual reproduces its base exactly, bases round-trip through
+the normalised action space (mixrl checkpoints and Stable-Baselines3 zips), chunk queues follow each env's
+autoreset, residual runs save, reload and evaluate with their base, and PPO fixes a deliberately biased base."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mixrl.agents import ppo, sac
+from mixrl.envs.factory import make_vec_env
+from mixrl.evaluation import Policy, evaluate, evaluate_checkpoint, load_base, load_policy, policy_spec
+from mixrl.policies.chunked import ChunkedActor
+from mixrl.policies.residual import FrozenBase, ResidualGaussianActor, ResidualPolicy, ResidualVecEnv
+from mixrl.runs import CHECKPOINT_FORMAT, atomic_torch_save
+
+GOAL, TOLERANCE, BIAS = 0.5, 0.02, 0.06
+
+
+class Reach1D(gym.Env):
+    """x' = x + 0.2 a, x_0 ~ U(-0.5, 0.5); reward -|x' - GOAL| per step; success when |x' - GOAL| < TOLERANCE at the
+    end of the 20-step episode (info["is_success"] on every step)."""
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-0.5, 0.5)
+        return np.array([self.x], np.float32), {"is_success": False}
+
+    def step(self, action):
+        self.x = float(np.clip(self.x + 0.2 * np.clip(action[0], -1, 1), -2.0, 2.0))
+        error = abs(self.x - GOAL)
+        return np.array([self.x], np.float32), -error, False, False, {"is_success": error < TOLERANCE}
+
+
+if "mixrl_test/Reach1D-v0" not in gym.registry:
+    gym.register(id="mixrl_test/Reach1D-v0", entry_point=Reach1D, max_episode_steps=20)
+
+
+class BiasedController(nn.Module):
+    """a = clip(2 (GOAL - x), -1, 1) - BIAS: settles BIAS / 2 short of the goal, outside the tolerance."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(2.0), requires_grad=False)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return (self.gain * (GOAL - obs)).clamp(-1.0, 1.0) - BIAS
+
+
+def save_base(path, module: nn.Module, env_id: str = "mixrl_test/Reach1D-v0") -> str:
+    """A mixrl checkpoint whose deterministic policy is `module` (no normaliser)."""
+    env = gym.make(env_id)
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "algo": "scripted",
+            "env_id": env_id,
+            "observation_space": env.observation_space,
+            "action_space": env.action_space,
+            "obs_normalizer": None,
+            "policy": policy_spec(module),
+        },
+        path,
+    )
+    return str(path)
+
+
+def test_zero_initialised_residual_reproduces_the_base_exactly(tmp_path):
+    base = load_base(save_base(tmp_path / "base.pt", BiasedController()))
+    head = ResidualGaussianActor(2, 1, (16, 16))
+    residual = ResidualPolicy(base, head, obs_dim=1, alpha=0.1)
+    obs = torch.linspace(-1.0, 1.0, 9)[:, None]
+    assert torch.equal(residual.deterministic(obs), base.deterministic(obs))
+    spaces = gym.make("mixrl_test/Reach1D-v0").observation_space, gym.make("mixrl_test/Reach1D-v0").action_space
+    combined = evaluate(Policy(residual, *spaces), "mixrl_test/Reach1D-v0", episodes=5, seed=3)
+    alone = evaluate(Policy(base, *spaces), "mixrl_test/Reach1D-v0", episodes=5, seed=3)
+    assert combined["returns"] == alone["returns"] and combined["success_rate"] == alone["success_rate"] == 0.0
+    # Exploration: Delta ~ N(0, e^-1), so alpha sigma = 0.037 in normalised units.
+    delta, _ = head.sample(torch.zeros(20_000, 2))
+    assert 0.1 * delta.std().item() == pytest.approx(0.1 * np.exp(-1.0), rel=0.03)
+
+
+def test_vec_env_feeds_x_and_flushes_each_envs_chunk_queue_on_autoreset():
+    chunked = ChunkedActor(2, 1, (4,), horizon=4, execute=3)
+    chunked.forward = lambda obs: (0.1 * obs[:, :1] + 0.01 * torch.arange(4.0)).unsqueeze(-1)  # from obs (t, episode)
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 2), FrozenBase(chunked, 2), alpha=0.5)
+    x = envs.reset()
+    torch.testing.assert_close(x[:, 2], torch.zeros(2))  # obs (0, 0): the chunk (0, 0.01, 0.02, 0.03)
+    base_actions = [x[0, 2].item()]
+    for _ in range(6):  # Counter-v0 ends after 5 steps; same-step autoreset
+        x, _, _, truncated, final_x = envs.step(torch.ones(2, 1))
+        base_actions.append(x[0, 2].item())
+        if truncated.any():
+            assert final_x[0, 0].item() == 5.0 and x[0, 0].item() == 0.0  # final obs (5, 0), reset obs (0, 1)
+            assert final_x[0, 2].item() == pytest.approx(0.32)  # the old queue's next action, peeked
+    # chunks planned at t = 0, 3 (open loop in between) and at the reset, from obs t = 0 again
+    np.testing.assert_allclose(base_actions, [0.0, 0.01, 0.02, 0.3, 0.31, 0.0, 0.01], atol=1e-6)
+
+
+def test_mixrl_and_sb3_bases_round_trip_through_the_normalised_action_space(tmp_path):
+    from stable_baselines3 import PPO, SAC
+
+    env = gym.make("Pendulum-v1")  # actions in [-2, 2]
+    obs = np.stack([env.observation_space.sample() for _ in range(16)])
+    for algo in (PPO, SAC):
+        model = algo("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]})
+        if algo is PPO:  # an untrained PPO mean is ~0: shift it so that clipping to the bounds is exercised
+            with torch.no_grad():
+                model.policy.action_net.bias.fill_(1.5)
+                model.policy.action_net.weight.mul_(100.0)
+        model.save(tmp_path / f"{algo.__name__}.zip")
+        base = load_base(tmp_path / f"{algo.__name__}.zip")
+        normalised = base.deterministic(torch.as_tensor(obs))
+        assert normalised.abs().max() <= 1.0
+        expected, _ = model.predict(obs, deterministic=True)
+        np.testing.assert_allclose(Policy(base, env.observation_space, env.action_space)(obs), expected, atol=1e-5)
+    # A mixrl checkpoint as base: its Policy and load_policy act alike, normaliser and chunk queues included.
+    ppo_run = ppo.main(
+        ppo.Args(
+            env_id="Pendulum-v1",
+            num_envs=2,
+            num_steps=8,
+            num_minibatches=2,
+            total_timesteps=16,
+            update_epochs=1,
+            eval_episodes=1,
+            run_root=str(tmp_path / "runs"),
+        )
+    )
+    base = load_base(ppo_run)
+    np.testing.assert_allclose(Policy(base, env.observation_space, env.action_space)(obs), load_policy(ppo_run)(obs))
+
+
+def test_base_policy_runs_save_reload_and_evaluate_base_and_combined(tmp_path):
+    base_path = save_base(tmp_path / "base.pt", BiasedController())
+    common = dict(
+        env_id="mixrl_test/Reach1D-v0",
+        seed=0,
+        num_envs=2,
+        total_timesteps=80,
+        eval_episodes=2,
+        base_policy=base_path,
+        run_root=str(tmp_path / "runs"),
+    )
+    runs = [
+        ppo.main(ppo.Args(num_steps=20, num_minibatches=2, update_epochs=1, **common)),
+        sac.main(sac.Args(learning_starts=20, batch_size=16, hidden_sizes=(16, 16), **common)),
+    ]
+    for run_dir in runs:
+        policy = load_policy(run_dir)
+        assert isinstance(policy.actor, ResidualPolicy) and isinstance(policy.actor.base, FrozenBase)
+        result = evaluate_checkpoint(run_dir, episodes=3)
+        assert result["base"]["success_rate"] == 0.0 and "success_rate" in result
+    with pytest.raises(ValueError, match="drop --policy gmm"):
+        ppo.main(ppo.Args(num_steps=20, num_minibatches=2, policy="gmm", **common))
+
+
+def test_ppo_residual_fixes_a_biased_base(tmp_path):
+    base_path = save_base(tmp_path / "base.pt", BiasedController())
+    run_dir = ppo.main(
+        ppo.Args(
+            env_id="mixrl_test/Reach1D-v0",
+            base_policy=base_path,
+            seed=0,
+            num_envs=8,
+            num_steps=20,
+            num_minibatches=4,
+            update_epochs=10,
+            total_timesteps=8 * 20 * 25,
+            hidden_sizes=(32, 32),
+            learning_rate=1e-3,
+            residual_log_std=0.0,
+            normalize_reward=False,
+            eval_episodes=20,
+            eval_every=0,
+            run_root=str(tmp_path / "runs"),
+        )
+    )
+    result = evaluate_checkpoint(run_dir, episodes=20)
+    assert result["base"]["success_rate"] == 0.0
+    assert result["success_rate"] >= 0.9
