@@ -466,7 +466,10 @@ def main(args: Args) -> Path:
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
         mean, std = result["mean_return"], result["std_return"]
         line = {"step": global_step, "mean_return": mean, "std_return": std}
-        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std})
+        scalars = {"eval/return": mean, "eval/return_std": std}
+        if "success_rate" in result:
+            line["success_rate"] = scalars["eval/success_rate"] = result["success_rate"]
+        run.log_evaluation(line, scalars)
         return result
 
     algo = "sac" if args.policy == "gaussian" else "pmoe_sac"
