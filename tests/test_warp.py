@@ -219,12 +219,13 @@ def test_ppo_learns_inverted_pendulum_through_warp(tmp_path):
     args = ppo.Args(
         env_id="InvertedPendulum-v5",
         backend="warp",
-        num_envs=64,
-        num_steps=32,
-        num_minibatches=4,
+        num_envs=128,  # many worlds and short rollouts: on a CPU each MuJoCo step costs the same for any number
+        num_steps=16,
+        num_minibatches=8,
         update_epochs=10,
-        total_timesteps=20480,
+        total_timesteps=32768,  # 16 iterations
         learning_rate=1e-3,
+        anneal_lr=False,
         eval_every=0,
         eval_episodes=5,
         checkpoint_every=0,

@@ -14,6 +14,8 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
+from mixrl.errors import UsageError
+
 # Gymnasium env class -> env id, for the tasks whose v5 terms are implemented here.
 SUPPORTED = {
     "InvertedPendulumEnv": "InvertedPendulum-v5",
@@ -30,11 +32,11 @@ UNSUPPORTED_REASONS = {
 
 
 def check_warp_env_id(env_id: str) -> None:
-    """One-line ValueError unless `env_id` is a task of the warp backend."""
+    """One-line UsageError unless `env_id` is a task of the warp backend."""
     if env_id in SUPPORTED_IDS:
         return
     reason = f" ({UNSUPPORTED_REASONS[env_id]})" if env_id in UNSUPPORTED_REASONS else ""
-    raise ValueError(
+    raise UsageError(
         f"{env_id!r} is not available with backend 'warp'{reason}; supported: {', '.join(SUPPORTED_IDS)}. "
         "Use --backend gymnasium for other envs."
     )

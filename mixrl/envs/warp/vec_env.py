@@ -18,6 +18,10 @@ import warp as wp
 from torch import Tensor
 
 from mixrl.envs.warp.tasks import Task, Views, check_warp_env_id
+from mixrl.errors import UsageError
+
+# Warp prints a banner and a line per kernel module it loads (dozens per task); keep the training output readable.
+wp.config.quiet = True
 
 # Episodes finished on a GPU are read back to the host (one synchronisation) every this many steps.
 CUDA_EPISODE_SYNC_EVERY = 16
@@ -121,7 +125,7 @@ class WarpVecEnv:
         njmax: int | None = None,
     ):
         if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            raise UsageError(f"num_envs must be >= 1, got {num_envs}")
         check_warp_env_id(env_id)
         self.env_id, self.num_envs, self.device = env_id, num_envs, torch.device(device)
         self.env_kwargs = dict(env_kwargs or {})
@@ -148,12 +152,13 @@ class WarpVecEnv:
         self._ctrl = wp.to_torch(d.ctrl)
         # Carried between steps besides qpos and qvel: the solver's warm start and the time.
         self._qacc_warmstart, self._time = wp.to_torch(d.qacc_warmstart), wp.to_torch(d.time)
-        self._graph = None
+        self._graph, self._torch_stream = None, None
         if self.device.type == "cuda":  # load the kernels, then capture the frame_skip steps as one graph
             self._physics()
             with wp.ScopedCapture(self._wp_device) as capture:
                 self._physics()
             self._graph = capture.graph
+        wp.synchronize_device(self._wp_device)  # torch reads the arrays next, on its own stream
 
         self.obs_normalizer = (
             DeviceObsNormalizer(self.single_observation_space.shape, self.device) if normalize_obs else None
@@ -187,8 +192,10 @@ class WarpVecEnv:
             self._physics()
             return
         # Order the graph after torch's writes of ctrl and torch's reads after the graph, without a host sync.
-        torch_stream = wp.stream_from_torch(torch.cuda.current_stream(self.device))
-        warp_stream = wp.get_stream(self._wp_device)
+        current = torch.cuda.current_stream(self.device)
+        if self._torch_stream is None or self._torch_stream.cuda_stream != current.cuda_stream:
+            self._torch_stream = wp.stream_from_torch(current)
+        torch_stream, warp_stream = self._torch_stream, wp.get_stream(self._wp_device)
         warp_stream.wait_stream(torch_stream)
         wp.capture_launch(self._graph, warp_stream)
         torch_stream.wait_stream(warp_stream)
