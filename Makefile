@@ -13,7 +13,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,bench,export,sweep]"
+	$(BIN)/pip install --quiet -e ".[dev,bench,export,sweep,warp]"
 	touch $@
 
 install: $(VENV)/.installed
