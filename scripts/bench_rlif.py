@@ -1,0 +1,206 @@
+"""RLIF against DAgger and HG-DAgger with the same simulated experts and the same environment-step budget.
+
+    python scripts/make_experts.py train|levels|demos --env-id Hopper-v5 ...       # experts and demonstrations first
+    python scripts/bench_rlif.py run --env-ids Hopper-v5 --levels 0 1 2 --seeds 1 2 3 --total-timesteps 100000
+    python scripts/bench_rlif.py report
+
+run: one sweep trial (`mixrl rlif` or `mixrl dagger`, on mixrl sweep) per (env, expert level, method, seed) in
+runs/sweeps/<name>. An expert level is an entry of results/raw/rlif/experts_<env>.json (a checkpoint and action
+noise, measured there over 50 episodes); every method gets the same expert, the same demonstrations
+(mixrl/<env>/rlif-demos-v0) and --total-timesteps environment steps, the expert's steps included.
+
+    rlif-value   mixrl rlif --intervention value   (reference Q: the reference SAC's critics; a_cmp: the expert's)
+    rlif-random  mixrl rlif --intervention random  (p = 0.5 per step, as the released Hopper runs)
+    hg-dagger    mixrl dagger --method hg-dagger   (gated takeovers, expert labels only)
+    dagger       mixrl dagger --method dagger      (half of the visited states relabelled by the expert)
+
+report: results/<name>.md, .json and .png: final deterministic return (mean +- std over seeds) against the
+intervening expert's own return, the return against environment steps and against expert interventions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mixrl.sweep import SweepArgs, Trial, cpu_name, run_sweep, trial_records
+
+RAW = Path("results/raw/rlif")
+SWEEPS = Path("runs/sweeps")
+METHODS = {
+    "rlif-value": ("rlif", {"intervention": "value"}),
+    "rlif-random": ("rlif", {"intervention": "random", "intervention_probability": 0.5}),
+    "hg-dagger": ("dagger", {"method": "hg-dagger"}),
+    "dagger": ("dagger", {"method": "dagger"}),
+}
+
+
+def experts(env_id: str) -> dict:
+    path = RAW / f"experts_{env_id.replace('/', '-')}.json"
+    if not path.is_file():
+        sys.exit(f"No {path}: make the experts first (python scripts/make_experts.py levels --env-id {env_id} ...).")
+    return json.loads(path.read_text())
+
+
+def level_name(level: dict) -> str:
+    return f"L{level['target_fraction']:.2f}"
+
+
+def trials(opts: argparse.Namespace) -> list[Trial]:
+    out = []
+    for env_id, index, method, seed in itertools.product(opts.env_ids, opts.levels, opts.methods, opts.seeds):
+        record = experts(env_id)
+        level = record["levels"][index]
+        agent, flags = METHODS[method]
+        env_key = env_id.lower().replace("/", "-")
+        flags = {
+            **flags,
+            "expert": level["checkpoint"],
+            "expert_noise": level["noise"],
+            "demos": f"mixrl/{env_key}/rlif-demos-v0",
+            "total_timesteps": opts.total_timesteps,
+            "eval_every": opts.eval_every,
+            "eval_episodes": opts.eval_episodes,
+            "checkpoint_every": opts.eval_every,
+            "hidden_sizes": " ".join(map(str, opts.hidden_sizes)),
+        }
+        if agent == "rlif":
+            flags.update(reference=record["reference"], utd_ratio=opts.utd, learning_starts=opts.learning_starts)
+        else:
+            flags.update(pretrain_steps=opts.pretrain_steps, train_steps=opts.train_steps)
+        variant = f"{method}@{level_name(level)}"
+        out.append(Trial(agent, env_id, seed, tuple((k, str(v)) for k, v in flags.items()), variant))
+    return out
+
+
+def cmd_run(opts: argparse.Namespace) -> None:
+    sweep = SweepArgs(name=opts.name, root=str(SWEEPS), max_concurrent=opts.max_concurrent)
+    run_sweep(sweep, trials(opts))
+    RAW.mkdir(parents=True, exist_ok=True)
+    with open(RAW / f"{opts.name}_commands.txt", "a") as f:
+        f.write("python scripts/bench_rlif.py " + shlex.join(sys.argv[1:]) + "\n")
+
+
+def interventions_curve(run_dir: str) -> list[tuple[int, int, float]]:
+    """(step, expert interventions so far, return) of each evaluation of a run."""
+    lines = (Path(run_dir) / "evaluations.jsonl").read_text().splitlines()
+    return [(e["step"], e["interventions"], e["mean_return"]) for e in map(json.loads, lines)]
+
+
+def cmd_report(opts: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = trial_records(SWEEPS / opts.name)
+    if not records:
+        sys.exit(f"No finished trials in {SWEEPS / opts.name}.")
+    for r in records:
+        r["method"], r["level"] = r["variant"].split("@")
+        r["interventions"] = interventions_curve(r["run_dir"])
+    rows, groups = [], sorted({(r["env_id"], r["level"]) for r in records})
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    for (env_id, level), (ax_steps, ax_int) in zip(groups, axes):
+        record = experts(env_id)
+        expert = next(x for x in record["levels"] if level_name(x) == level)
+        for method in METHODS:
+            runs = sorted((r for r in records if (r["env_id"], r["level"], r["method"]) == (env_id, level, method)),
+                          key=lambda r: r["seed"])  # fmt: skip
+            if not runs:
+                continue
+            finals = [r["curve"][-1][1] for r in runs]
+            used = [r["interventions"][-1][1] for r in runs]
+            rows.append(
+                {
+                    "env_id": env_id,
+                    "level": level,
+                    "method": method,
+                    "seeds": [r["seed"] for r in runs],
+                    "steps": runs[0]["curve"][-1][0],
+                    "final": [float(np.mean(finals)), float(np.std(finals))],
+                    "finals": finals,
+                    "interventions": float(np.mean(used)),
+                    "expert": [expert["mean"], expert["std"]],
+                    "minutes": float(np.mean([r["wall_seconds"] for r in runs]) / 60),
+                }
+            )
+            steps = np.array([s for s, _ in runs[0]["curve"]])
+            curves = np.array([[v for _, v in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
+            line = ax_steps.plot(steps, curves.mean(0), label=method)[0]
+            ax_steps.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2, color=line.get_color())
+            for r in runs:
+                ax_int.plot([i for _, i, _ in r["interventions"]], [v for _, _, v in r["interventions"]], ".-",
+                            color=line.get_color(), label=method if r is runs[0] else None)  # fmt: skip
+        for ax in (ax_steps, ax_int):
+            ax.axhline(expert["mean"], color="k", ls="--", lw=1, label="intervening expert")
+            ax.axhline(record["reference_return"]["mean"], color="gray", ls=":", lw=1, label="reference agent")
+            ax.set_ylabel("return")
+        ax_steps.set_title(f"{env_id}, expert {level} ({expert['fraction']:.2f} of the reference)")
+        ax_steps.set_xlabel("environment steps")
+        ax_int.set_xlabel("expert interventions (takeovers) so far")
+        ax_steps.legend(fontsize=7)
+        ax_int.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"results/{opts.name}.png", dpi=110)
+    (Path("results") / f"{opts.name}.json").write_text(json.dumps(rows, indent=2))
+    commands = RAW / f"{opts.name}_commands.txt"
+    lines = [
+        "# RLIF against DAgger and HG-DAgger",
+        "",
+        "Deterministic evaluation return (task reward) of the learner, mean +- std over seeds, after the same budget",
+        "of environment steps for every method (the expert's steps included), against the intervening expert's own",
+        "return (50 episodes). Interventions: expert takeovers used in the whole run (DAgger labels every relabelled",
+        "state instead and takes over never).",
+        "",
+        "| env | expert | expert return | method | seeds | steps | final return | interventions | minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['env_id']} | {row['level']} | {row['expert'][0]:.0f} +- {row['expert'][1]:.0f} | {row['method']} "
+            f"| {', '.join(map(str, row['seeds']))} | {row['steps']} | {row['final'][0]:.0f} +- {row['final'][1]:.0f} "
+            f"| {row['interventions']:.0f} | {row['minutes']:.0f} |"
+        )
+    lines += ["", f"![curves]({opts.name}.png)", "", f"Machine: {cpu_name()}, shared with other jobs. Made with:", ""]
+    lines += [f"    {c}" for c in (commands.read_text().splitlines() if commands.is_file() else [])]
+    lines += [f"    python scripts/bench_rlif.py report --name {opts.name}", ""]
+    findings = Path("results") / f"{opts.name}_findings.md"
+    if findings.is_file():
+        lines += [f"Settings, experts and what these runs show: [{findings.name}]({findings.name}).", ""]
+    Path(f"results/{opts.name}.md").write_text("\n".join(lines))
+    print(f"wrote results/{opts.name}.md")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--env-ids", nargs="+", default=["Hopper-v5", "Walker2d-v5"])
+    run.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2], help="indices into the experts file's levels")
+    run.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    run.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    run.add_argument("--total-timesteps", type=int, default=100_000)
+    run.add_argument("--eval-every", type=int, default=5000)
+    run.add_argument("--eval-episodes", type=int, default=5)
+    run.add_argument("--hidden-sizes", type=int, nargs="+", default=[256, 256])
+    run.add_argument("--utd", type=int, default=2, help="rlif: critic steps per env step")
+    run.add_argument("--learning-starts", type=int, default=1000, help="rlif: uniform-random agent steps first")
+    run.add_argument("--pretrain-steps", type=int, default=2000, help="dagger: BC steps on the demonstrations")
+    run.add_argument("--train-steps", type=int, default=500, help="dagger: BC steps per iteration")
+    run.add_argument("--max-concurrent", type=int, default=1)
+    run.add_argument("--name", default="rlif")
+    report = sub.add_parser("report")
+    report.add_argument("--name", default="rlif")
+    opts = parser.parse_args()
+    {"run": cmd_run, "report": cmd_report}[opts.command](opts)
+
+
+if __name__ == "__main__":
+    main()
