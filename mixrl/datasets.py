@@ -47,9 +47,9 @@ import tyro
 from tqdm import tqdm
 
 from mixrl.buffers import ReplayBuffer
-from mixrl.envs.factory import make_env
-from mixrl.evaluation import evaluate, load_policy
+from mixrl.envs.factory import make_env, parse_env_kwargs
 from mixrl.errors import MissingPathError, UsageError
+from mixrl.evaluation import evaluate, load_policy
 from mixrl.runs import load_checkpoint
 
 SCRIPTED = "scripted"  # --policy value: the env's scripted expert
@@ -68,6 +68,8 @@ class CollectArgs:
     `scripted`: the scripted expert of the env that --env-id names (e.g. mixrl/PegInsertion-v0)"""
     env_id: str | None = None
     """environment of a random or scripted dataset (the other kinds take it from their checkpoint or sources)"""
+    env_kwargs: tuple[str, ...] = ()
+    """keyword arguments of that environment (random, scripted): one JSON object, or key=value pairs"""
     expert: str | None = None
     """run directory or checkpoint of the expert, whose mean return is ref_max_score (kind expert: --policy)"""
     sources: tuple[str, ...] = ()
@@ -459,6 +461,8 @@ def check_collect_args(args: CollectArgs) -> None:
     for name in needs:
         if not getattr(args, name):
             raise UsageError(f"`mixrl dataset collect {args.kind}` needs --{name.replace('_', '-')}.")
+    if args.env_kwargs and "env_id" not in needs:
+        raise ValueError(f"--env-kwargs applies with --env-id (random or scripted datasets), not to kind {args.kind}.")
     for name in ("policy", "env_id", "sources"):
         if name not in needs and getattr(args, name):
             raise UsageError(f"--{name.replace('_', '-')} does not apply to kind {args.kind}.")
@@ -551,7 +555,7 @@ def collect(args: CollectArgs) -> str:
         # newest: a run's latest.pt holds its replay buffer (medium-replay); final.pt does not
         ckpt = None if args.kind == "random" or scripted else load_checkpoint(args.policy, newest=True)
         env_id = args.env_id if ckpt is None else ckpt["env_id"]
-        env_kwargs = {} if ckpt is None else dict(ckpt.get("env_kwargs") or {})
+        env_kwargs = parse_env_kwargs(args.env_kwargs) if ckpt is None else dict(ckpt.get("env_kwargs") or {})
         dataset_id = args.dataset_id or default_dataset_id(env_id, args.kind)
         check_new(dataset_id)
         env = make_env(env_id, **env_kwargs)
