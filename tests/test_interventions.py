@@ -118,10 +118,12 @@ def test_gated_mode_l1_threshold_and_decaying_epsilon():
     far = np.mean([env.wants_takeover(env.obs, np.array([-0.6]), EXPERT) for _ in range(4000)])  # |1.1| >= 1
     near = np.mean([env.wants_takeover(env.obs, np.array([-0.4]), EXPERT) for _ in range(4000)])
     assert abs(far - 0.5) < 0.03 and abs(near - 0.5) < 0.03  # epsilon 0.5: both coins are fair
-    env.gate_epsilon, env.gate_decay = 0.05, 100.0
-    env.reset()  # episode 1: eps = 0.05 exp(-100)
-    assert env.wants_takeover(env.obs, np.array([-0.6]), EXPERT)
-    assert not env.wants_takeover(env.obs, np.array([-0.4]), EXPERT)
+    env.gate_decay = 1.0
+    env.reset()  # episode 1: eps = 0.5 exp(-1) = 0.18
+    far = np.mean([env.wants_takeover(env.obs, np.array([-0.6]), EXPERT) for _ in range(4000)])
+    near = np.mean([env.wants_takeover(env.obs, np.array([-0.4]), EXPERT) for _ in range(4000)])
+    eps = 0.5 * np.exp(-1.0)
+    assert abs(far - (1 - eps)) < 0.03 and abs(near - eps) < 0.03
 
 
 def test_expert_noise_is_clipped_and_reproducible():
