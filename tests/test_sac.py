@@ -1,6 +1,7 @@
 """SAC: checkpoints, load_policy, exact resume, error messages, non-finite losses, and one learning test."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 import mixrl
 from mixrl.agents import sac
 from mixrl.evaluation import evaluate, evaluate_checkpoint
+from mixrl.optim import FlatAdam, flatten_parameters
 from mixrl.runs import NonFiniteLossError, load_checkpoint
 
 
@@ -25,6 +27,85 @@ def tiny_args(tmp_path, **overrides):
         run_root=str(tmp_path / "runs"),
     )
     return sac.Args(**{**defaults, **overrides})
+
+
+# ---------------------------------------------------------------- losses against hand values
+
+
+class LinearQ(torch.nn.Module):
+    """A fixed two-member ensemble: Q_j(s, a) = scale_j (s + a) + shift_j on one-dimensional s and a -> (2, B)."""
+
+    def __init__(self, scales, shifts):
+        super().__init__()
+        self.scales, self.shifts = torch.tensor(scales)[:, None], torch.tensor(shifts)[:, None]
+
+    def forward(self, obs, action):
+        return self.scales * (obs + action).squeeze(-1) + self.shifts
+
+
+class FixedSampler(torch.nn.Module):
+    """A 'policy' that always draws a = (0.5, -0.5) with log pi = (-1, -2)."""
+
+    def sample(self, obs):
+        return torch.tensor([[0.5], [-0.5]]), torch.tensor([-1.0, -2.0])
+
+
+BATCH = sac.Batch(
+    obs=torch.tensor([[1.0], [2.0]]),
+    actions=torch.tensor([[0.5], [-0.5]]),
+    rewards=torch.tensor([1.0, 2.0]),
+    next_obs=torch.tensor([[3.0], [4.0]]),
+    terminated=torch.tensor([0.0, 1.0]),
+)
+
+
+def test_critic_loss_by_hand_with_a_terminal_transition():
+    """y = r + gamma (1 - d) (min_j Qbar_j(s', a') - alpha log pi(a'|s')); L = sum_j mean_i (Q_j(s_i, a_i) - y_i)^2.
+    Qbar = (s + a, s + a + 1): min at s' + a' = 3.5 for row 0; row 1 is terminal, y = r = 2."""
+    args = sac.Args(gamma=0.9)
+    qf, qf_target = LinearQ([1.0, 2.0], [0.0, 0.0]), LinearQ([1.0, 1.0], [0.0, 1.0])
+    loss, _ = sac.CriticObjective(args, qf, qf_target, FixedSampler().sample)(BATCH, torch.tensor(0.2))
+    y0 = 1.0 + 0.9 * (3.5 - 0.2 * -1.0)  # 4.33
+    q0, q1 = 1.5, 3.0  # Q_0 = s + a = 1.5 on both rows, Q_1 = 2 (s + a) = 3
+    expected = ((q0 - y0) ** 2 + (q0 - 2.0) ** 2) / 2 + ((q1 - y0) ** 2 + (q1 - 2.0) ** 2) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_actor_loss_by_hand():
+    """L_pi = mean_i (alpha log pi(a_i|s_i) - min_j Q_j(s_i, a_i)) with a_i from the policy."""
+    args = sac.Args()
+    qf = LinearQ([1.0, 2.0], [0.0, -4.0])  # Q = (s + a, 2 (s + a) - 4): min picks member 1 on row 0, 0 on row 1
+    loss, (log_prob, _) = sac.ActorObjective(args, FixedSampler(), qf)(BATCH.obs, torch.tensor(0.2))
+    q_min = [min(1.5, 3.0 - 4.0), min(1.5, 3.0 - 4.0)]  # s + a = 1.5 on both rows
+    expected = ((0.2 * -1.0 - q_min[0]) + (0.2 * -2.0 - q_min[1])) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert log_prob.tolist() == [-1.0, -2.0]
+
+
+@pytest.mark.parametrize("log_std_bias", [-3.0, 0.3])  # a narrow policy (entropy below the target), a wide one
+def test_temperature_loss_and_step_by_hand(log_std_bias):
+    """L_alpha = -mean(log alpha (log pi + H_target)); Adam's first step moves log alpha by lr against its sign,
+    so alpha grows when the entropy is below the target and shrinks when it is above."""
+    torch.manual_seed(0)
+    args = sac.Args(hidden_sizes=(8,), alpha_lr=0.01)
+    actor = sac.TanhGaussianActor(1, 1, (8,))
+    with torch.no_grad():
+        actor.log_std.bias.fill_(log_std_bias)
+    qf = sac.QEnsemble(1, 1, 2, (8,))
+    qf_target = qf.__class__(1, 1, 2, (8,)).requires_grad_(False)
+    log_alpha = torch.tensor(math.log(0.5), requires_grad=True)
+    optimizers = [
+        FlatAdam(flatten_parameters([actor]), lr=0.0),
+        FlatAdam(flatten_parameters([qf]), lr=0.0),
+        FlatAdam(log_alpha, lr=args.alpha_lr),
+    ]
+    target_entropy = -1.0
+    metrics = sac.make_update(args, actor, qf, qf_target, log_alpha, optimizers, target_entropy)(BATCH)
+    entropy = metrics["losses/entropy"].item()  # -mean log pi of the actor's samples in this update
+    assert metrics["losses/alpha"].item() == pytest.approx(0.5)
+    assert metrics["losses/alpha_loss"].item() == pytest.approx(-math.log(0.5) * (-entropy + target_entropy), rel=1e-5)
+    direction = 1.0 if entropy < target_entropy else -1.0
+    assert log_alpha.item() == pytest.approx(math.log(0.5) + direction * args.alpha_lr, rel=1e-4)
 
 
 def test_checkpoint_is_self_describing_and_load_policy_matches_evaluation(tmp_path):
