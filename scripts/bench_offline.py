@@ -147,7 +147,8 @@ def sac_checkpoints(args: Args, env_id: str) -> tuple[Path, Path]:
             device=args.device,
             run_root=str(folder / "runs"),
         )
-        copy_atomic(sac.main(sac_args) / "checkpoints" / "final.pt", target)
+        # latest.pt: the final state with the replay buffer (final.pt leaves it out), which medium-replay needs
+        copy_atomic(sac.main(sac_args) / "checkpoints" / "latest.pt", target)
     return folder / "medium.pt", folder / "expert.pt"
 
 
