@@ -76,8 +76,8 @@ def prepare_level(opts, level: str, results: dict) -> dict:
             num_episodes=opts.demos,
             seed=0,
             total_steps=opts.bc_steps,
-            horizon=8,
-            execute=8,
+            horizon=opts.horizon,
+            execute=opts.execute,
             eval_every=0,
             eval_episodes=opts.eval_episodes,
             run_root=str(Path(opts.work) / "runs"),
@@ -87,6 +87,8 @@ def prepare_level(opts, level: str, results: dict) -> dict:
     results["levels"][level] = {
         "dataset_id": dataset_id,
         "demos": opts.demos,
+        "horizon": opts.horizon,
+        "execute": opts.execute,
         "base_run": str(base_dir),
         "base_success": base["success_rate"],
         "base_episodes": opts.final_episodes,
@@ -164,7 +166,8 @@ def run(opts) -> None:
 
 def cpu_name() -> str:
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), platform.machine())
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
+    return names[0] if names else platform.machine()
 
 
 def report(opts) -> None:
@@ -183,7 +186,8 @@ def report(opts) -> None:
     for ax, level in zip(axes[0], levels):
         info = results["levels"][level]
         rows.append(
-            f"| {level} | {LABELS['base']} ({info['demos']} demos) | - | 0 | {info['base_success']:.2f} "
+            f"| {level} | {LABELS['base']} ({info['demos']} demos, H = {info['horizon']}, k = {info['execute']}) | - | "
+            f"0 | {info['base_success']:.2f} "
             f"({info['base_episodes']} episodes) | - |"
         )
         ax.axhline(info["base_success"], color="k", ls="--", label=LABELS["base"])
@@ -211,8 +215,7 @@ def report(opts) -> None:
     fig.savefig(RESULTS / "resip.png", dpi=110)
     table = "\n".join(rows)
     (RESULTS / "resip_table.md").write_text(
-        f"<!-- made by python scripts/bench_resip.py report from results/resip.json; CPU: {cpu_name()} -->\n"
-        f"{table}\n"
+        f"<!-- made by python scripts/bench_resip.py report from results/resip.json; CPU: {cpu_name()} -->\n{table}\n"
     )
     print(table)
 
@@ -228,7 +231,9 @@ def main() -> None:
     r.add_argument("--eval-every", type=int, default=16_000, help="environment steps between evaluations")
     r.add_argument("--eval-episodes", type=int, default=50, help="episodes per evaluation during training")
     r.add_argument("--final-episodes", type=int, default=200, help="episodes of each final evaluation")
-    r.add_argument("--demos", type=int, default=2, help="demonstrations the BC base learns from")
+    r.add_argument("--demos", type=int, default=3, help="demonstrations the BC base learns from")
+    r.add_argument("--horizon", type=int, default=16, help="BC: actions predicted per chunk")
+    r.add_argument("--execute", type=int, default=8, help="BC: actions of each chunk executed open-loop")
     r.add_argument("--demo-steps", type=int, default=8000, help="steps of scripted demonstrations collected")
     r.add_argument("--demo-noise", type=float, default=0.03, help="action noise of the scripted expert")
     r.add_argument("--bc-steps", type=int, default=5000, help="gradient steps of BC")

@@ -27,6 +27,13 @@ one untimed warm-up iteration per run.
 
 mixrl runs with `--compile` (each loss compiled with its gradient; the compile falls in the untimed warm-up)
 unless `--eager`.
+
+    python scripts/bench_speed.py resip [--rounds 2] [--iterations 2] [--eager]
+
+ResiP: `mixrl ppo --base-policy` (a frozen chunked-MLP base, 256-256, predicts every 8 steps; the residual actor
+and the critic 256-256) against Stable-Baselines3 PPO (256-256 actor and critic, no base) on mixrl/PegInsertion-v0:
+16 sync envs, 100 steps per env per rollout, 10 epochs of 4 minibatches of 400, no normalisation, one torch
+thread, CPU. Environment steps per second over whole iterations, after one untimed warm-up iteration.
 """
 
 from __future__ import annotations
@@ -142,7 +149,69 @@ def mixrl_ppo(iterations: int, compile: bool) -> float:
     return len(sps) / sum(1.0 / v for v in sps)
 
 
-def sb3_ppo(iterations: int) -> float:
+RESIP_ENVS, RESIP_STEPS, RESIP_MINIBATCH = 16, 100, 400
+
+
+def mixrl_resip(iterations: int, compile: bool) -> float:
+    """Environment steps per second of ResiP (mixrl PPO with --base-policy) over whole iterations, after one untimed
+    warm-up iteration; the base is an untrained chunked BC network (its speed, not its skill, matters here)."""
+    import gymnasium as gym
+
+    from mixrl.agents import ppo
+    from mixrl.evaluation import policy_spec
+    from mixrl.policies.chunked import ChunkedActor
+    from mixrl.runs import CHECKPOINT_FORMAT, atomic_torch_save
+
+    env = gym.make("mixrl/PegInsertion-v0")
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    base = ChunkedActor(obs_dim, action_dim, (256, 256), horizon=8, execute=8)
+    batch = RESIP_ENVS * RESIP_STEPS
+    with tempfile.TemporaryDirectory() as root:
+        base_path = Path(root) / "base.pt"
+        spaces = {"observation_space": env.observation_space, "action_space": env.action_space}
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "algo": "bc",
+                "env_id": "mixrl/PegInsertion-v0",
+                **spaces,
+                "obs_normalizer": None,
+                "policy": policy_spec(
+                    base, obs_dim=obs_dim, action_dim=action_dim, hidden_sizes=(256, 256), horizon=8, execute=8
+                ),
+            },
+            base_path,
+        )
+        args = ppo.Args(
+            env_id="mixrl/PegInsertion-v0",
+            base_policy=str(base_path),
+            total_timesteps=(iterations + 1) * batch,
+            num_envs=RESIP_ENVS,
+            num_steps=RESIP_STEPS,
+            num_minibatches=batch // RESIP_MINIBATCH,
+            update_epochs=10,
+            hidden_sizes=(256, 256),
+            clip_vloss=False,
+            normalize_reward=False,
+            eval_every=0,
+            eval_episodes=1,
+            checkpoint_every=0,
+            compile=compile,
+            run_root=root,
+        )
+        run_dir = ppo.main(args)
+        sps = [v for _, v in read_scalars(run_dir, "charts/SPS")][1:]
+    return len(sps) / sum(1.0 / v for v in sps)
+
+
+def sb3_ppo(
+    iterations: int,
+    env_id: str = "HalfCheetah-v5",
+    n_envs: int = PPO_ENVS,
+    n_steps: int = PPO_STEPS,
+    batch_size: int = PPO_MINIBATCH,
+    net_arch: tuple[int, ...] = (64, 64),
+) -> float:
     """Environment steps per second of Stable-Baselines3 PPO over whole iterations (collection and update), after
     one untimed warm-up iteration."""
     from stable_baselines3 import PPO
@@ -165,23 +234,24 @@ def sb3_ppo(iterations: int) -> float:
 
     timer = Timer()
     model = PPO(
-        "MlpPolicy",  # separate 64-64 tanh actor and critic, orthogonal init, Adam eps 1e-5
-        make_vec_env("HalfCheetah-v5", n_envs=PPO_ENVS, seed=1),  # DummyVecEnv: synchronous
+        "MlpPolicy",  # separate tanh actor and critic (64-64 by default), orthogonal init, Adam eps 1e-5
+        make_vec_env(env_id, n_envs=n_envs, seed=1),  # DummyVecEnv: synchronous
         learning_rate=lambda progress: 3e-4 * progress,
-        n_steps=PPO_STEPS,
-        batch_size=PPO_MINIBATCH,
+        n_steps=n_steps,
+        batch_size=batch_size,
         n_epochs=10,
+        policy_kwargs={"net_arch": list(net_arch)},
         device="cpu",
         seed=1,
         verbose=0,
     )
-    model.learn(total_timesteps=(iterations + 1) * PPO_ENVS * PPO_STEPS, callback=timer)
-    return iterations * PPO_ENVS * PPO_STEPS / (timer.marks[-1] - timer.marks[1])
+    model.learn(total_timesteps=(iterations + 1) * n_envs * n_steps, callback=timer)
+    return iterations * n_envs * n_steps / (timer.marks[-1] - timer.marks[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("algo", choices=["sac", "pmoe-sac", "ppo", "rlpd"], help="algorithm to compare")
+    parser.add_argument("algo", choices=["sac", "pmoe-sac", "ppo", "rlpd", "resip"], help="algorithm to compare")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds (alternating the two contenders)")
     parser.add_argument("--steps", type=int, default=2000, help="learning steps measured per run")
     parser.add_argument("--warmup", type=int, default=1000, help="random steps before learning (not timed)")
@@ -206,6 +276,12 @@ def main() -> None:
         "sac": {"mixrl": mixrl, "sb3": partial(sb3_sac, opts.steps, opts.warmup)},
         "pmoe-sac": {"pmoe": partial(mixrl, policy="gmm", num_experts=4), "sac": mixrl},
         "ppo": {"mixrl": partial(mixrl_ppo, opts.iterations, not opts.eager), "sb3": partial(sb3_ppo, opts.iterations)},
+        "resip": {
+            "mixrl": partial(mixrl_resip, opts.iterations, not opts.eager),
+            "sb3": partial(
+                sb3_ppo, opts.iterations, "mixrl/PegInsertion-v0", RESIP_ENVS, RESIP_STEPS, RESIP_MINIBATCH, (256, 256)
+            ),
+        },
         "rlpd": {
             "rlpd": partial(
                 mixrl, agent="rlif", intervention="none", utd_ratio=opts.utd, hidden_sizes=(256, 256), num_critics=10
@@ -213,7 +289,7 @@ def main() -> None:
             "sac": partial(mixrl, utd_ratio=float(opts.utd)),
         },
     }[opts.algo]
-    unit = "env-steps/s" if opts.algo == "ppo" else "updates/s"
+    unit = "env-steps/s" if opts.algo in ("ppo", "resip") else "updates/s"
     results: dict[str, list[float]] = {name: [] for name in contenders}
     for rnd in range(opts.rounds):
         for name, measure in contenders.items():
@@ -224,7 +300,7 @@ def main() -> None:
         opts.json.write_text(
             json.dumps({"algo": opts.algo, "rounds": results, "settings": vars(opts)}, indent=2, default=str)
         )
-    if opts.algo in ("sac", "ppo"):
+    if opts.algo in ("sac", "ppo", "resip"):
         mixrl_rate, sb3_rate = mean["mixrl"], mean["sb3"]
         print(f"{opts.algo} {unit}: mixrl={mixrl_rate:.1f} sb3={sb3_rate:.1f} ratio={mixrl_rate / sb3_rate:.2f}")
     elif opts.algo == "rlpd":
