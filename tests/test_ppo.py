@@ -112,6 +112,47 @@ def test_truncated_steps_bootstrap_from_the_final_observation(tmp_path):
     assert batch.returns.tolist() == [1 + 1, 2 + 2, 3 + 3, 4 + 4, 5 + 5, 1 + 1, 2 + 2]
 
 
+# ---------------------------------------------------------------- losses against hand values
+
+
+class FixedPolicyAndCritic(torch.nn.Module):
+    """log pi(a|s) = log of the given ratios (pi_old = 1) and V(s) = the given values, whatever s and a."""
+
+    def __init__(self, ratios, values):
+        super().__init__()
+        self.log_ratios, self.values = torch.tensor(ratios).log(), torch.tensor(values)
+
+    def log_prob(self, obs, actions):
+        return self.log_ratios
+
+    def forward(self, obs):
+        return self.values
+
+
+@pytest.mark.parametrize("clip_vloss", [True, False])
+def test_clipped_surrogate_and_value_losses_by_hand(tmp_path, clip_vloss):
+    """eps = 0.2. Ratios (1.5, 0.5, 1.1, 0.7) with advantages (1, 1, -1, -1): min(rho A, clip(rho) A) =
+    (1.2, 0.5, -1.1, -0.8), L_clip = -mean = 0.05. V_old = (0, 0, 1, 1), V = (0.5, -0.1, 1.3, 0.9), R = (1, 1, 0, 2):
+    squared errors (0.25, 1.21, 1.69, 1.21), clipped V = (0.2, -0.1, 1.2, 0.9) with errors (0.64, 1.21, 1.44, 1.21);
+    L_V = 1/2 mean(max) = 0.59375 clipped, 1/2 mean = 0.545 unclipped."""
+    args = tiny_args(tmp_path, clip_coef=0.2, vf_coef=0.5, clip_vloss=clip_vloss)
+    net = FixedPolicyAndCritic([1.5, 0.5, 1.1, 0.7], [0.5, -0.1, 1.3, 0.9])
+    mb = ppo.Batch(
+        obs=torch.zeros(4, 1),
+        actions=torch.zeros(4, 1),
+        log_probs=torch.zeros(4),
+        advantages=torch.tensor([1.0, 1.0, -1.0, -1.0]),
+        returns=torch.tensor([1.0, 1.0, 0.0, 2.0]),
+        values=torch.tensor([0.0, 0.0, 1.0, 1.0]),
+    )
+    loss, log_ratio, terms = ppo.ppo_loss(args, net, net, None, mb)
+    value_loss = 0.59375 if clip_vloss else 0.545
+    assert terms["losses/policy_loss"].item() == pytest.approx(0.05, abs=1e-6)
+    assert terms["losses/value_loss"].item() == pytest.approx(value_loss, abs=1e-6)
+    assert loss.item() == pytest.approx(0.05 + 0.5 * value_loss, abs=1e-6)
+    torch.testing.assert_close(log_ratio, net.log_ratios)
+
+
 # ---------------------------------------------------------------- ratio and the mixture head
 
 
