@@ -45,8 +45,9 @@ def machine(device: str) -> str:
     return f"{cpu}, {torch.get_num_threads()} torch thread(s){gpu}"
 
 
-def env_steps_per_second(env_id: str, worlds: int, steps: int, device: str, backend: str) -> float:
-    """Env steps/s (summed over worlds) of `steps` steps with uniform random actions, after one warm-up step."""
+def env_steps_per_second(env_id: str, worlds: int, steps: int, device: str, backend: str) -> tuple[float, bool]:
+    """Env steps/s (summed over worlds) of `steps` steps with uniform random actions, after one warm-up step, and
+    whether the warp backend replayed a CUDA graph."""
     envs = make_vec_env(env_id, worlds, seed=0, device=device, backend=backend)
     envs.reset()
     action_dim = envs.single_action_space.shape[0]
@@ -61,16 +62,17 @@ def env_steps_per_second(env_id: str, worlds: int, steps: int, device: str, back
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    graph = getattr(envs, "cuda_graph", False)
     envs.close()
-    return worlds * steps / elapsed
+    return worlds * steps / elapsed, graph
 
 
 def bench_physics(device: str, worlds: list[int], steps: int) -> list[str]:
-    rows = ["| task | worlds | env steps/s | MuJoCo steps/s |", "|---|---|---|---|"]
+    rows = ["| task | worlds | env steps/s | MuJoCo steps/s | CUDA graph |", "|---|---|---|---|---|"]
     for env_id in ("HalfCheetah-v5", "Ant-v5"):
         for n in worlds:
-            sps = env_steps_per_second(env_id, n, steps, device, "warp")
-            rows.append(f"| {env_id} | {n} | {sps:,.0f} | {5 * sps:,.0f} |")
+            sps, graph = env_steps_per_second(env_id, n, steps, device, "warp")
+            rows.append(f"| {env_id} | {n} | {sps:,.0f} | {5 * sps:,.0f} | {'yes' if graph else 'no'} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -159,8 +161,8 @@ def bench_cpu_compare(env_ids: list[str], worlds: list[int], steps: int) -> list
     ]
     for env_id in env_ids:
         for n in worlds:
-            gym_sps = env_steps_per_second(env_id, n, steps, "cpu", "gymnasium")
-            warp_sps = env_steps_per_second(env_id, n, steps, "cpu", "warp")
+            gym_sps, _ = env_steps_per_second(env_id, n, steps, "cpu", "gymnasium")
+            warp_sps, _ = env_steps_per_second(env_id, n, steps, "cpu", "warp")
             rows.append(f"| {env_id} | {n} | {gym_sps:,.0f} | {warp_sps:,.0f} | {warp_sps / gym_sps:.2f} |")
             print(rows[-1], flush=True)
     return rows

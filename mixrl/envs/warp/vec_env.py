@@ -8,6 +8,7 @@ normalisers stay on the device. On CUDA the frame_skip physics steps are one cap
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -155,9 +156,14 @@ class WarpVecEnv:
         self._graph, self._torch_stream = None, None
         if self.device.type == "cuda":  # load the kernels, then capture the frame_skip steps as one graph
             self._physics()
-            with wp.ScopedCapture(self._wp_device) as capture:
-                self._physics()
-            self._graph = capture.graph
+            try:
+                with wp.ScopedCapture(self._wp_device) as capture:
+                    self._physics()
+                self._graph = capture.graph
+            except Exception as error:  # slower but correct: launch the kernels one by one
+                warnings.warn(
+                    f"CUDA graph capture of MuJoCo Warp's step failed ({error}); stepping without it", stacklevel=2
+                )
         wp.synchronize_device(self._wp_device)  # torch reads the arrays next, on its own stream
 
         self.obs_normalizer = (
@@ -187,17 +193,25 @@ class WarpVecEnv:
             if self.task.uses_cfrc:
                 mjw.rne_postconstraint(self.model, self.data)
 
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether a step replays one captured CUDA graph."""
+        return self._graph is not None
+
     def _simulate(self) -> None:
-        if self._graph is None:
+        if self.device.type != "cuda":
             self._physics()
             return
-        # Order the graph after torch's writes of ctrl and torch's reads after the graph, without a host sync.
+        # Order warp's work after torch's writes of ctrl and torch's reads after it, without a host sync.
         current = torch.cuda.current_stream(self.device)
         if self._torch_stream is None or self._torch_stream.cuda_stream != current.cuda_stream:
             self._torch_stream = wp.stream_from_torch(current)
         torch_stream, warp_stream = self._torch_stream, wp.get_stream(self._wp_device)
         warp_stream.wait_stream(torch_stream)
-        wp.capture_launch(self._graph, warp_stream)
+        if self._graph is not None:
+            wp.capture_launch(self._graph, warp_stream)
+        else:
+            self._physics()
         torch_stream.wait_stream(warp_stream)
 
     def _reset_worlds(self, mask: Tensor) -> None:
