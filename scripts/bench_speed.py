@@ -28,12 +28,13 @@ one untimed warm-up iteration per run.
 mixrl runs with `--compile` (each loss compiled with its gradient; the compile falls in the untimed warm-up)
 unless `--eager`.
 
-    python scripts/bench_speed.py resip [--rounds 2] [--iterations 2] [--eager]
+    python scripts/bench_speed.py resip [--rounds 2] [--iterations 2] [--eager] [--minibatch 64]
 
 ResiP: `mixrl ppo --base-policy` (a frozen chunked-MLP base, 256-256, predicts every 8 steps; the residual actor
 and the critic 256-256) against Stable-Baselines3 PPO (256-256 actor and critic, no base) on mixrl/PegInsertion-v0:
-16 sync envs, 100 steps per env per rollout, 10 epochs of 4 minibatches of 400, no normalisation, one torch
-thread, CPU. Environment steps per second over whole iterations, after one untimed warm-up iteration.
+16 sync envs, 100 steps per env per rollout, 10 epochs of minibatches of --minibatch (64, SB3's default: 25 per
+epoch; 400 is ResiP's few large minibatches), no normalisation, one torch thread, CPU. Environment steps per
+second over whole iterations, after one untimed warm-up iteration.
 """
 
 from __future__ import annotations
@@ -149,10 +150,10 @@ def mixrl_ppo(iterations: int, compile: bool) -> float:
     return len(sps) / sum(1.0 / v for v in sps)
 
 
-RESIP_ENVS, RESIP_STEPS, RESIP_MINIBATCH = 16, 100, 400
+RESIP_ENVS, RESIP_STEPS = 16, 100
 
 
-def mixrl_resip(iterations: int, compile: bool) -> float:
+def mixrl_resip(iterations: int, compile: bool, minibatch: int) -> float:
     """Environment steps per second of ResiP (mixrl PPO with --base-policy) over whole iterations, after one untimed
     warm-up iteration; the base is an untrained chunked BC network (its speed, not its skill, matters here)."""
     import gymnasium as gym
@@ -188,7 +189,7 @@ def mixrl_resip(iterations: int, compile: bool) -> float:
             total_timesteps=(iterations + 1) * batch,
             num_envs=RESIP_ENVS,
             num_steps=RESIP_STEPS,
-            num_minibatches=batch // RESIP_MINIBATCH,
+            num_minibatches=batch // minibatch,
             update_epochs=10,
             hidden_sizes=(256, 256),
             clip_vloss=False,
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1000, help="random steps before learning (not timed)")
     parser.add_argument("--iterations", type=int, default=1, help="ppo: rollout-and-update iterations per run")
     parser.add_argument("--eager", action="store_true", help="run mixrl without --compile")
+    parser.add_argument("--minibatch", type=int, default=64, help="resip: PPO minibatch size (SB3's default 64)")
     parser.add_argument("--utd", type=int, default=1, help="rlpd: update-to-data ratio G of both contenders")
     parser.add_argument(
         "--precision",
@@ -277,9 +279,9 @@ def main() -> None:
         "pmoe-sac": {"pmoe": partial(mixrl, policy="gmm", num_experts=4), "sac": mixrl},
         "ppo": {"mixrl": partial(mixrl_ppo, opts.iterations, not opts.eager), "sb3": partial(sb3_ppo, opts.iterations)},
         "resip": {
-            "mixrl": partial(mixrl_resip, opts.iterations, not opts.eager),
+            "mixrl": partial(mixrl_resip, opts.iterations, not opts.eager, opts.minibatch),
             "sb3": partial(
-                sb3_ppo, opts.iterations, "mixrl/PegInsertion-v0", RESIP_ENVS, RESIP_STEPS, RESIP_MINIBATCH, (256, 256)
+                sb3_ppo, opts.iterations, "mixrl/PegInsertion-v0", RESIP_ENVS, RESIP_STEPS, opts.minibatch, (256, 256)
             ),
         },
         "rlpd": {
