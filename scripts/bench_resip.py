@@ -170,6 +170,39 @@ def cpu_name() -> str:
     return names[0] if names else platform.machine()
 
 
+def final_frame(policy, env, seed: int) -> tuple[bool, np.ndarray]:
+    """(success, the last rendered frame) of one deterministic episode."""
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    done, info = False, {}
+    while not done:
+        obs, _, terminated, truncated, info = env.step(policy(obs))
+        done = terminated or truncated
+    return bool(info["is_success"]), env.render()
+
+
+def video_still(run_dir: str, level: str, path: Path) -> int | None:
+    """Save the last frames of the frozen base (left) and of ResiP (right) on the first evaluation seed where the
+    base fails and ResiP succeeds; returns that seed."""
+    import gymnasium as gym
+    import imageio.v2 as imageio
+
+    from mixrl.evaluation import Policy, load_policy
+
+    combined = load_policy(run_dir)
+    base = Policy(combined.actor.base, combined.observation_space, combined.action_space)
+    env = gym.make(ENV_ID, randomness=level, render_mode="rgb_array", width=400, height=300)
+    for seed in range(20_000, 20_100):
+        base_success, base_frame = final_frame(base, env, seed)
+        if base_success:
+            continue
+        success, frame = final_frame(combined, env, seed)
+        if success:
+            imageio.imwrite(path, np.concatenate([base_frame, frame], axis=1))
+            return seed
+    return None
+
+
 def report(opts) -> None:
     import matplotlib
 
@@ -213,6 +246,10 @@ def report(opts) -> None:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(RESULTS / "resip.png", dpi=110)
+    resip_runs = [r for r in results["runs"] if r["level"] == "low" and r["method"] == "resip"]
+    if resip_runs:
+        seed = video_still(resip_runs[0]["run_dir"], "low", RESULTS / "resip_still.png")
+        print(f"results/resip_still.png: episode seed {seed}")
     table = "\n".join(rows)
     (RESULTS / "resip_table.md").write_text(
         f"<!-- made by python scripts/bench_resip.py report from results/resip.json; CPU: {cpu_name()} -->\n{table}\n"
