@@ -275,17 +275,50 @@ def test_dqn_smoke_run_checkpoint_and_load_policy(tmp_path):
     net.load_state_dict(ckpt["state"]["q_network"])
     q = net(torch.as_tensor(obs, dtype=torch.float32)[None])
     assert int(q.argmax()) == policy(obs)
-    assert dqn.epsilon(dqn.Args(), torch.tensor([0.0, 1e6])).tolist() == pytest.approx([0.9, 0.05])
+    middle = 0.05 + 0.85 * math.exp(-1.0)  # eps_end + (eps_start - eps_end) exp(-steps / eps_decay), steps = 1000
+    assert dqn.epsilon(dqn.Args(), torch.tensor([0.0, 1000.0, 1e6])).tolist() == pytest.approx([0.9, middle, 0.05])
 
 
 def test_dqn_resume_continues_exactly(tmp_path):
     straight = load_checkpoint(dqn.main(tiny_dqn_args(tmp_path / "a", total_timesteps=400)))
-    first_half = dqn.main(tiny_dqn_args(tmp_path / "b", total_timesteps=200))
+    first_half = dqn.main(tiny_dqn_args(tmp_path / "b", total_timesteps=250))  # in the middle of an episode
     resumed = load_checkpoint(dqn.main(dqn.Args(resume=str(first_half), total_timesteps=400)))
     assert resumed["global_step"] == straight["global_step"] == 400
     for name in ("q_network", "q_target"):
         for key, value in straight["state"][name].items():
             assert torch.equal(value, resumed["state"][name][key]), f"{name}.{key} differs after resume"
+
+
+@pytest.mark.parametrize("double_dqn", [False, True])
+def test_dqn_update_by_hand(double_dqn):
+    """Q(s) = W s on s in {e1, e2}: online Q(e1) = (1, 2, 3), Q(e2) = (0, 5, -1); target Qbar(e1) = (10, 20, 0),
+    Qbar(e2) = (4, 1, 2); gamma 0.5. Transitions (s, a, r, s', terminated): (e1, 0, 1, e2, 0), (e2, 1, 2, e1, 0),
+    (e1, 2, 3, e2, 1). DQN bootstraps from max Qbar(s') = (4, 20): y = (3, 12, 3). Double DQN evaluates the online
+    argmax (a' = 1 on e2, 2 on e1) with Qbar: (1, 0), y = (1.5, 2, 3). Q(s, a) = (1, 5, 3); loss = mean Huber."""
+    online, target = torch.nn.Linear(2, 3, bias=False), torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        online.weight.copy_(torch.tensor([[1.0, 0.0], [2.0, 5.0], [3.0, -1.0]]))
+        target.weight.copy_(torch.tensor([[10.0, 4.0], [20.0, 1.0], [0.0, 2.0]]))
+    target.requires_grad_(False)
+    e1, e2 = [1.0, 0.0], [0.0, 1.0]
+    batch = dqn.Batch(
+        obs=torch.tensor([e1, e2, e1]),
+        actions=torch.tensor([[0.0], [1.0], [2.0]]),
+        rewards=torch.tensor([1.0, 2.0, 3.0]),
+        next_obs=torch.tensor([e2, e1, e2]),
+        terminated=torch.tensor([0.0, 0.0, 1.0]),
+    )
+    args = dqn.Args(gamma=0.5, tau=0.25, double_dqn=double_dqn)
+    online_before, target_before = online.weight.detach().clone(), target.weight.clone()
+    metrics = dqn.make_update(args, online, target, torch.optim.SGD(online.parameters(), lr=0.0))(batch)
+
+    def huber(x):
+        return 0.5 * x * x if abs(x) < 1 else abs(x) - 0.5
+
+    y = [1.5, 2.0, 3.0] if double_dqn else [3.0, 12.0, 3.0]
+    expected = sum(huber(q - t) for q, t in zip([1.0, 5.0, 3.0], y)) / 3
+    assert metrics["losses/td_loss"].item() == pytest.approx(expected)
+    torch.testing.assert_close(target.weight, 0.75 * target_before + 0.25 * online_before)  # Polyak, tau = 0.25
 
 
 def test_dqn_refuses_continuous_actions(tmp_path):
