@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mixrl.envs.factory import make_env
-from mixrl.errors import UsageError
+from mixrl.errors import MissingPathError, UsageError
 from mixrl.policies.mixture import ACTOR_EVAL_RULES
 from mixrl.runs import atomic_write_text, find_checkpoint, load_checkpoint
 
@@ -95,7 +95,7 @@ def load_base(path: str | Path, device: str | torch.device = "cpu") -> nn.Module
 
     if str(path).endswith(".zip"):
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--base-policy {path}: no such Stable-Baselines3 zip.")
+            raise MissingPathError(f"--base-policy {path}: no such Stable-Baselines3 zip.")
         kwargs = {"zip_bytes": Path(path).read_bytes()}
         base = SB3Base(**kwargs)
     else:

@@ -87,6 +87,26 @@ def test_zero_initialised_residual_reproduces_the_base_exactly(tmp_path):
     assert 0.1 * delta.std().item() == pytest.approx(0.1 * np.exp(-1.0), rel=0.03)
 
 
+def test_zero_residual_around_a_chunked_base_takes_the_base_actions_step_for_step():
+    env = gym.make("mixrl/PegInsertion-v0")
+    torch.manual_seed(0)
+    obs_dim = env.observation_space.shape[0]
+    base = FrozenBase(ChunkedActor(obs_dim, 3, (32,), horizon=6, execute=4), obs_dim)
+    residual = ResidualPolicy(base, ResidualGaussianActor(obs_dim + 3, 3, (32,)), obs_dim)
+    actions = {}
+    for name, actor in (("base", base), ("combined", residual)):
+        policy, taken = Policy(actor, env.observation_space, env.action_space), []
+        for seed in range(2):
+            obs, _ = env.reset(seed=seed)
+            policy.reset()
+            for _ in range(10):
+                taken.append(policy(obs))
+                obs, *_ = env.step(taken[-1])
+        actions[name] = np.array(taken)
+    np.testing.assert_array_equal(actions["combined"], actions["base"])
+    assert np.abs(np.diff(actions["base"], axis=0)).max() > 0  # the base does act
+
+
 def test_vec_env_feeds_x_and_flushes_each_envs_chunk_queue_on_autoreset():
     chunked = ChunkedActor(2, 1, (4,), horizon=4, execute=3)
     chunked.forward = lambda obs: (0.1 * obs[:, :1] + 0.01 * torch.arange(4.0)).unsqueeze(-1)  # from obs (t, episode)
@@ -158,6 +178,8 @@ def test_base_policy_runs_save_reload_and_evaluate_base_and_combined(tmp_path):
         assert isinstance(policy.actor, ResidualPolicy) and isinstance(policy.actor.base, FrozenBase)
         result = evaluate_checkpoint(run_dir, episodes=3)
         assert result["base"]["success_rate"] == 0.0 and "success_rate" in result
+    with pytest.raises(ValueError, match="does not fit Pendulum-v1"):  # a base made for another task
+        ppo.main(ppo.Args(**{**common, "env_id": "Pendulum-v1"}, num_steps=20, num_minibatches=2))
     with pytest.raises(ValueError, match="drop --policy gmm"):
         ppo.main(ppo.Args(num_steps=20, num_minibatches=2, policy="gmm", **common))
 

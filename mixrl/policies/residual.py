@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixrl.errors import UsageError
 from mixrl.policies.gaussian import LOG_2PI, gaussian_log_prob
 from mixrl.policies.nets import mlp
 
@@ -51,7 +52,7 @@ class FrozenBase(nn.Module):
     def __init__(self, model: nn.Module, obs_dim: int, obs_normalizer: dict[str, Any] | None = None):
         super().__init__()
         self.model = model.requires_grad_(False).eval()
-        self.obs_normalizer = obs_normalizer
+        self.obs_dim, self.obs_normalizer = obs_dim, obs_normalizer
         _normalizer_buffers(self, obs_normalizer, obs_dim, np.inf)
 
     @torch.no_grad()
@@ -90,14 +91,15 @@ class SB3Base(nn.Module):
         try:
             data, params, _ = load_from_zip_file(io.BytesIO(zip_bytes), device="cpu")
         except Exception as err:
-            raise ValueError(f"Not a readable Stable-Baselines3 model zip ({err}).") from err
+            raise UsageError(f"Not a readable Stable-Baselines3 model zip ({err}).") from err
         space = data["action_space"]
         if not isinstance(space, gym.spaces.Box):
-            raise ValueError(f"The base acts in {space}; a residual needs a continuous (Box) action space.")
+            raise UsageError(f"The base acts in {space}; a residual needs a continuous (Box) action space.")
         # The policy alone, as the algorithm's load() builds it (the learning-rate schedule is never used).
         policy = data["policy_class"](data["observation_space"], space, lambda _: 0.0, **data.get("policy_kwargs", {}))
         policy.load_state_dict(params["policy"])
         self.policy = policy.requires_grad_(False).eval()
+        self.obs_dim = int(np.prod(data["observation_space"].shape))
         self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32))
 
@@ -206,9 +208,15 @@ class ResidualVecEnv:
 
     def __init__(self, envs: Any, base: nn.Module, alpha: float = 0.1):
         if not envs.continuous:
-            raise ValueError(f"A residual needs a continuous (Box) action space, not {envs.env_action_space}.")
+            raise UsageError(f"A residual needs a continuous (Box) action space, not {envs.env_action_space}.")
         if envs.normalizer_state() is not None:
             raise ValueError("A residual's base needs raw observations: make the vector env without normalize_obs.")
+        action_dim = envs.single_action_space.shape[0]
+        if base.obs_dim != envs.obs_dim or base.peek(torch.zeros(1, envs.obs_dim)).shape[-1] != action_dim:
+            raise UsageError(
+                f"The base policy does not fit {envs.env_id}: it was made for another observation or action size "
+                f"(this env has {envs.obs_dim} observations and {action_dim} actions)."
+            )
         self.envs = envs
         self.num_envs, self.device, self.continuous = envs.num_envs, envs.device, True
         self.policy = ResidualPolicy(base, None, envs.obs_dim, alpha, getattr(base, "obs_normalizer", None))
