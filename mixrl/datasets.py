@@ -362,16 +362,26 @@ def read_episodes(dataset) -> list[dict[str, Any]]:
         episodes = list(dataset.storage.get_episodes(dataset.episode_indices))
     except Exception as err:
         raise UsageError(corrupt_message(dataset.id, path, err)) from err
+    obs_shape, action_shape = dataset.observation_space.shape, dataset.action_space.shape
     for episode in episodes:
-        steps = len(episode["rewards"])
-        if not isinstance(episode["observations"], np.ndarray):
+        if not isinstance(episode.get("observations"), np.ndarray):
             raise UsageError(
-                f"Dataset {dataset.id} has structured observations ({dataset.observation_space}); mixrl's "
+                f"Dataset {dataset.id} has structured or no observations ({dataset.observation_space}); mixrl's "
                 "offline agents need a flat Box observation space."
             )
-        lengths = {len(episode["observations"]) - 1, len(episode["actions"]), len(episode["terminations"])}
-        if lengths != {steps}:
-            raise UsageError(corrupt_message(dataset.id, path, ValueError(f"episode {episode['id']} is ragged")))
+        steps = len(episode["observations"]) - 1
+        expected = {
+            "observations": (steps + 1, *obs_shape),
+            "actions": (steps, *action_shape),
+            "rewards": (steps,),
+            "terminations": (steps,),
+            "truncations": (steps,),
+        }
+        for key, shape in expected.items():
+            found = np.shape(episode[key]) if key in episode else "missing"
+            if found != shape:
+                problem = f"episode {episode.get('id')}: {key} {found}, expected shape {shape}"
+                raise UsageError(corrupt_message(dataset.id, path, ValueError(problem)))
     return episodes
 
 

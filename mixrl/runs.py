@@ -245,7 +245,18 @@ def given_fields(args: Any) -> set[str]:
 
 
 def flag(name: str) -> str:
+    """The command-line flag of an Args field: total_timesteps -> --total-timesteps."""
     return "--" + name.replace("_", "-")
+
+
+def check_range(args: Any, names: str, low: float, high: float = float("inf")) -> None:
+    """Raise UsageError naming the first of the space-separated Args fields `names` whose value (every element, for a
+    tuple) is outside [low, high] or not finite."""
+    for name in names.split():
+        value = getattr(args, name)
+        if not all(low <= float(v) <= high for v in (value if isinstance(value, tuple) else (value,))):
+            bounds = f"at least {low:g}" if high == float("inf") else f"in [{low:g}, {high:g}]"
+            raise UsageError(f"{flag(name)} must be {bounds}, got {value}.")
 
 
 def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads",)) -> tuple[Any, dict[str, Any]]:

@@ -72,11 +72,11 @@ def straight_runs(tmp_path_factory):
     return get
 
 
+@pytest.mark.usefixtures("datasets")
 @pytest.mark.parametrize(("agent", "owner", "method", "call"), POINTS, ids=lambda p: getattr(p, "__name__", str(p)))
 def test_sigterm_anywhere_in_an_iteration_resumes_exactly(
     tmp_path,
     monkeypatch,
-    datasets,
     straight_runs,
     agent,
     owner,

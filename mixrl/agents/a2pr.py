@@ -51,6 +51,7 @@ from mixrl.runs import (
     Run,
     UsageError,
     check_finite,
+    check_range,
     record_given,
     resume_args,
     rng_state,
@@ -146,10 +147,11 @@ class Args:
 
 def check_args(args: Args) -> None:
     """Refuse values that cannot train, naming the fix."""
-    if args.policy_freq < 1 or args.batch_size < 1 or args.total_steps < 0 or args.latent_dim < 0:
-        raise UsageError("--policy-freq and --batch-size must be at least 1, --total-steps and --latent-dim >= 0.")
-    if min(args.policy_noise, args.noise_clip, args.bc_weight, args.vae_recon_weight) < 0:
-        raise UsageError("--policy-noise, --noise-clip, --bc-weight and --vae-recon-weight must be non-negative.")
+    check_range(args, "batch_size policy_freq actor_hidden critic_hidden value_hidden vae_hidden eval_episodes", 1)
+    check_range(args, "log_every threads", 1)
+    check_range(args, "total_steps latent_dim policy_noise noise_clip alpha bc_weight vae_recon_weight", 0)
+    check_range(args, "actor_lr critic_lr value_lr vae_lr eval_every checkpoint_every", 0)
+    check_range(args, "gamma tau", 0, 1)
 
 
 def vae_loss(

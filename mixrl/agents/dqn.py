@@ -34,6 +34,7 @@ from mixrl.runs import (
     Run,
     UsageError,
     check_finite,
+    check_range,
     crossed,
     record_given,
     resume_args,
@@ -157,6 +158,10 @@ def main(args: Args) -> Path:
     saved = None
     if args.resume is not None:
         args, saved = resume_args(args, "total_timesteps")
+    check_range(args, "num_envs buffer_size batch_size hidden_sizes train_frequency eval_episodes threads", 1)
+    check_range(args, "total_timesteps learning_starts learning_rate grad_clip_value eps_decay reward_scale", 0)
+    check_range(args, "eval_every checkpoint_every log_every", 0)
+    check_range(args, "gamma tau eps_start eps_end", 0, 1)
     if args.learning_starts < args.batch_size:
         raise UsageError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
     torch.set_num_threads(args.threads)

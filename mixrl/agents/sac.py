@@ -66,6 +66,7 @@ from mixrl.runs import (
     Run,
     UsageError,
     check_finite,
+    check_range,
     crossed,
     record_given,
     resume_args,
@@ -175,6 +176,12 @@ GMM_OPTIONS = ("num_experts", "gmm_grad", "gmm_entropy", "gmm_eval_rule", "gumbe
 
 def check_args(args: Args) -> None:
     """Refuse options that do not fit together, naming the fix."""
+    check_range(args, "num_envs buffer_size batch_size hidden_sizes num_critics eval_episodes threads", 1)
+    check_range(args, "total_timesteps learning_starts utd_ratio policy_lr q_lr alpha_lr target_entropy_scale", 0)
+    check_range(args, "eval_every checkpoint_every log_every", 0)
+    check_range(args, "gamma tau", 0, 1)
+    if not args.alpha > 0:
+        raise UsageError(f"--alpha must be positive (the optimiser learns log alpha), got {args.alpha}.")
     if args.policy not in ("gaussian", "gmm"):
         raise UsageError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
     if args.policy == "gaussian":

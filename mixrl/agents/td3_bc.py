@@ -40,6 +40,7 @@ from mixrl.runs import (
     Run,
     UsageError,
     check_finite,
+    check_range,
     record_given,
     resume_args,
     rng_state,
@@ -115,10 +116,9 @@ class Args:
 
 def check_args(args: Args) -> None:
     """Refuse values that cannot train, naming the fix."""
-    if args.policy_freq < 1 or args.batch_size < 1 or args.total_steps < 0:
-        raise UsageError("--policy-freq and --batch-size must be at least 1, --total-steps non-negative.")
-    if args.policy_noise < 0 or args.noise_clip < 0:
-        raise UsageError("--policy-noise and --noise-clip must be non-negative.")
+    check_range(args, "batch_size policy_freq hidden_sizes eval_episodes log_every threads", 1)
+    check_range(args, "total_steps policy_noise noise_clip alpha actor_lr critic_lr eval_every checkpoint_every", 0)
+    check_range(args, "gamma tau", 0, 1)
 
 
 def td3_backup(args: Args, batch: Batch, qf: QEnsemble, next_actions: torch.Tensor) -> torch.Tensor:
