@@ -81,7 +81,7 @@ def test_sigterm_anywhere_in_an_iteration_resumes_exactly(
     agent,
     owner,
     method,
-    call,  # noqa: F811
+    call,
 ):
     module, make_args, budget = AGENTS[agent]
     straight = straight_runs(agent)
