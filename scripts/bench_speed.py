@@ -16,7 +16,9 @@ and ends with `pmoe-sac updates/s: pmoe=X sac=Y cost=Y/X` (how many times slower
 actor through the mean of all 10) with mixrl SAC (2 critics) at the same width (256-256), batch and update-to-data
 ratio G = --utd: both then take G critic steps per env step, SAC with an actor step after each, RLPD with one
 actor step after the G. Rate = critic updates per second (G x env steps per second); the last line is
-`rlpd updates/s: rlpd=X sac=Y cost=Y/X`.
+`rlpd updates/s: rlpd=X sac=Y cost=Y/X`. `--updates-only` times the two update functions alone on a filled
+buffer (HalfCheetah's 17-D observations and 6-D actions; RLPD: G critic steps then one actor step, SAC: G full
+steps), alternating in rounds of --steps critic updates, after 5 untimed calls of each.
 
     python scripts/bench_speed.py ppo [--rounds 2] [--iterations 1] [--eager]
 
@@ -82,6 +84,51 @@ def mixrl_sac(steps: int, warmup: int, log_every: int, agent: str = "sac", **ove
         sps = [v for step, v in read_scalars(run_dir, "charts/SPS") if step > warmup + log_every]
     # Windows have equal step counts, so the overall rate is the harmonic mean of the window rates.
     return args.utd_ratio * len(sps) / sum(1.0 / v for v in sps)
+
+
+def update_rates(opts: argparse.Namespace) -> dict[str, list[float]]:
+    """rlpd --updates-only: critic updates per second of the RLPD and SAC update functions, no environment."""
+    import copy
+
+    from mixrl.agents import rlif, sac
+    from mixrl.buffers import ReplayBuffer
+    from mixrl.optim import FlatAdam, flatten_parameters
+    from mixrl.policies.critics import QEnsemble
+    from mixrl.policies.gaussian import TanhGaussianActor
+
+    obs_dim, action_dim, hidden, n = 17, 6, (256, 256), 10_000
+    torch.manual_seed(0)
+    rb = ReplayBuffer(n, obs_dim, action_dim)
+    rb.add(torch.randn(n, obs_dim), torch.rand(n, action_dim) * 2 - 1, torch.randn(n), torch.randn(n, obs_dim),
+           torch.zeros(n))  # fmt: skip
+    settings = {"hidden_sizes": hidden, "compile": not opts.eager, "matmul_precision": opts.precision}
+
+    def parts(num_critics: int, layer_norm: bool):
+        actor = TanhGaussianActor(obs_dim, action_dim, hidden)
+        qf = QEnsemble(obs_dim, action_dim, num_critics, hidden, layer_norm)
+        log_alpha = torch.zeros((), requires_grad=True)
+        optimizers = [FlatAdam(flatten_parameters([actor]), 3e-4), FlatAdam(flatten_parameters([qf]), 3e-4)]
+        return actor, qf, copy.deepcopy(qf).requires_grad_(False), log_alpha, [*optimizers, FlatAdam(log_alpha, 3e-4)]
+
+    rlpd = rlif.make_update(rlif.Args(utd_ratio=opts.utd, **settings), *parts(10, True), -3.0)
+    sac_update = sac.make_update(sac.Args(**settings), *parts(2, False), -6.0)
+    steps = {
+        "rlpd": lambda: rlpd([rb.sample(256) for _ in range(opts.utd)]),
+        "sac": lambda: [sac_update(rb.sample(256)) for _ in range(opts.utd)],
+    }
+    for step in steps.values():
+        for _ in range(5):
+            step()
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for rnd in range(opts.rounds):
+        for name, step in steps.items():
+            calls = max(opts.steps // opts.utd, 1)
+            start = time.perf_counter()
+            for _ in range(calls):
+                step()
+            rates[name].append(calls * opts.utd / (time.perf_counter() - start))
+            print(f"round {rnd}: {name:5s} {rates[name][-1]:.1f} updates/s", flush=True)
+    return rates
 
 
 def sb3_sac(steps: int, warmup: int) -> float:
@@ -260,6 +307,7 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="run mixrl without --compile")
     parser.add_argument("--minibatch", type=int, default=64, help="resip: PPO minibatch size (SB3's default 64)")
     parser.add_argument("--utd", type=int, default=1, help="rlpd: update-to-data ratio G of both contenders")
+    parser.add_argument("--updates-only", action="store_true", help="rlpd: time the update functions alone")
     parser.add_argument(
         "--precision",
         choices=["highest", "medium"],
@@ -293,7 +341,9 @@ def main() -> None:
     }[opts.algo]
     unit = "env-steps/s" if opts.algo in ("ppo", "resip") else "updates/s"
     results: dict[str, list[float]] = {name: [] for name in contenders}
-    for rnd in range(opts.rounds):
+    if opts.algo == "rlpd" and opts.updates_only:
+        results = update_rates(opts)
+    for rnd in range(0 if opts.algo == "rlpd" and opts.updates_only else opts.rounds):
         for name, measure in contenders.items():
             results[name].append(measure())
             print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} {unit}", flush=True)
