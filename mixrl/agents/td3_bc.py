@@ -9,7 +9,7 @@
 
 States are z-scored with the dataset's mean and std (+1e-3), the same transform at evaluation; actions are in
 [-1, 1] (max_action = 1), rescaled from the env's bounds. The budget is gradient steps over a fixed Minari
-dataset (`mixrl dataset collect ...`, see mixrl/datasets.py); every --eval-every steps the deterministic actor
+dataset (`mixrl dataset collect ...`, see mixrl/datasets/); every --eval-every steps the deterministic actor
 runs --eval-episodes episodes (seeds seed + 100, ...) and logs eval/return and the D4RL score
 eval/normalized_score = 100 (R - ref_min_score) / (ref_max_score - ref_min_score).
 
