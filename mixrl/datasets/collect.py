@@ -211,7 +211,7 @@ def check_collect_args(args: CollectArgs) -> None:
         if not getattr(args, name):
             raise UsageError(f"`mixrl dataset collect {args.kind}` needs --{name.replace('_', '-')}.")
     if args.env_kwargs and "env_id" not in needs:
-        raise ValueError(f"--env-kwargs applies with --env-id (random or scripted datasets), not to kind {args.kind}.")
+        raise UsageError(f"--env-kwargs applies with --env-id (random or scripted datasets), not to kind {args.kind}.")
     for name in ("policy", "env_id", "sources"):
         if name not in needs and getattr(args, name):
             raise UsageError(f"--{name.replace('_', '-')} does not apply to kind {args.kind}.")
