@@ -344,7 +344,9 @@ def schedule(args: SweepArgs, todo: list[Trial], sweep_dir: Path) -> list[str]:
     if args.address is None:
         ray.init(num_cpus=max_concurrent, include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
-        ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+        # the cluster's workers get what this shell points mixrl at: your packages, datasets, the GL backend
+        env_vars = {k: os.environ[k] for k in ("PYTHONPATH", "MINARI_DATASETS_PATH", "MUJOCO_GL") if k in os.environ}
+        ray.init(address=args.address, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env_vars})
     task = ray.remote(run_trial).options(
         num_cpus=1, num_gpus=args.gpus_per_trial, max_retries=args.max_retries, retry_exceptions=True
     )
