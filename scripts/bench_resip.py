@@ -224,10 +224,9 @@ def report(opts) -> None:
             f"({info['base_episodes']} episodes) | - |"
         )
         ax.axhline(info["base_success"], color="k", ls="--", label=LABELS["base"])
-        for method in METHODS:
-            runs = [r for r in results["runs"] if r["level"] == level and r["method"] == method]
-            if not runs:
-                continue
+        budgets = sorted({(r["method"], r["steps"]) for r in results["runs"] if r["level"] == level})
+        for method, budget in sorted(budgets, key=lambda mb: (METHODS.index(mb[0]), mb[1])):
+            runs = [r for r in results["runs"] if (r["level"], r["method"], r["steps"]) == (level, method, budget)]
             finals = np.array([r["final_success"] for r in runs])
             per_seed = ", ".join(f"{r['seed']}: {r['final_success']:.2f}" for r in runs)
             rows.append(
@@ -238,7 +237,8 @@ def report(opts) -> None:
             if all([p[0] for p in r["curve"]] == steps for r in runs):
                 values = np.array([[p[1] for p in r["curve"]] for r in runs])
                 mean = values.mean(0)
-                line = ax.plot(steps, mean, marker="o", ms=3, label=f"{LABELS[method]} ({len(runs)} seeds)")[0]
+                label = f"{LABELS[method]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+                line = ax.plot(steps, mean, marker="o", ms=3, label=label)[0]
                 if len(runs) > 1:
                     ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
         ax.set(title=f"PegInsertion, {level} randomness", xlabel="environment steps", ylabel="success rate")
