@@ -1,6 +1,8 @@
-"""Behaviour cloning with action chunks: from each observation s_t of a Minari dataset, an MLP predicts the next H
-actions; at test time it executes the first k of a chunk open-loop, then predicts the next chunk (one queue
-per environment, emptied when that environment resets). This is the frozen base policy of ResiP.
+"""Behaviour cloning with action chunks, the frozen base policy of ResiP.
+
+From each observation s_t of a Minari dataset an MLP predicts the next H actions; at test time it executes the
+first k of a chunk open-loop, then predicts the next chunk (one queue per environment, emptied when that
+environment resets).
 
     L = mean_{B, h < H, A} (pi_theta(s_t)_h - a_{t+h})^2,   a_{t+h} = a_{T-1} past the episode's end (T actions)
 
