@@ -173,6 +173,10 @@ def test_collect_from_policy_and_concatenate(root, tmp_path):
     )
     medium = minari.load_dataset("mixrl/pendulum-v1/medium-v0")
     assert medium.total_steps == 250 and "action noise" in medium.storage.metadata["algorithm_name"]
+    # The actions are the policy's plus N(0, (0.1 (high - low) / 2)^2) = N(0, 0.2^2) noise, clipped to [-2, 2].
+    policy = mixrl.load_policy(run)
+    noise = np.concatenate([ep.actions - policy(ep.observations[:-1]) for ep in medium.iterate_episodes()])
+    assert abs(noise.mean()) < 0.05 and 0.15 < noise.std() < 0.25, (noise.mean(), noise.std())
     expert_return = evaluate_checkpoint(run, episodes=1, seed=1_000_000)["mean_return"]
     assert medium.storage.metadata["ref_max_score"] == pytest.approx(expert_return)
 
