@@ -7,7 +7,6 @@ mixrl dataset collect medium --policy runs/Hopper-v5__sac__1__<time> --expert ru
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass
@@ -126,22 +125,6 @@ def run_dataset(rest: list[str]) -> None:
 EXPORT_HELP = "Export a run's deterministic policy as an ONNX or TorchScript graph: raw observation -> env action."
 
 
-def given_flags(args_type: type, argv: list[str]) -> set[str]:
-    """The Args fields that `argv` names (--name, --name=value, --no-name): what `--resume` takes from the command
-    line, even where the value equals the default."""
-    names = {field.name for field in dataclasses.fields(args_type)}
-    given = set()
-    for token in argv:
-        if not token.startswith("--"):
-            continue
-        name = token.removeprefix("--").split("=", 1)[0].replace("-", "_")
-        if name not in names and name.startswith("no_"):
-            name = name[3:]
-        if name in names:
-            given.add(name)
-    return given
-
-
 def available_agents() -> dict[str, object]:
     modules = {}
     for name, module_name in AGENTS.items():
@@ -175,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage(agents))
         return
     command, rest = argv[0], argv[1:]
-    from mixrl.runs import Interrupted, NonFiniteLossError, UsageError, mark_given
+    from mixrl.runs import Interrupted, NonFiniteLossError, UsageError, parse_args
 
     try:
         if command == "eval":
@@ -192,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             run_export(tyro.cli(ExportArgs, args=rest, prog="mixrl export", description=EXPORT_HELP))
         elif command in agents:
             module = agents[command]
-            args = tyro.cli(module.Args, args=rest, prog=f"mixrl {command}", description=module.__doc__)
-            run_dir = module.main(mark_given(args, given_flags(module.Args, rest)))
+            args = parse_args(module.Args, rest, prog=f"mixrl {command}", description=module.__doc__)
+            run_dir = module.main(args)
             print(f"run directory: {run_dir}")
         else:
             sys.exit(f"mixrl: unknown command {command!r}.\n\n{usage(agents)}")

@@ -235,6 +235,31 @@ def mark_given(args: Any, names: set[str]) -> Any:
     return args
 
 
+def given_flags(args_type: type, argv: list[str]) -> set[str]:
+    """The Args fields that `argv` names (--name, --name=value, --no-name): what `--resume` takes from the command
+    line, even where the value equals the default."""
+    names = {field.name for field in dataclasses.fields(args_type)}
+    given = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token.removeprefix("--").split("=", 1)[0].replace("-", "_")
+        if name not in names and name.startswith("no_"):
+            name = name[3:]
+        if name in names:
+            given.add(name)
+    return given
+
+
+def parse_args(args_type: type, argv: list[str] | None = None, **tyro_kwargs: Any) -> Any:
+    """tyro.cli(args_type) on `argv` (default sys.argv[1:]), with the flags it names marked as given (mark_given):
+    what an agent's `python -m` entry point and `mixrl AGENT` call."""
+    import tyro
+
+    argv = sys.argv[1:] if argv is None else argv
+    return mark_given(tyro.cli(args_type, args=argv, **tyro_kwargs), given_flags(args_type, argv))
+
+
 def given_fields(args: Any) -> set[str]:
     """The fields the caller gave: recorded by @record_given or mark_given, else those that differ from defaults."""
     given = getattr(args, "_given", None)

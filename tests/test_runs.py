@@ -251,3 +251,20 @@ def test_a_crash_that_is_no_interrupt_closes_the_run_and_restores_the_signal_han
         signal.signal(signal.SIGINT, previous[1])
     run = next((tmp_path / "runs").iterdir())
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 100
+
+
+def test_an_agents_own_entry_point_resumes_with_the_saved_settings(tmp_path):
+    import subprocess
+    import sys
+
+    run = sac.main(sac_args(tmp_path))
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mixrl.agents.sac", "--resume", str(run), "--total-timesteps", "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from the command line --total-timesteps 300" in resumed.stdout
+    ckpt = load_checkpoint(run)
+    assert ckpt["global_step"] == 300 and tuple(ckpt["args"]["hidden_sizes"]) == (16, 16)

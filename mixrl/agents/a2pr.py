@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from torch import nn
 
 from mixrl.agents import td3_bc
@@ -52,6 +51,7 @@ from mixrl.runs import (
     UsageError,
     check_finite,
     check_range,
+    parse_args,
     record_given,
     resume_args,
     rng_state,
@@ -417,4 +417,4 @@ def main(args: Args) -> Path:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args))

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import tyro
 
 from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import make_vec_env, parse_env_kwargs
@@ -36,6 +35,7 @@ from mixrl.runs import (
     check_finite,
     check_range,
     crossed,
+    parse_args,
     record_given,
     resume_args,
     rng_state,
@@ -298,4 +298,4 @@ def main(args: Args) -> Path:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args))

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from torch import nn
 from torch.nn import functional as F
 
@@ -68,6 +67,7 @@ from mixrl.runs import (
     check_finite,
     check_range,
     crossed,
+    parse_args,
     record_given,
     resume_args,
     rng_state,
@@ -523,4 +523,4 @@ def main(args: Args) -> Path:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from torch import nn
 
 from mixrl.buffers import Batch
@@ -41,6 +40,7 @@ from mixrl.runs import (
     UsageError,
     check_finite,
     check_range,
+    parse_args,
     record_given,
     resume_args,
     rng_state,
@@ -306,4 +306,4 @@ def main(args: Args) -> Path:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args))
