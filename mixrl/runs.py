@@ -19,6 +19,10 @@ An interrupt is honoured at an iteration boundary, so latest.pt is always a stat
 `checkpoint` is a function returning the payload: the agent's state (args, spaces, policy spec, state dicts,
 counters, RNG states); save_checkpoint adds the format tag, agent, algorithm, env id and library versions.
 
+Around the loop: the Args dataclass carries @record_given (above @dataclass) and `__main__` calls
+`main(parse_args(Args))`, so that a resume tells a given flag from a default; check_args refuses bad values with
+check_range and UsageError (one line at the command line; any other exception is a bug and keeps its traceback).
+
 runs/<env>__<algo>__<seed>__<time>/
     config.json  events.out.tfevents.*  evaluations.jsonl  checkpoints/{latest,final}.pt  videos/  eval.json
 
