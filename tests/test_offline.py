@@ -502,12 +502,20 @@ def test_offline_runs_evaluate_load_and_resume(root, tmp_path):
     assert [line["step"] for line in lines] == [4, 8] and "eval/normalized_score" in lines[-1]
     assert lines[-1]["eval/normalized_score"] == pytest.approx(100 * (lines[-1]["eval/return"] + 1200.0) / 1100.0)
     policy = mixrl.load_policy(run)
-    action = policy(np.array([1.0, 0.0, 0.5], np.float32))
-    assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
+    obs = np.array([[1.0, 0.0, 0.5], [-0.3, 0.9, -4.0]], np.float32)
+    # The trained actor on the dataset-normalised observation, rescaled from [-1, 1] to Pendulum's [-2, 2].
+    ckpt = load_checkpoint(run)
+    actor = DeterministicActor(3, 1, (32, 32))
+    actor.load_state_dict(ckpt["state"]["actor"])
+    norm = ckpt["obs_normalizer"]
+    z = (obs - norm["mean"]) / np.sqrt(norm["var"] + norm["epsilon"])
+    expected = 2.0 * actor(torch.as_tensor(z, dtype=torch.float32)).detach().numpy()
+    np.testing.assert_allclose(policy(obs), expected, rtol=1e-5, atol=1e-6)
     result = evaluate_checkpoint(run, episodes=1)
     assert result["algo"] == "a2pr" and result["env_id"] == "Pendulum-v1"
 
-    half = a2pr.main(tiny_a2pr(tmp_path, total_steps=4, checkpoint_every=4, run_root=str(tmp_path / "half")))
+    # Stopped at step 3 with policy_freq 2: the resumed run must update the actor at step 4, not at step 5.
+    half = a2pr.main(tiny_a2pr(tmp_path, total_steps=3, checkpoint_every=4, run_root=str(tmp_path / "half")))
     resumed = load_checkpoint(a2pr.main(a2pr.Args(resume=str(half), total_steps=8)))
     straight = load_checkpoint(a2pr.main(tiny_a2pr(tmp_path, total_steps=8, run_root=str(tmp_path / "full"))))
     for name in ("actor", "qf", "value", "vae"):
