@@ -346,7 +346,15 @@ def schedule(args: SweepArgs, todo: list[Trial], sweep_dir: Path) -> list[str]:
     else:
         # the cluster's workers get what this shell points mixrl at: your packages, datasets, the GL backend
         env_vars = {k: os.environ[k] for k in ("PYTHONPATH", "MINARI_DATASETS_PATH", "MUJOCO_GL") if k in os.environ}
-        ray.init(address=args.address, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env_vars})
+        try:
+            ray.init(
+                address=args.address, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env_vars}
+            )
+        except ConnectionError as err:
+            raise UsageError(
+                f"--address {args.address}: cannot join the Ray cluster ({str(err).splitlines()[0]}). Check the "
+                "address (`ray status` on the head shows it), or try --address auto on a machine of the cluster."
+            ) from None
     task = ray.remote(run_trial).options(
         num_cpus=1, num_gpus=args.gpus_per_trial, max_retries=args.max_retries, retry_exceptions=True
     )
