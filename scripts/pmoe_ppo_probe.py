@@ -16,7 +16,9 @@ a ~ N(mu_k, sigma_k)) this script measures:
   expert (1 / K = chance, 1 = always the same); the win rate of the expert whose mean has the highest Q;
 * signal and noise in Q: the spread of Q over the experts' means (std over k of Q(s, mu_k)) against the
   spread of Q over one expert's samples (std over draws of Q(s, a_k));
-* the frequency loss at the current w and its floor (w = p_win).
+* the frequency loss at the current w, its floor (w = p_win), and what a mixing net could reach: the best
+  constant w (the marginal win frequencies) and the best w = softmax(Linear(s)) (PMOE-PPO's mixing net, fitted
+  here by Adam on these states).
 
     python scripts/pmoe_ppo_probe.py runs/bench/Hopper-v5__pmoe_ppo__1__*/checkpoints/final.pt
 
@@ -98,6 +100,18 @@ def probe(path: str, args: Args) -> dict[str, float]:
     entropy_win = -(p_win * p_win.clamp_min(1e-12).log()).sum(-1) / math.log(k)
     agreement = ((wins.square().sum(-1) - args.draws) / (args.draws * (args.draws - 1))).mean()  # unbiased sum p^2
     q_means = q_values(qf, tiled, mean)  # (N, K)
+
+    def freq_loss(weights: torch.Tensor) -> float:  # expected L_freq of w against the win distribution
+        return ((weights.square().sum(-1) - 2 * (weights * p_win).sum(-1) + 1) / k).mean().item()
+
+    with torch.enable_grad():  # the best linear mixing net on these states
+        linear = torch.nn.Linear(obs.shape[-1], k)
+        fit = torch.optim.Adam(linear.parameters(), lr=1e-2)
+        for _ in range(1000):
+            fit.zero_grad()
+            loss = ((linear(obs).softmax(-1) - p_win).square().sum(-1)).mean()
+            loss.backward()
+            fit.step()
     best_mean_expert = q_means.argmax(-1)
     return {
         "step": ckpt["global_step"],
@@ -110,8 +124,10 @@ def probe(path: str, args: Args) -> dict[str, float]:
         "best-mean expert wins": p_win.gather(-1, best_mean_expert[:, None]).mean().item(),
         "std_k Q(mu_k)": q_means.std(-1).mean().item(),
         "std_draws Q(a_k)": q_samples.std(0).mean().item(),
-        "L_freq": ((w.square().sum(-1) - 2 * (w * p_win).sum(-1) + 1) / k).mean().item(),
+        "L_freq": freq_loss(w),
         "L_freq floor": ((1 - p_win.square().sum(-1)) / k).mean().item(),
+        "L_freq best constant w": freq_loss(p_win.mean(0).expand_as(p_win)),
+        "L_freq best linear w": freq_loss(linear(obs).softmax(-1)),
     }
 
 
