@@ -87,10 +87,10 @@ def cmd_run(opts: argparse.Namespace) -> None:
         f.write("python scripts/bench_rlif.py " + shlex.join(sys.argv[1:]) + "\n")
 
 
-def interventions_curve(run_dir: str) -> list[tuple[int, int, float]]:
-    """(step, expert interventions so far, return) of each evaluation of a run."""
+def interventions_curve(run_dir: str) -> list[tuple[int, int, float, int | None]]:
+    """(step, expert takeovers so far, return, expert-labelled states so far (DAgger family)) of each evaluation."""
     lines = (Path(run_dir) / "evaluations.jsonl").read_text().splitlines()
-    return [(e["step"], e["interventions"], e["mean_return"]) for e in map(json.loads, lines)]
+    return [(e["step"], e["interventions"], e["mean_return"], e.get("expert_labels")) for e in map(json.loads, lines)]
 
 
 def cmd_report(opts: argparse.Namespace) -> None:
@@ -117,6 +117,7 @@ def cmd_report(opts: argparse.Namespace) -> None:
                 continue
             finals = [r["curve"][-1][1] for r in runs]
             used = [r["interventions"][-1][1] for r in runs]
+            labels = [r["interventions"][-1][3] for r in runs]
             rows.append(
                 {
                     "env_id": env_id,
@@ -127,17 +128,19 @@ def cmd_report(opts: argparse.Namespace) -> None:
                     "final": [float(np.mean(finals)), float(np.std(finals))],
                     "finals": finals,
                     "interventions": float(np.mean(used)),
+                    "expert_labels": None if None in labels else float(np.mean(labels)),
                     "expert": [expert["mean"], expert["std"]],
                     "minutes": float(np.mean([r["wall_seconds"] for r in runs]) / 60),
                 }
             )
             steps = np.array([s for s, _ in runs[0]["curve"]])
             curves = np.array([[v for _, v in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
-            line = ax_steps.plot(steps, curves.mean(0), label=method)[0]
-            ax_steps.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2, color=line.get_color())
-            for r in runs:
-                ax_int.plot([i for _, i, _ in r["interventions"]], [v for _, _, v in r["interventions"]], ".-",
-                            color=line.get_color(), label=method if r is runs[0] else None)  # fmt: skip
+            color = f"C{list(METHODS).index(method)}"
+            ax_steps.plot(steps, curves.mean(0), label=method, color=color)
+            ax_steps.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2, color=color)
+            for r in runs if method != "dagger" else []:  # DAgger never hands control to the expert
+                takeovers, returns = [i for _, i, _, _ in r["interventions"]], [v for _, _, v, _ in r["interventions"]]
+                ax_int.plot(takeovers, returns, ".-", color=color, label=method if r is runs[0] else None)
         for ax in (ax_steps, ax_int):
             ax.axhline(expert["mean"], color="k", ls="--", lw=1, label="intervening expert")
             ax.axhline(record["reference_return"]["mean"], color="gray", ls=":", lw=1, label="reference agent")
@@ -156,17 +159,19 @@ def cmd_report(opts: argparse.Namespace) -> None:
         "",
         "Deterministic evaluation return (task reward) of the learner, mean +- std over seeds, after the same budget",
         "of environment steps for every method (the expert's steps included), against the intervening expert's own",
-        "return (50 episodes). Interventions: expert takeovers used in the whole run (DAgger labels every relabelled",
-        "state instead and takes over never).",
+        "return (50 episodes). Interventions: expert takeovers in the whole run (DAgger never hands over control);",
+        "expert labels: states that joined the DAgger aggregate with the expert's action.",
         "",
-        "| env | expert | expert return | method | seeds | steps | final return | interventions | minutes per run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| env | expert | expert return | method | seeds | steps | final return | interventions | expert labels "
+        "| minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        labels = "-" if row["expert_labels"] is None else f"{row['expert_labels']:.0f}"
         lines.append(
             f"| {row['env_id']} | {row['level']} | {row['expert'][0]:.0f} +- {row['expert'][1]:.0f} | {row['method']} "
             f"| {', '.join(map(str, row['seeds']))} | {row['steps']} | {row['final'][0]:.0f} +- {row['final'][1]:.0f} "
-            f"| {row['interventions']:.0f} | {row['minutes']:.0f} |"
+            f"| {row['interventions']:.0f} | {labels} | {row['minutes']:.0f} |"
         )
     lines += ["", f"![curves]({opts.name}.png)", "", f"Machine: {cpu_name()}, shared with other jobs. Made with:", ""]
     lines += [f"    {c}" for c in (commands.read_text().splitlines() if commands.is_file() else [])]
