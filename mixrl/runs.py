@@ -320,7 +320,8 @@ def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads"
             refused.append(f"{flag(name)} {value} (saved: {getattr(resumed, name)})")
     if refused:
         raise UsageError(
-            f"--resume {run_dir} keeps the settings the run was started with, but {'; '.join(refused)} differ: "
+            f"--resume {run_dir} keeps the settings the run was started with, but {'; '.join(refused)} "
+            f"{'differs' if len(refused) == 1 else 'differ'}: "
             f"drop them (only {', '.join(flag(n) for n in (budget, *changeable))} may change on resume), or start "
             "a new run."
         )
