@@ -420,9 +420,12 @@ def test_refuses_discrete_actions_and_bad_minibatches(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_ppo_learns_inverted_pendulum(tmp_path):
+@pytest.mark.parametrize("policy", ["gaussian", "gmm"])
+def test_ppo_learns_inverted_pendulum(tmp_path, policy):
+    extra = {"policy": "gmm", "num_experts": 3} if policy == "gmm" else {}
     args = tiny_args(
         tmp_path,
+        **extra,
         env_id="InvertedPendulum-v5",
         num_envs=4,
         num_steps=256,
