@@ -237,7 +237,7 @@ def report(opts) -> None:
             if all([p[0] for p in r["curve"]] == steps for r in runs):
                 values = np.array([[p[1] for p in r["curve"]] for r in runs])
                 mean = values.mean(0)
-                label = f"{LABELS[method]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+                label = f"{LABELS[method]}, {budget // 1000}k steps ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
                 line = ax.plot(steps, mean, marker="o", ms=3, label=label)[0]
                 if len(runs) > 1:
                     ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
