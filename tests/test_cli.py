@@ -61,3 +61,28 @@ def test_errors_are_one_clear_line():
     assert missing.returncode != 0 and "No run directory or checkpoint" in missing.stderr
     unknown_command = mixrl("sacc")
     assert unknown_command.returncode != 0 and "unknown command 'sacc'" in unknown_command.stderr
+
+
+def test_sigterm_stops_after_the_iteration_with_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    from mixrl.runs import load_checkpoint
+
+    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "16", "--hidden-sizes", "16"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mixrl.cli", "sac", *flags, "--checkpoint-every", "0", "--run-root", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/config.json")) and time.time() < deadline:  # the loop has started
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    (run,) = tmp_path.iterdir()
+    step = load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"]
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"mixrl sac: stopped at step {step}; continue with --resume {run}"
