@@ -162,7 +162,7 @@ def test_sigkill_during_a_checkpoint_write_and_at_random_moments_loses_nothing_w
     steps = [100]
     for _ in range(2):  # resume, then SIGKILL at a random moment once it has written a newer checkpoint
         process = python(TRAIN, root, str(run))
-        deadline = time.time() + 90
+        deadline = time.time() + 300
         while check_step(run) <= steps[-1] and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.5))
