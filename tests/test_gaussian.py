@@ -44,3 +44,26 @@ def test_diagonal_gaussian_matches_torch_distributions():
     reference = Normal(mean, log_std.exp())
     assert torch.allclose(log_prob, reference.log_prob(action).sum(-1), atol=1e-5)
     assert torch.allclose(actor.entropy(obs), reference.entropy().sum(-1), atol=1e-5)
+
+
+def test_log_prob_of_actions_at_both_bounds_is_finite_and_symmetric():
+    """A tanh-Gaussian with mean 0 gives a and -a the same density, up to a = +-1 (clamped on both sides)."""
+    actor = TanhGaussianActor(2, 2, (8,))
+    with torch.no_grad():
+        actor.mean.weight.zero_()
+        actor.mean.bias.zero_()
+    obs = torch.randn(3, 2)
+    action = torch.tensor([[1.0, 0.3], [0.999, -0.5], [1.0, 1.0]])
+    log_prob, mirrored = actor.log_prob(obs, action), actor.log_prob(obs, -action)
+    assert torch.isfinite(log_prob).all() and torch.allclose(log_prob, mirrored)
+
+
+def test_diagonal_gaussian_with_two_leading_dimensions():
+    torch.manual_seed(3)
+    actor = DiagonalGaussianActor(4, 3)
+    obs = torch.randn(2, 5, 4)
+    action, log_prob = actor.sample(obs)
+    mean, log_std = actor.distribution_params(obs)
+    reference = Normal(mean, log_std.exp())
+    assert torch.allclose(log_prob, reference.log_prob(action).sum(-1), atol=1e-5)
+    assert torch.allclose(actor.entropy(obs), reference.entropy().sum(-1), atol=1e-5)

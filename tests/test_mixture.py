@@ -12,6 +12,7 @@ from mixrl.policies.gaussian import TanhGaussianActor
 from mixrl.policies.mixture import (
     ACTOR_EVAL_RULES,
     GaussianMixtureHead,
+    combine_experts,
     frequency_loss,
     gmm_log_prob,
     gumbel_softmax_action,
@@ -209,6 +210,17 @@ def per_sample_grads(loss_fn, theta: torch.Tensor, n: int) -> torch.Tensor:
     logits = theta.expand(n, -1).clone().requires_grad_()
     loss_fn(logits).backward()
     return n * logits.grad
+
+
+def test_mixing_functions_with_two_leading_dimensions_equal_row_by_row():
+    """Batch shape (2, 3): the estimators and rules act on the last dimensions only (a dim=1 bug shows here)."""
+    logits, q, k = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randint(0, 4, (2, 3))
+    candidates = torch.randn(2, 3, 4, 5)
+    rows = [(i, j) for i in range(2) for j in range(3)]
+    per_row = torch.stack([reinforce_mixing_loss(logits[i, j][None], k[i, j][None], q[i, j][None]) for i, j in rows])
+    torch.testing.assert_close(reinforce_mixing_loss(logits, k, q), per_row.mean())
+    mean = torch.stack([(logits[i, j].softmax(-1)[:, None] * candidates[i, j]).sum(0) for i, j in rows])
+    torch.testing.assert_close(combine_experts(candidates, logits, "weighted_mean").reshape(6, 5), mean)
 
 
 def test_reinforce_gradient_is_the_baselined_score_function():
