@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint mutation clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: install
 lint: install
 	$(BIN)/ruff check mixrl tests scripts
 	$(BIN)/ruff format --check mixrl tests scripts
+
+# Mutation testing (not part of `make test`): which changes to the shared parts do the fast tests miss?
+mutation: install
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) runs
