@@ -25,6 +25,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ENV_ID = "mixrl/PegInsertion-v0"
 METHODS = ("resip", "residual_sac", "ppo")
+TABLE_START, TABLE_END = "<!-- table -->", "<!-- /table -->"
 LABELS = {
     "base": "BC base (frozen)",
     "resip": "ResiP (residual PPO)",
@@ -251,9 +252,12 @@ def report(opts) -> None:
         seed = video_still(resip_runs[0]["run_dir"], "low", RESULTS / "resip_still.png")
         print(f"results/resip_still.png: episode seed {seed}")
     table = "\n".join(rows)
-    (RESULTS / "resip_table.md").write_text(
-        f"<!-- made by python scripts/bench_resip.py report from results/resip.json; CPU: {cpu_name()} -->\n{table}\n"
-    )
+    # The table goes between the markers of results/resip.md, whose prose is written by hand.
+    doc = RESULTS / "resip.md"
+    head, _, rest = doc.read_text().partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    made = f"<!-- made by python scripts/bench_resip.py report from results/resip.json; CPU: {cpu_name()} -->"
+    doc.write_text(f"{head}{TABLE_START}\n{made}\n{table}\n{TABLE_END}{tail}")
     print(table)
 
 
@@ -275,7 +279,7 @@ def main() -> None:
     r.add_argument("--demo-noise", type=float, default=0.03, help="action noise of the scripted expert")
     r.add_argument("--bc-steps", type=int, default=5000, help="gradient steps of BC")
     r.add_argument("--work", default="bench_resip", help="folder for the runs and the Minari datasets")
-    sub.add_parser("report", help="write results/resip_table.md and results/resip.png from results/resip.json")
+    sub.add_parser("report", help="the table in results/resip.md, resip.png and resip_still.png from resip.json")
     opts, _ = parser.parse_known_args()
     if opts.command == "run":
         import sys
