@@ -4,7 +4,14 @@ import torch
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
-from mixrl.policies.gaussian import DiagonalGaussianActor, TanhGaussianActor, tanh_gaussian_log_prob
+from mixrl.policies.gaussian import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    DiagonalGaussianActor,
+    TanhGaussianActor,
+    squash_log_std,
+    tanh_gaussian_log_prob,
+)
 
 
 def test_tanh_gaussian_log_prob_matches_torch_distributions():
@@ -67,3 +74,22 @@ def test_diagonal_gaussian_with_two_leading_dimensions():
     reference = Normal(mean, log_std.exp())
     assert torch.allclose(log_prob, reference.log_prob(action).sum(-1), atol=1e-5)
     assert torch.allclose(actor.entropy(obs), reference.entropy().sum(-1), atol=1e-5)
+
+
+def test_log_std_squashing_spans_its_bounds():
+    """tanh squashing: raw -> LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) (tanh(raw) + 1) / 2."""
+    raw = torch.tensor([-50.0, 0.0, 50.0])
+    expected = torch.tensor([LOG_STD_MIN, (LOG_STD_MIN + LOG_STD_MAX) / 2, LOG_STD_MAX])
+    torch.testing.assert_close(squash_log_std(raw), expected)
+
+
+def test_diagonal_gaussian_deterministic_action_is_the_mean_and_samples_spread_by_sigma():
+    torch.manual_seed(4)
+    actor = DiagonalGaussianActor(4, 2)
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([-1.0, 0.5]))
+    obs = torch.randn(1, 4).expand(4000, 4)
+    mean, _ = actor.distribution_params(obs)
+    torch.testing.assert_close(actor.deterministic(obs), mean)
+    action, _ = actor.sample(obs)
+    torch.testing.assert_close(action.std(0), torch.tensor([-1.0, 0.5]).exp(), rtol=0.05, atol=0.0)
