@@ -158,9 +158,16 @@ def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
 
 
 def make_env(env_id: str, render_mode: str | None = None, **env_kwargs: Any) -> gym.Env:
-    """gym.make with a clear error for unknown ids."""
+    """gym.make with a clear error for unknown ids, and for --env-kwargs that the env's constructor rejects."""
     check_env_id(env_id)
-    return gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    if render_mode is not None:
+        env_kwargs = {"render_mode": render_mode, **env_kwargs}
+    if not env_kwargs:
+        return gym.make(env_id)
+    try:
+        return gym.make(env_id, **env_kwargs)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{env_id} rejects --env-kwargs {env_kwargs}: {err}") from None
 
 
 def _is_plain_data(value: Any) -> bool:
@@ -227,7 +234,7 @@ class TorchVecEnv:
         self.env_id, self.num_envs, self.device = env_id, num_envs, torch.device(device)
         self.env_kwargs = dict(env_kwargs or {})
         self.envs = gym.vector.SyncVectorEnv(
-            [lambda: (wrapper or (lambda env: env))(gym.make(env_id, **self.env_kwargs)) for _ in range(num_envs)],
+            [lambda: (wrapper or (lambda env: env))(make_env(env_id, **self.env_kwargs)) for _ in range(num_envs)],
             autoreset_mode=AutoresetMode.SAME_STEP,
         )
         self.single_observation_space = self.envs.single_observation_space

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mixrl.errors import UsageError
-from mixrl.policies.gaussian import LOG_2PI, gaussian_log_prob
+from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.nets import mlp
 
 
@@ -114,9 +114,10 @@ class SB3Base(nn.Module):
         return self.deterministic(obs)
 
 
-class ResidualGaussianActor(nn.Module):
-    """Delta ~ N(mu_theta(x), diag(exp(2 log_std))): a ReLU MLP with Kaiming-normal hidden layers and an all-zero,
-    bias-free output layer (mu = 0 at initialisation), and a state-independent log-std, fixed or learned."""
+class ResidualGaussianActor(DiagonalGaussianActor):
+    """Delta ~ N(mu_theta(x), diag(exp(2 log_std))): PPO's Gaussian actor, initialised as ResiP does: a ReLU MLP with
+    Kaiming-normal hidden layers and an all-zero, bias-free output layer (mu = 0 at initialisation), and a
+    state-independent log-std, fixed or learned."""
 
     def __init__(
         self,
@@ -126,7 +127,7 @@ class ResidualGaussianActor(nn.Module):
         log_std: float = -1.0,
         learn_std: bool = False,
     ):
-        super().__init__()
+        nn.Module.__init__(self)  # the layers differ from DiagonalGaussianActor's; its distribution methods apply
         self.trunk = mlp(obs_dim, hidden_sizes)
         for layer in self.trunk:
             if isinstance(layer, nn.Linear):
@@ -139,24 +140,6 @@ class ResidualGaussianActor(nn.Module):
             self.log_std = nn.Parameter(log_std)
         else:
             self.register_buffer("log_std", log_std)
-
-    def distribution_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.mean(self.trunk(obs))
-        return mean, self.log_std.expand_as(mean)
-
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.distribution_params(obs)
-        action = mean + torch.exp(log_std) * torch.randn_like(mean)
-        return action, gaussian_log_prob(mean, log_std, action)
-
-    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return gaussian_log_prob(self.mean(self.trunk(obs)), self.log_std, action)
-
-    def entropy(self, obs: torch.Tensor) -> torch.Tensor:
-        return (self.log_std + 0.5 * (1.0 + LOG_2PI)).sum(-1).expand(obs.shape[0])
-
-    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.mean(self.trunk(obs))
 
 
 class ResidualPolicy(nn.Module):
