@@ -140,7 +140,7 @@ def _make_render_env(
         return make_env(env_id, render_mode="rgb_array", **env_kwargs), None
     try:
         return make_env(env_id, render_mode="rgb_array", width=size[0], height=size[1], **env_kwargs), None
-    except TypeError:  # envs without width/height arguments (non-MuJoCo): frames are resized instead
+    except UsageError:  # envs without width/height arguments (non-MuJoCo): frames are resized instead
         return make_env(env_id, render_mode="rgb_array", **env_kwargs), tuple(size)
 
 
