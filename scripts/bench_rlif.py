@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from make_experts import RAW, demos_id, experts_file
 
 from mixrl.sweep import SweepArgs, Trial, cpu_name, run_sweep, trial_records
 
-RAW = Path("results/raw/rlif")
 SWEEPS = Path("runs/sweeps")
 METHODS = {
     "rlif-value": ("rlif", {"intervention": "value"}),
@@ -42,7 +42,7 @@ METHODS = {
 
 
 def experts(env_id: str) -> dict:
-    path = RAW / f"experts_{env_id.replace('/', '-')}.json"
+    path = experts_file(env_id)
     if not path.is_file():
         sys.exit(f"No {path}: make the experts first (python scripts/make_experts.py levels --env-id {env_id} ...).")
     return json.loads(path.read_text())
@@ -53,17 +53,16 @@ def level_name(level: dict) -> str:
 
 
 def trials(opts: argparse.Namespace) -> list[Trial]:
-    out = []
+    out, records = [], {env_id: experts(env_id) for env_id in opts.env_ids}
     for env_id, index, method, seed in itertools.product(opts.env_ids, opts.levels, opts.methods, opts.seeds):
-        record = experts(env_id)
+        record = records[env_id]
         level = record["levels"][index]
         agent, flags = METHODS[method]
-        env_key = env_id.lower().replace("/", "-")
         flags = {
             **flags,
             "expert": level["checkpoint"],
             "expert_noise": level["noise"],
-            "demos": f"mixrl/{env_key}/rlif-demos-v0",
+            "demos": demos_id(env_id),
             "total_timesteps": opts.total_timesteps,
             "eval_every": opts.eval_every,
             "eval_episodes": opts.eval_episodes,

@@ -28,7 +28,7 @@ import tyro
 
 from mixrl.agents.rlif import intervention_wrapper
 from mixrl.envs.factory import make_vec_env
-from mixrl.envs.interventions import vector_info
+from mixrl.envs.interventions import unit_actions, vector_info
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.gaussian import TanhGaussianActor
 from mixrl.runs import (
@@ -147,8 +147,6 @@ def main(args: Args, expert: Callable | None = None) -> Path:
             f"DAgger needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}."
         )
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
-    low = torch.as_tensor(envs.env_action_space.low, device=device)
-    high = torch.as_tensor(envs.env_action_space.high, device=device)
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     actor = TanhGaussianActor(**actor_kwargs).to(device)
@@ -235,8 +233,9 @@ def main(args: Args, expert: Callable | None = None) -> Path:
                         action = actor.deterministic(obs)
                     next_obs, _, terminated, truncated, _ = envs.step(action)
                     info = envs.info
-                    expert_action = torch.as_tensor(vector_info(info, "expert_action"), dtype=torch.float32)
-                    expert_action = (2.0 * (expert_action.to(device) - low) / (high - low) - 1.0).clamp(-1.0, 1.0)
+                    expert_action = torch.as_tensor(
+                        unit_actions(info, "expert_action", envs.env_action_space), device=device
+                    )
                     intervened = bool(vector_info(info, "intervened")[0])
                     interventions += int(vector_info(info, "takeover_start")[0])
                     task_return += float(vector_info(info, "task_reward")[0])

@@ -41,7 +41,7 @@ from torch import nn
 
 from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import make_vec_env
-from mixrl.envs.interventions import InterventionLabeller, InterventionWrapper, vector_info
+from mixrl.envs.interventions import InterventionLabeller, InterventionWrapper, unit_actions, vector_info
 from mixrl.evaluation import Policy, evaluate, load_policy, policy_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
@@ -216,7 +216,7 @@ def intervention_wrapper(
     expert = expert or load_policy(args.expert, device)
     compare = None
     if mode == "value":
-        reference = getattr(args, "reference", None) or args.expert
+        reference = args.reference or args.expert  # only rlif's Args, which has --reference, asks for value mode
         if q_value is None and reference is None:
             raise UsageError("--intervention value needs --reference RUN (or --expert RUN) for its critics.")
         if q_value is None:
@@ -385,8 +385,6 @@ def main(args: Args, expert: Callable | None = None, reference_q: Callable | Non
     if not envs.continuous:
         raise UsageError(f"RLIF needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}.")
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
-    low = torch.as_tensor(envs.env_action_space.low, device=device)
-    high = torch.as_tensor(envs.env_action_space.high, device=device)
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     actor = TanhGaussianActor(**actor_kwargs).to(device)
@@ -478,14 +476,20 @@ def main(args: Args, expert: Callable | None = None, reference_q: Callable | Non
             bar.update(args.num_envs)
             if intervening:
                 info = envs.info
-                executed = torch.as_tensor(vector_info(info, "action"), dtype=torch.float32, device=device)
-                executed = (2.0 * (executed - low) / (high - low) - 1.0).clamp(-1.0, 1.0)
-                start = torch.as_tensor(vector_info(info, "takeover_start"), device=device)
-                intervened = torch.as_tensor(vector_info(info, "intervened"), device=device)
-                rows = labeller.step(obs, executed, start, intervened, final_obs, terminated, truncated)
+                executed = unit_actions(info, "action", envs.env_action_space)
+                takeover_start = vector_info(info, "takeover_start")
+                rows = labeller.step(
+                    obs,
+                    torch.as_tensor(executed, device=device),
+                    torch.as_tensor(takeover_start, device=device),
+                    torch.as_tensor(vector_info(info, "intervened"), device=device),
+                    final_obs,
+                    terminated,
+                    truncated,
+                )
                 if len(rows[0]):
                     rb.add(*rows)
-                interventions += int(start.sum())
+                interventions += int(takeover_start.sum())  # counted on the host copy: no device synchronisation
                 task_returns += vector_info(info, "task_reward")
                 signal_returns, lengths = envs.pop_episodes()  # the signal's return is minus the takeovers
                 ended = np.flatnonzero((terminated | truncated).cpu().numpy())

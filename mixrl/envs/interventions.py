@@ -164,6 +164,13 @@ def vector_info(info: dict[str, Any], key: str) -> np.ndarray:
     return values
 
 
+def unit_actions(info: dict[str, Any], key: str, space: gym.spaces.Box) -> np.ndarray:
+    """The per-env actions `key` of a vector env's step info (in the env's Box `space`), rescaled to the agents'
+    [-1, 1] and clipped there: the inverse of the vector env's `to_env_action`."""
+    values = vector_info(info, key).astype(np.float32)
+    return np.clip(2.0 * (values - space.low) / (space.high - space.low) - 1.0, -1.0, 1.0)
+
+
 class InterventionLabeller:
     """RLIF's transitions from a vector env of InterventionWrappers (torch tensors, one row per env).
 
