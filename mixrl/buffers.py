@@ -61,7 +61,14 @@ class ReplayBuffer:
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """Uniform sample with replacement of `batch_size` stored transitions."""
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
-        obs, actions, rewards, next_obs, terminated = self.data[idx].split(self._splits, dim=1)
+        return self._batch(self.data[idx])
+
+    def stored(self) -> Batch:
+        """Every stored transition, in storage order (the order of `add` until the buffer wraps around)."""
+        return self._batch(self.data[: self.size])
+
+    def _batch(self, rows: torch.Tensor) -> Batch:
+        obs, actions, rewards, next_obs, terminated = rows.split(self._splits, dim=1)
         return Batch(obs, actions, rewards.squeeze(1), next_obs, terminated.squeeze(1))
 
     def state_dict(self) -> dict:

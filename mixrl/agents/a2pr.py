@@ -40,7 +40,6 @@ from torch import nn
 from mixrl.agents import td3_bc
 from mixrl.buffers import Batch
 from mixrl.datasets import load_dataset
-from mixrl.envs.factory import parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble, ValueNetwork
@@ -48,7 +47,6 @@ from mixrl.policies.deterministic import DeterministicActor
 from mixrl.policies.vae import ConditionalVAE, kl_to_standard_normal
 from mixrl.runs import (
     Run,
-    UsageError,
     check_finite,
     check_range,
     parse_args,
@@ -333,12 +331,7 @@ def main(args: Args) -> Path:
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     data = load_dataset(args.dataset_id, device, args.normalize_obs)
-    env_id = args.env_id or data.env_id
-    if env_id is None:
-        raise UsageError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
-    dataset_kwargs = data.env_kwargs if env_id == data.env_id else {}
-    env_kwargs = {**dataset_kwargs, **parse_env_kwargs(args.env_kwargs)}
-    obs_space, action_space = data.check_env(env_id, env_kwargs)
+    env_id, env_kwargs, obs_space, action_space = data.resolve_env(args.env_id, args.env_kwargs)
     obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim
 
     # Actor and critics first, as in td3_bc.py, and V and the VAE only when used: equal seeds then give

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 import tyro
 
-from mixrl.datasets import env_of, open_dataset, read_episodes
-from mixrl.envs.factory import make_env, parse_env_kwargs
+from mixrl.datasets import load_dataset
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.chunked import ChunkedActor
 from mixrl.runs import Run, UsageError, check_finite, resume_args, rng_state, seed_everything, set_rng_state
@@ -80,40 +79,10 @@ class Args:
     """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
-def chunk_targets(actions: np.ndarray, horizon: int) -> np.ndarray:
+def chunk_targets(actions: torch.Tensor | np.ndarray, horizon: int) -> torch.Tensor | np.ndarray:
     """(T, A) actions of one episode -> (T, H, A): row t holds a_t ... a_{t+H-1}, the last action repeated past T."""
     index = np.minimum(np.arange(len(actions))[:, None] + np.arange(horizon), len(actions) - 1)
     return actions[index]
-
-
-def load_chunks(args: Args, device: torch.device):
-    """(obs z-scored (N, S), chunks (N, H, A) in [-1, 1], obs_normalizer, spaces, env id, env kwargs, episodes)."""
-    dataset = open_dataset(args.dataset_id)
-    episodes = read_episodes(dataset)
-    if args.num_episodes:
-        if args.num_episodes > len(episodes):
-            raise UsageError(f"--num-episodes {args.num_episodes}: {args.dataset_id} holds only {len(episodes)}.")
-        episodes = episodes[: args.num_episodes]
-    obs_space, action_space = dataset.observation_space, dataset.action_space
-    low, high = action_space.low.astype(np.float64), action_space.high.astype(np.float64)
-    obs = np.concatenate(
-        [np.asarray(e["observations"][:-1], np.float64).reshape(len(e["actions"]), -1) for e in episodes]
-    )
-    actions = [2.0 * (np.asarray(e["actions"], np.float64) - low) / (high - low) - 1.0 for e in episodes]
-    chunks = np.concatenate([chunk_targets(a, args.horizon) for a in actions])
-    mean, std = obs.mean(0), obs.std(0) + 1e-3
-    obs_normalizer = {"mean": mean, "var": std**2, "epsilon": 0.0, "clip": np.inf, "count": len(obs)}
-    env_id, env_kwargs = env_of(dataset)
-    if args.env_id is not None and args.env_id != env_id:
-        env_id, env_kwargs = args.env_id, {}
-    env_kwargs = {**env_kwargs, **parse_env_kwargs(args.env_kwargs)}
-    if env_id is None:
-        raise UsageError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
-
-    def tensor(x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=torch.float32, device=device)
-
-    return tensor((obs - mean) / std), tensor(chunks), obs_normalizer, obs_space, action_space, env_id, env_kwargs
 
 
 def main(args: Args) -> Path:
@@ -126,11 +95,12 @@ def main(args: Args) -> Path:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
-    obs, chunks, obs_normalizer, obs_space, action_space, env_id, env_kwargs = load_chunks(args, device)
-    env = make_env(env_id, **env_kwargs)
-    if env.observation_space.shape != obs_space.shape or env.action_space.shape != action_space.shape:
-        raise UsageError(f"{env_id} has spaces {env.observation_space} / {env.action_space}, unlike the dataset's.")
-    env.close()
+    data = load_dataset(args.dataset_id, device, num_episodes=args.num_episodes)
+    env_id, env_kwargs, obs_space, action_space = data.resolve_env(args.env_id, args.env_kwargs)
+    transitions, obs_normalizer = data.buffer.stored(), data.obs_normalizer
+    obs = transitions.obs  # z-scored with the dataset's statistics
+    episode_actions = transitions.actions.split(data.episode_lengths)
+    chunks = torch.cat([chunk_targets(actions, args.horizon) for actions in episode_actions])  # (N, H, A)
     actor_kwargs = {
         "obs_dim": obs.shape[1],
         "action_dim": chunks.shape[2],

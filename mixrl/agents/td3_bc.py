@@ -30,14 +30,12 @@ from torch import nn
 
 from mixrl.buffers import Batch
 from mixrl.datasets import load_dataset
-from mixrl.envs.factory import parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.deterministic import DeterministicActor, smoothed_target_actions
 from mixrl.runs import (
     Run,
-    UsageError,
     check_finite,
     check_range,
     parse_args,
@@ -224,12 +222,7 @@ def main(args: Args) -> Path:
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     data = load_dataset(args.dataset_id, device, args.normalize_obs)
-    env_id = args.env_id or data.env_id
-    if env_id is None:
-        raise UsageError(f"Dataset {args.dataset_id} records no environment: pass --env-id.")
-    dataset_kwargs = data.env_kwargs if env_id == data.env_id else {}
-    env_kwargs = {**dataset_kwargs, **parse_env_kwargs(args.env_kwargs)}
-    obs_space, action_space = data.check_env(env_id, env_kwargs)
+    env_id, env_kwargs, obs_space, action_space = data.resolve_env(args.env_id, args.env_kwargs)
     obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}

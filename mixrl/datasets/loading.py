@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from mixrl.buffers import ReplayBuffer
 from mixrl.datasets.storage import corrupt_message, datasets_root, env_of, normalized_score, open_dataset, read_episodes
-from mixrl.envs.factory import make_env
+from mixrl.envs.factory import make_env, parse_env_kwargs
 from mixrl.errors import UsageError
 
 
@@ -32,7 +33,11 @@ class OfflineDataset:
     obs_normalizer: dict[str, Any] | None
     ref_min_score: float | None
     ref_max_score: float | None
-    num_episodes: int
+    episode_lengths: list[int]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_lengths)
 
     def normalized_score(self, returns: float) -> float | None:
         """D4RL score of a mean return, or None when the dataset records no reference scores."""
@@ -62,15 +67,32 @@ class OfflineDataset:
             )
         return obs_space, action_space
 
+    def resolve_env(
+        self, env_id: str | None, env_kwargs: Sequence[str]
+    ) -> tuple[str, dict[str, Any], gym.spaces.Box, gym.spaces.Box]:
+        """(env id, kwargs, observation space, action space) of the evaluation env: the dataset's own env with its
+        kwargs unless `env_id` names another, the --env-kwargs items merged over them, spaces checked to match."""
+        env_id = env_id or self.env_id
+        if env_id is None:
+            raise UsageError(f"Dataset {self.dataset_id} records no environment: pass --env-id.")
+        dataset_kwargs = self.env_kwargs if env_id == self.env_id else {}
+        kwargs = {**dataset_kwargs, **parse_env_kwargs(env_kwargs)}
+        return env_id, kwargs, *self.check_env(env_id, kwargs)
+
 
 def load_dataset(
-    dataset_id: str, device: str | torch.device = "cpu", normalize_obs: bool = True, std_epsilon: float = 1e-3
+    dataset_id: str,
+    device: str | torch.device = "cpu",
+    normalize_obs: bool = True,
+    std_epsilon: float = 1e-3,
+    num_episodes: int = 0,
 ) -> OfflineDataset:
     """Load any local Minari dataset with flat Box spaces as transitions on `device`.
 
     normalize_obs: s <- (s - mean) / (std + std_epsilon) with the mean and std of the dataset's observations
     (CORL's state normalisation); the statistics travel as `obs_normalizer` {mean, var = (std + eps)^2,
-    epsilon 0, clip inf}, the format that `mixrl.evaluation.Policy` applies.
+    epsilon 0, clip inf}, the format that `mixrl.evaluation.Policy` applies. num_episodes > 0 keeps the first N
+    episodes (statistics included).
     """
     dataset = open_dataset(dataset_id)
     obs_space, action_space = dataset.observation_space, dataset.action_space
@@ -84,6 +106,9 @@ def load_dataset(
     episodes = read_episodes(dataset)
     if not episodes:
         raise UsageError(f"Dataset {dataset_id} holds no episodes.")
+    if num_episodes > len(episodes):
+        raise UsageError(f"--num-episodes {num_episodes}: {dataset_id} holds only {len(episodes)}.")
+    episodes = episodes[: num_episodes or None]
 
     def stack(key: str, part: slice = slice(None)) -> np.ndarray:
         return np.concatenate([np.asarray(e[key][part], np.float64).reshape(len(e["rewards"]), -1) for e in episodes])
@@ -122,5 +147,5 @@ def load_dataset(
         obs_normalizer,
         metadata.get("ref_min_score"),
         metadata.get("ref_max_score"),
-        len(episodes),
+        [len(e["rewards"]) for e in episodes],
     )
