@@ -171,28 +171,36 @@ PPO_ENVS, PPO_STEPS, PPO_MINIBATCH = 8, 2048, 64
 def mixrl_ppo(iterations: int, compile: bool) -> float:
     """Environment steps per second of mixrl PPO over whole iterations (collection and update), after one
     untimed warm-up iteration (which holds the torch.compile of the loss when `compile`)."""
+    with tempfile.TemporaryDirectory() as root:
+        return ppo_sps(
+            root, iterations, PPO_ENVS, PPO_STEPS, PPO_MINIBATCH, compile, env_id="HalfCheetah-v5", normalize_obs=False
+        )
+
+
+def ppo_sps(
+    root: str, iterations: int, num_envs: int, num_steps: int, minibatch: int, compile: bool, **overrides
+) -> float:
+    """Runs mixrl PPO under `root` for one untimed warm-up iteration plus `iterations` (10 epochs, no value
+    clipping, no reward normalisation) and returns its environment steps per second over the timed ones."""
     from mixrl.agents import ppo
 
-    batch = PPO_ENVS * PPO_STEPS
-    with tempfile.TemporaryDirectory() as root:
-        args = ppo.Args(
-            env_id="HalfCheetah-v5",
-            total_timesteps=(iterations + 1) * batch,
-            num_envs=PPO_ENVS,
-            num_steps=PPO_STEPS,
-            num_minibatches=batch // PPO_MINIBATCH,
-            update_epochs=10,
-            clip_vloss=False,
-            normalize_obs=False,
-            normalize_reward=False,
-            eval_every=0,
-            eval_episodes=1,
-            checkpoint_every=0,
-            compile=compile,
-            run_root=root,
-        )
-        run_dir = ppo.main(args)
-        sps = [v for _, v in read_scalars(run_dir, "charts/SPS")][1:]
+    batch = num_envs * num_steps
+    args = ppo.Args(
+        total_timesteps=(iterations + 1) * batch,
+        num_envs=num_envs,
+        num_steps=num_steps,
+        num_minibatches=batch // minibatch,
+        update_epochs=10,
+        clip_vloss=False,
+        normalize_reward=False,
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=0,
+        compile=compile,
+        run_root=root,
+        **overrides,
+    )
+    sps = [v for _, v in read_scalars(ppo.main(args), "charts/SPS")][1:]
     # One SPS value per iteration, all of equal size: the overall rate is their harmonic mean.
     return len(sps) / sum(1.0 / v for v in sps)
 
@@ -205,7 +213,6 @@ def mixrl_resip(iterations: int, compile: bool, minibatch: int) -> float:
     warm-up iteration; the base is an untrained chunked BC network (its speed, not its skill, matters here)."""
     import gymnasium as gym
 
-    from mixrl.agents import ppo
     from mixrl.evaluation import policy_spec
     from mixrl.policies.chunked import ChunkedActor
     from mixrl.runs import CHECKPOINT_FORMAT, atomic_torch_save
@@ -213,7 +220,6 @@ def mixrl_resip(iterations: int, compile: bool, minibatch: int) -> float:
     env = gym.make("mixrl/PegInsertion-v0")
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     base = ChunkedActor(obs_dim, action_dim, (256, 256), horizon=8, execute=8)
-    batch = RESIP_ENVS * RESIP_STEPS
     with tempfile.TemporaryDirectory() as root:
         base_path = Path(root) / "base.pt"
         spaces = {"observation_space": env.observation_space, "action_space": env.action_space}
@@ -230,26 +236,17 @@ def mixrl_resip(iterations: int, compile: bool, minibatch: int) -> float:
             },
             base_path,
         )
-        args = ppo.Args(
+        return ppo_sps(
+            root,
+            iterations,
+            RESIP_ENVS,
+            RESIP_STEPS,
+            minibatch,
+            compile,
             env_id="mixrl/PegInsertion-v0",
             base_policy=str(base_path),
-            total_timesteps=(iterations + 1) * batch,
-            num_envs=RESIP_ENVS,
-            num_steps=RESIP_STEPS,
-            num_minibatches=batch // minibatch,
-            update_epochs=10,
             hidden_sizes=(256, 256),
-            clip_vloss=False,
-            normalize_reward=False,
-            eval_every=0,
-            eval_episodes=1,
-            checkpoint_every=0,
-            compile=compile,
-            run_root=root,
         )
-        run_dir = ppo.main(args)
-        sps = [v for _, v in read_scalars(run_dir, "charts/SPS")][1:]
-    return len(sps) / sum(1.0 / v for v in sps)
 
 
 def sb3_ppo(

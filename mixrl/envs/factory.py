@@ -34,7 +34,10 @@ class RunningMeanStd:
         self.count = epsilon
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
+        self.update_from_moments(batch.mean(0), batch.var(0), batch.shape[0])
+
+    def update_from_moments(self, batch_mean, batch_var, batch_count: int) -> None:
+        """Merges a batch's mean and (population) variance; plain arithmetic, so NumPy arrays or torch tensors."""
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total

@@ -17,20 +17,15 @@ The evaluation's baselines and episode runner live beside it, in scripts/three_b
 from mixrl.envs.three_body.env import (
     INTEGRATOR_ACTIONS,
     INTEGRATOR_PARAM_NAMES,
-    LOG10_MU_RANGE,
     MONOTONE_TERMINAL_REWARD,
     MU_VALUES,
-    RL_STEP_YR,
     ThreeBodyTimestepContinuousEnv,
     ThreeBodyTimestepEnv,
     reward_fn,
 )
 from mixrl.envs.three_body.integrators import (
-    MAX_STEPS_PER_CALL,
     YEAR,
-    collision_time,
     dopri5_evolve,
-    draw_ic_parameters,
     hermite_aarseth_evolve,
     hermite_evolve,
     initial_conditions,
@@ -38,28 +33,21 @@ from mixrl.envs.three_body.integrators import (
     legacy_ic_parameters,
     total_energy,
 )
-from mixrl.envs.three_body.render import render_trails
 
 __all__ = [
     "INTEGRATOR_ACTIONS",
     "INTEGRATOR_PARAM_NAMES",
-    "LOG10_MU_RANGE",
-    "MAX_STEPS_PER_CALL",
     "MONOTONE_TERMINAL_REWARD",
     "MU_VALUES",
-    "RL_STEP_YR",
     "YEAR",
     "ThreeBodyTimestepContinuousEnv",
     "ThreeBodyTimestepEnv",
-    "collision_time",
     "dopri5_evolve",
-    "draw_ic_parameters",
     "hermite_aarseth_evolve",
     "hermite_evolve",
     "initial_conditions",
     "leapfrog_evolve",
     "legacy_ic_parameters",
-    "render_trails",
     "reward_fn",
     "total_energy",
 ]

@@ -18,6 +18,7 @@ import torch
 import warp as wp
 from torch import Tensor
 
+from mixrl.envs.factory import RunningMeanStd
 from mixrl.envs.warp.tasks import Task, Views, check_warp_env_id
 from mixrl.errors import UsageError
 
@@ -28,8 +29,8 @@ wp.config.quiet = True
 CUDA_EPISODE_SYNC_EVERY = 16
 
 
-class DeviceRunningMeanStd:
-    """factory.RunningMeanStd on torch tensors of the env's device; its state_dict holds NumPy like the original."""
+class DeviceRunningMeanStd(RunningMeanStd):
+    """RunningMeanStd on torch tensors of the env's device; its state_dict holds NumPy like the original."""
 
     def __init__(self, shape: tuple[int, ...], device: torch.device, epsilon: float = 1e-4):
         self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
@@ -38,13 +39,7 @@ class DeviceRunningMeanStd:
 
     def update(self, batch: Tensor) -> None:
         batch = batch.double()
-        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0, correction=0), batch.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.var = m2 / total
-        self.count = total
+        self.update_from_moments(batch.mean(0), batch.var(0, correction=0), batch.shape[0])
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.cpu().numpy().copy(), "var": self.var.cpu().numpy().copy(), "count": self.count}
