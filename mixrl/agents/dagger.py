@@ -159,8 +159,7 @@ def main(args: Args, expert: Callable | None = None) -> Path:
         demo_buffer = load_dataset(args.demos, device, normalize_obs=False).buffer
         if (demo_buffer.obs_dim, demo_buffer.action_dim) != (obs_dim, action_dim):
             raise UsageError(f"--demos {args.demos} does not fit {args.env_id}'s observations and actions.")
-        rows = demo_buffer.data[: demo_buffer.size]
-        demo_obs, demo_actions = rows[:, :obs_dim], rows[:, obs_dim : obs_dim + action_dim]
+        demo_obs, demo_actions = demo_buffer.stored()[:2]
     data_obs, data_actions = demo_obs, demo_actions  # the aggregate D, demonstrations first
 
     def train(steps: int) -> dict[str, torch.Tensor]:
