@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mixrl.buffers import Batch, ReplayBuffer
-from mixrl.envs.factory import ObsNormalizer, make_vec_env, parse_env_kwargs
+from mixrl.envs.factory import DeviceObsNormalizer, make_vec_env, parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, load_base, policy_spec, residual_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
@@ -384,14 +384,14 @@ def main(args: Args) -> Path:
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
     # --normalize-obs: the buffer stores raw observations; acting and every sampled batch are z-scored with the
     # running statistics of that moment (as Stable-Baselines3's VecNormalize), so old rows never keep old statistics.
-    normalizer = ObsNormalizer(envs.single_observation_space.shape) if args.normalize_obs else None
+    normalizer = DeviceObsNormalizer(envs.single_observation_space.shape, device) if args.normalize_obs else None
 
     def normalize(obs: torch.Tensor) -> torch.Tensor:
-        return obs if normalizer is None else normalizer.normalize_tensor(obs)
+        return obs if normalizer is None else normalizer(obs, update=False)
 
     def observe(obs: torch.Tensor) -> None:  # running statistics of every observation the agent acts on
         if normalizer is not None:
-            normalizer.rms.update(obs.cpu().numpy().reshape(-1, *normalizer.shape))
+            normalizer.rms.update(obs)
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     if args.policy == "gmm":

@@ -71,11 +71,47 @@ class ObsNormalizer:
         z = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.epsilon)
         return np.clip(z, -self.clip, self.clip)
 
-    def normalize_tensor(self, obs: torch.Tensor) -> torch.Tensor:
-        """The same z-score and clip of flat (N, obs_dim) tensors with the current statistics, without updating them."""
-        mean = torch.as_tensor(self.rms.mean.reshape(-1), dtype=obs.dtype, device=obs.device)
-        std = torch.as_tensor(np.sqrt(self.rms.var + self.epsilon).reshape(-1), dtype=obs.dtype, device=obs.device)
-        return ((obs - mean) / std).clamp(-self.clip, self.clip)
+    def state_dict(self) -> dict[str, Any]:
+        return {"clip": self.clip, "epsilon": self.epsilon, **self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clip, self.epsilon = state["clip"], state["epsilon"]
+        self.rms.load_state_dict(state)
+
+
+class DeviceRunningMeanStd(RunningMeanStd):
+    """RunningMeanStd on torch tensors of one device; its state_dict holds NumPy like the original."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, epsilon: float = 1e-4):
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.var = torch.ones(shape, dtype=torch.float64, device=device)
+        self.count = epsilon
+
+    def update(self, batch: torch.Tensor) -> None:
+        batch = batch.double()
+        self.update_from_moments(batch.mean(0), batch.var(0, correction=0), batch.shape[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.cpu().numpy().copy(), "var": self.var.cpu().numpy().copy(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean = torch.as_tensor(state["mean"], dtype=torch.float64, device=self.mean.device).clone()
+        self.var = torch.as_tensor(state["var"], dtype=torch.float64, device=self.var.device).clone()
+        self.count = state["count"]
+
+
+class DeviceObsNormalizer:
+    """ObsNormalizer on torch tensors of one device (no host round trip): z = clip((obs - mean) / sqrt(var + eps))."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, clip: float = 10.0, epsilon: float = 1e-8):
+        self.clip, self.epsilon, self.training = clip, epsilon, True
+        self.rms = DeviceRunningMeanStd(shape, device)
+
+    def __call__(self, obs: torch.Tensor, update: bool = True) -> torch.Tensor:
+        if self.training and update:
+            self.rms.update(obs)
+        z = (obs - self.rms.mean) / torch.sqrt(self.rms.var + self.epsilon)
+        return z.clamp(-self.clip, self.clip).float()
 
     def state_dict(self) -> dict[str, Any]:
         return {"clip": self.clip, "epsilon": self.epsilon, **self.rms.state_dict()}

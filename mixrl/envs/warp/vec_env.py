@@ -18,7 +18,7 @@ import torch
 import warp as wp
 from torch import Tensor
 
-from mixrl.envs.factory import RunningMeanStd
+from mixrl.envs.factory import DeviceObsNormalizer, DeviceRunningMeanStd
 from mixrl.envs.warp.tasks import Task, Views, check_warp_env_id
 from mixrl.errors import UsageError
 
@@ -29,50 +29,8 @@ wp.config.quiet = True
 CUDA_EPISODE_SYNC_EVERY = 16
 
 
-class DeviceRunningMeanStd(RunningMeanStd):
-    """RunningMeanStd on torch tensors of the env's device; its state_dict holds NumPy like the original."""
-
-    def __init__(self, shape: tuple[int, ...], device: torch.device, epsilon: float = 1e-4):
-        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.var = torch.ones(shape, dtype=torch.float64, device=device)
-        self.count = epsilon
-
-    def update(self, batch: Tensor) -> None:
-        batch = batch.double()
-        self.update_from_moments(batch.mean(0), batch.var(0, correction=0), batch.shape[0])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.cpu().numpy().copy(), "var": self.var.cpu().numpy().copy(), "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mean = torch.as_tensor(state["mean"], dtype=torch.float64, device=self.mean.device).clone()
-        self.var = torch.as_tensor(state["var"], dtype=torch.float64, device=self.var.device).clone()
-        self.count = state["count"]
-
-
-class DeviceObsNormalizer:
-    """factory.ObsNormalizer on the device: z = clip((obs - mean) / sqrt(var + eps), -clip, clip)."""
-
-    def __init__(self, shape: tuple[int, ...], device: torch.device, clip: float = 10.0, epsilon: float = 1e-8):
-        self.clip, self.epsilon, self.training = clip, epsilon, True
-        self.rms = DeviceRunningMeanStd(shape, device)
-
-    def __call__(self, obs: Tensor, update: bool = True) -> Tensor:
-        if self.training and update:
-            self.rms.update(obs)
-        z = (obs - self.rms.mean) / torch.sqrt(self.rms.var + self.epsilon)
-        return z.clamp(-self.clip, self.clip).float()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"clip": self.clip, "epsilon": self.epsilon, **self.rms.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.clip, self.epsilon = state["clip"], state["epsilon"]
-        self.rms.load_state_dict(state)
-
-
 class DeviceRewardScaler:
-    """factory.RewardScaler on the device: r / sqrt(Var[discounted return] + eps), clipped."""
+    """RewardScaler on the device: r / sqrt(Var[discounted return] + eps), clipped."""
 
     def __init__(self, num_envs: int, gamma: float, device: torch.device, clip: float = 10.0, epsilon: float = 1e-8):
         self.gamma, self.clip, self.epsilon, self.training = gamma, clip, epsilon, True
