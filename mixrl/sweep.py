@@ -306,10 +306,8 @@ def run_sweep(args: SweepArgs, extra: list[Trial] | None = None, command: str | 
     trials = make_trials(args) + listed + list(extra or [])
     if not trials:
         raise UsageError("The sweep has no trials: give --agents and --env-ids (or [[trials]] in --config).")
-    known_agents = {"sac", "ppo", "dqn", "td3_bc", "a2pr"}
-    from mixrl.cli import available_agents
+    from mixrl.cli import AGENTS as known_agents
 
-    known_agents |= set(available_agents())
     for trial in trials:
         if not trial.command and trial.agent not in known_agents:
             raise UsageError(f"Unknown agent {trial.agent!r}; use one of: {', '.join(sorted(known_agents))}.")

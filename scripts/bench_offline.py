@@ -24,7 +24,6 @@ normalised score of the final policy per dataset (mean +- std over seeds) and it
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -44,6 +43,7 @@ from bench_learning import findings_link
 from mixrl.agents import a2pr, sac, td3_bc
 from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, normalized_score
 from mixrl.evaluation import evaluate_checkpoint
+from mixrl.runs import atomic_write
 from mixrl.sweep import SweepArgs, Trial, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,9 +124,8 @@ def dataset_id(args: Args, env_id: str, kind: str) -> str:
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with open(source, "rb") as src:
+        atomic_write(target, lambda f: shutil.copyfileobj(src, f))
 
 
 def sac_checkpoints(args: Args, env_id: str) -> tuple[Path, Path]:
@@ -388,14 +387,19 @@ def main(args: Args) -> None:
             for seed, env_id, kind, algo in keys
             if (algo, env_id, kind, seed, args.gradient_steps) not in recorded
         }
-        sweep = SweepArgs(name="offline", root=str(Path(args.work_dir) / "sweeps"), max_concurrent=args.max_concurrent)
+        sweep = SweepArgs(
+            name="offline",
+            root=str(Path(args.work_dir) / "sweeps"),
+            max_concurrent=args.max_concurrent,
+            address=args.address,
+        )
         try:
             if todo:
-                run_sweep(dataclasses.replace(sweep, address=args.address), list(todo))
+                run_sweep(sweep, list(todo))
         finally:  # score and record what finished, also when some trials failed
             for t, (algo, env_id, kind, seed) in todo.items():
-                result = Path(args.work_dir, "sweeps", "offline", t.name, "trial.json")
-                if result.exists() and (algo, env_id, kind, seed, args.gradient_steps) not in recorded:
+                result = Path(sweep.root, sweep.name, t.name, "trial.json")
+                if result.exists():
                     run_dir = Path(json.loads(result.read_text())["run_dir"])
                     record = score_run(args, algo, env_id, kind, seed, run_dir)
                     with open(log, "a") as f:
