@@ -44,8 +44,9 @@ class ExportablePolicy(nn.Module):
             )
         if hasattr(policy.actor, "reset"):
             raise UsageError(
-                f"{type(policy.actor).__name__} keeps state between steps (a queue of chunked actions), which a "
-                "graph of one observation cannot hold: evaluate it in Python with mixrl.load_policy instead."
+                f"{type(policy.actor).__name__} can keep state between steps (a queue of chunked actions, its own or "
+                "its base's), which a graph of one observation cannot hold, so chunked and residual policies are not "
+                "exported: evaluate them in Python with mixrl.load_policy instead."
             )
         self.actor = policy.actor.cpu().eval()
         self.obs_shape = tuple(policy.observation_space.shape)

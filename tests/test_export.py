@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mixrl
-from mixrl.agents import a2pr, dqn, ppo, sac, td3_bc
+from mixrl.agents import a2pr, dqn, ppo, rlif, sac, td3_bc
 from mixrl.cli import main as cli_main
 from mixrl.datasets import CollectArgs, collect
 from mixrl.evaluation import evaluate
@@ -25,6 +25,7 @@ RUNS = {
     "pmoe-sac-weighted-mean": (sac, {**SAC, "policy": "gmm", "num_experts": 3, "gmm_eval_rule": "weighted_mean"}),
     "ppo": (ppo, {**PPO, "hidden_sizes": (16, 16)}),
     "pmoe-ppo": (ppo, {**PPO, "policy": "gmm", "num_experts": 3, "hidden_sizes": (16, 16)}),
+    "rlif": (rlif, {**SAC, "intervention": "none"}),
     "dqn": (dqn, dict(env_id="CartPole-v1", total_timesteps=64, learning_starts=32, batch_size=16, **COMMON)),
     "td3_bc": (td3_bc, {**OFFLINE, "hidden_sizes": (16, 16)}),
     "a2pr": (a2pr, {**OFFLINE, "actor_hidden": (16, 16), "critic_hidden": (16, 16), "vae_hidden": (8,)}),
