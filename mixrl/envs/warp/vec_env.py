@@ -19,11 +19,13 @@ import warp as wp
 from torch import Tensor
 
 from mixrl.envs.factory import DeviceObsNormalizer, DeviceRunningMeanStd
+from mixrl.envs.warp.contact import use_mujoco_c_plane_capsule_frame
 from mixrl.envs.warp.tasks import Task, Views, check_warp_env_id
 from mixrl.errors import UsageError
 
 # Warp prints a banner and a line per kernel module it loads (dozens per task); keep the training output readable.
 wp.config.quiet = True
+use_mujoco_c_plane_capsule_frame()  # Gymnasium's friction on capsule feet (Ant): see contact.py
 
 # Episodes finished on a GPU are read back to the host (one synchronisation) every this many steps.
 CUDA_EPISODE_SYNC_EVERY = 16
