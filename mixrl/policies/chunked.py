@@ -52,7 +52,10 @@ class ChunkedActor(nn.Module):
             self.queue = torch.zeros(n, self.execute, self.action_dim, device=obs.device)
             self.position = torch.full((n,), self.execute, dtype=torch.long, device=obs.device)
         empty = self.position >= self.execute
-        if empty.any():
+        if empty.all():  # every queue at once (envs that reset together): no masked reads and writes
+            self.queue = self(obs)[:, : self.execute]
+            self.position.zero_()
+        elif empty.any():
             self.queue[empty] = self(obs[empty])[:, : self.execute]
             self.position[empty] = 0
         action = self.queue[torch.arange(n, device=obs.device), self.position]

@@ -217,11 +217,13 @@ class ResidualVecEnv:
     def step(self, delta: torch.Tensor):
         obs, reward, terminated, truncated, final_obs = self.envs.step(self.policy.combine(self.x, delta))
         done = terminated | truncated
-        final_x = self.policy.inputs(final_obs, advance=False) if done.any() else None
+        if not done.any():  # most steps: no queue to empty, no final observation apart from obs
+            self.x = self.policy.inputs(obs)
+            return self.x, reward, terminated, truncated, self.x
+        final_x = self.policy.inputs(final_obs, advance=False)
         self.policy.reset(done)
         self.x = self.policy.inputs(obs)
-        final_x = self.x if final_x is None else torch.where(done[:, None], final_x, self.x)
-        return self.x, reward, terminated, truncated, final_x
+        return self.x, reward, terminated, truncated, torch.where(done[:, None], final_x, self.x)
 
     def pop_episodes(self) -> tuple[list[float], list[int]]:
         return self.envs.pop_episodes()
