@@ -1,13 +1,16 @@
 """ResiP on mixrl/PegInsertion-v0: a chunked BC base from scripted demonstrations, then residual PPO (ResiP),
-residual SAC and PPO from scratch, success rate against environment steps.
+residual SAC, PPO fine-tuning the whole BC network and PPO from scratch, success rate against environment steps.
 
-    python scripts/bench_resip.py run --levels low --seeds 0 1 2 --methods resip ppo residual_sac
+    python scripts/bench_resip.py run --levels low --seeds 0 1 2 --methods resip ppo residual_sac finetune
     python scripts/bench_resip.py report          # results/resip.json -> results/resip.md, results/resip.png
 
 `run` works through the (level, method, seed) jobs in order and records each finished one in results/resip.json,
 so that an interrupted or extended benchmark continues where it stopped. Per level it first collects the
 scripted demonstrations (`mixrl dataset collect expert --policy scripted`, a Minari dataset under --work) and
-trains one chunked BC base on the first --demos episodes; that frozen base serves every residual run.
+trains one chunked BC base on the first --demos episodes; that frozen base serves every residual run (made
+again, deterministically, when its run directory is gone). `finetune` acts one chunk of k actions per PPO step; its
+budget and evaluation steps are counted as k env steps per chunk (an upper bound: a chunk that ends an episode
+executes fewer).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ENV_ID = "mixrl/PegInsertion-v0"
-METHODS = ("resip", "residual_sac", "ppo")
+METHODS = ("resip", "residual_sac", "finetune", "ppo")
 TABLE_START, TABLE_END = "<!-- table -->", "<!-- /table -->"
 LABELS = {
     "base": "BC base (frozen)",
     "resip": "ResiP (residual PPO)",
     "residual_sac": "residual SAC",
+    "finetune": "PPO fine-tuning the whole BC network",
     "ppo": "PPO from scratch",
 }
 
@@ -56,8 +60,9 @@ def prepare_level(opts, level: str, results: dict) -> dict:
     from mixrl.datasets import CollectArgs, collect, datasets_root
     from mixrl.evaluation import evaluate_checkpoint
 
-    if level in results["levels"]:
-        return results["levels"][level]
+    recorded = results["levels"].get(level)
+    if recorded is not None and Path(recorded["base_run"]).exists():
+        return recorded
     dataset_id = f"mixrl/peginsertion-{level}/expert-v0"
     if not (datasets_root() / dataset_id).exists():
         collect(
@@ -85,6 +90,14 @@ def prepare_level(opts, level: str, results: dict) -> dict:
         )
     )
     base = evaluate_checkpoint(base_dir, episodes=opts.final_episodes, seed=20_000)
+    if recorded is not None:  # made again: BC and the demonstrations are seeded, so the base must match
+        if base["success_rate"] != recorded["base_success"]:
+            raise SystemExit(
+                f"The {level} base made again succeeds in {base['success_rate']:.2f}, not the recorded "
+                f"{recorded['base_success']:.2f}: its runs would not be comparable."
+            )
+        recorded["base_run"] = str(base_dir)
+        return recorded
     results["levels"][level] = {
         "dataset_id": dataset_id,
         "demos": opts.demos,
@@ -97,7 +110,7 @@ def prepare_level(opts, level: str, results: dict) -> dict:
     return results["levels"][level]
 
 
-def train(opts, level: str, method: str, seed: int, base_run: str) -> Path:
+def train(opts, level: str, method: str, seed: int, base_run: str, execute: int) -> Path:
     from mixrl.agents import ppo, sac
 
     common = dict(
@@ -122,6 +135,19 @@ def train(opts, level: str, method: str, seed: int, base_run: str) -> Path:
             )
         )
     ppo_settings = dict(num_envs=16, num_steps=100, num_minibatches=4, update_epochs=10, hidden_sizes=(256, 256))
+    if method == "finetune":  # one step = one chunk of `execute` env steps: 13 chunks cover a 100-step episode
+        chunks = dict(total_timesteps=opts.steps // execute, eval_every=opts.eval_every // execute)
+        return ppo.main(
+            ppo.Args(
+                base_policy=base_run,
+                finetune_base=True,
+                normalize_reward=False,
+                learning_rate=1e-4,
+                gamma=0.99**execute,
+                **{**ppo_settings, "num_steps": -(-100 // execute)},
+                **{**common, **chunks},
+            )
+        )
     if method == "resip":
         return ppo.main(ppo.Args(base_policy=base_run, normalize_reward=False, **ppo_settings, **common))
     return ppo.main(ppo.Args(**ppo_settings, **common))
@@ -146,8 +172,9 @@ def run(opts) -> None:
                 if (level, method, seed, opts.steps) in done:
                     continue
                 start = time.time()
-                run_dir = train(opts, level, method, seed, info["base_run"])
+                run_dir = train(opts, level, method, seed, info["base_run"], info["execute"])
                 final = evaluate_checkpoint(run_dir, episodes=opts.final_episodes, seed=20_000)
+                scale = info["execute"] if method == "finetune" else 1  # env steps per learner step
                 results["runs"].append(
                     {
                         "level": level,
@@ -155,7 +182,7 @@ def run(opts) -> None:
                         "seed": seed,
                         "steps": opts.steps,
                         "run_dir": str(run_dir),
-                        "curve": curve(run_dir),
+                        "curve": [[step * scale, success] for step, success in curve(run_dir)],
                         "final_success": final["success_rate"],
                         "final_episodes": opts.final_episodes,
                         "minutes": (time.time() - start) / 60,

@@ -1,8 +1,12 @@
 """Residual policies (ResiP): the zero-initialised residual reproduces its base exactly, bases round-trip through
 the normalised action space (mixrl checkpoints and Stable-Baselines3 zips), chunk queues follow each env's
-autoreset, residual runs save, reload and evaluate with their base, and PPO fixes a deliberately biased base."""
+autoreset, residual runs save, reload and evaluate with their base, PPO fixes a deliberately biased base, and PPO
+fine-tuning a whole chunked base starts as that base."""
 
 from __future__ import annotations
+
+import copy
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -13,8 +17,15 @@ from torch import nn
 from mixrl.agents import ppo, sac
 from mixrl.envs.factory import make_vec_env
 from mixrl.evaluation import Policy, evaluate, evaluate_checkpoint, load_base, load_policy, policy_spec
-from mixrl.policies.chunked import ChunkedActor
-from mixrl.policies.residual import FrozenBase, ResidualGaussianActor, ResidualPolicy, ResidualVecEnv
+from mixrl.policies.chunked import ChunkedActor, ExecuteChunk
+from mixrl.policies.residual import (
+    ChunkGaussianActor,
+    ChunkVecEnv,
+    FrozenBase,
+    ResidualGaussianActor,
+    ResidualPolicy,
+    ResidualVecEnv,
+)
 from mixrl.runs import CHECKPOINT_FORMAT, atomic_torch_save
 
 GOAL, TOLERANCE, BIAS = 0.5, 0.02, 0.06
@@ -210,3 +221,78 @@ def test_ppo_residual_fixes_a_biased_base(tmp_path):
     result = evaluate_checkpoint(run_dir, episodes=20)
     assert result["base"]["success_rate"] == 0.0
     assert result["success_rate"] >= 0.9
+
+
+def test_execute_chunk_sums_rewards_and_stops_where_the_episode_ends():
+    env = ExecuteChunk(gym.make("mixrl_test/Counter-v0"), steps=3)  # reward = t; truncated at t = 5
+    env.reset(seed=0)
+    assert env.action_space.shape == (3,)
+    obs, reward, _, truncated, _ = env.step(np.zeros(3, np.float32))
+    assert (obs[0], reward, truncated) == (3, 1 + 2 + 3, False)
+    obs, reward, _, truncated, _ = env.step(np.zeros(3, np.float32))
+    assert (obs[0], reward, truncated) == (5, 4 + 5, True)  # the chunk's third action is never executed
+
+
+def test_finetune_base_starts_as_the_base_and_trains_the_whole_network(tmp_path):
+    env = gym.make("mixrl/PegInsertion-v0")
+    obs_dim = env.observation_space.shape[0]
+    torch.manual_seed(0)
+    chunked = ChunkedActor(obs_dim, 3, (32,), horizon=6, execute=4)
+    normalizer = {"mean": np.full(obs_dim, 0.01), "var": np.full(obs_dim, 0.04), "epsilon": 1e-8, "clip": 10.0}
+    base_path = tmp_path / "base.pt"
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "algo": "bc",
+            "env_id": "mixrl/PegInsertion-v0",
+            "observation_space": env.observation_space,
+            "action_space": env.action_space,
+            "obs_normalizer": normalizer,
+            "policy": policy_spec(chunked, obs_dim=obs_dim, action_dim=3, hidden_sizes=(32,), horizon=6, execute=4),
+        },
+        base_path,
+    )
+    common = dict(
+        env_id="mixrl/PegInsertion-v0",
+        base_policy=str(base_path),
+        finetune_base=True,
+        num_envs=2,
+        num_steps=8,
+        num_minibatches=2,
+        update_epochs=2,
+        total_timesteps=16,
+        hidden_sizes=(16,),
+        eval_episodes=1,
+        run_root=str(tmp_path / "runs"),
+    )
+    # The PPO actor's mean is the chunk the base queues (k = 4 actions), on the base's normalised observations.
+    base = load_base(base_path)
+    actor = ChunkGaussianActor(copy.deepcopy(base.model).requires_grad_(True))
+    x = ChunkVecEnv(make_vec_env(common["env_id"], 2, seed=5, wrapper=partial(ExecuteChunk, steps=4)), base).reset()
+    base.deterministic(make_vec_env(common["env_id"], 2, seed=5).reset())  # plans a chunk for each env
+    torch.testing.assert_close(actor.deterministic(x).unflatten(-1, (4, 3)), base.model.queue)
+    noise = actor.sample(x.repeat(5000, 1))[0] - actor.deterministic(x).repeat(5000, 1)
+    assert noise.std().item() == pytest.approx(np.exp(-3.3), rel=0.03)  # ResiP's exploration std, 0.037
+    frozen = ppo.main(ppo.Args(learning_rate=0.0, **common))
+    tuned = ppo.main(ppo.Args(learning_rate=1e-3, **common))
+    base = Policy(load_base(base_path), env.observation_space, env.action_space)
+    actions = {}
+    for name, policy in (("base", base), ("frozen", load_policy(frozen)), ("tuned", load_policy(tuned))):
+        assert isinstance(policy.actor, FrozenBase) and isinstance(policy.actor.model, ChunkedActor)
+        obs, _ = env.reset(seed=1)
+        policy.reset()
+        taken = []
+        for _ in range(10):  # across chunk boundaries: the saved policy executes 4 actions per chunk, as the base
+            taken.append(policy(obs))
+            obs, *_ = env.step(taken[-1])
+        actions[name] = np.array(taken)
+    np.testing.assert_array_equal(actions["frozen"], actions["base"])  # iteration 0: the base, action for action
+    assert np.abs(actions["tuned"] - actions["base"]).max() > 0  # an update moves the network itself
+    tuned_state = load_policy(tuned).actor.model.state_dict()
+    assert all(not torch.equal(tuned_state[name], value) for name, value in chunked.state_dict().items())
+    with pytest.raises(ValueError, match="chunked BC network"):  # a base that is no chunked network
+        ppo.main(
+            ppo.Args(
+                **{**common, "base_policy": save_base(tmp_path / "c.pt", BiasedController(), "mixrl/PegInsertion-v0")}
+            )
+        )

@@ -36,6 +36,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -47,11 +48,19 @@ from mixrl.buffers import RolloutBuffer, compute_gae
 from mixrl.envs.factory import make_vec_env, parse_env_kwargs
 from mixrl.evaluation import Policy, evaluate, load_base, policy_spec, residual_spec
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient
+from mixrl.policies.chunked import ExecuteChunk
 from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.mixture import ACTOR_EVAL_RULES, DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
 from mixrl.policies.nets import mlp, orthogonal_init
-from mixrl.policies.residual import ResidualGaussianActor, ResidualVecEnv
+from mixrl.policies.residual import (
+    ChunkGaussianActor,
+    ChunkVecEnv,
+    FrozenBase,
+    ResidualGaussianActor,
+    ResidualVecEnv,
+    chunked_model,
+)
 from mixrl.runs import (
     Run,
     UsageError,
@@ -136,6 +145,12 @@ class Args:
     """ResiP: alpha, the scale of the residual Delta in the base's normalised action space [-1, 1]"""
     residual_log_std: float = -1.0
     """ResiP: fixed log-std of Delta (exploration std alpha exp(log_std) = 0.037 in normalised units)"""
+    finetune_base: bool = False
+    """with --base-policy, a chunked BC run: instead of a residual, fine-tune the whole BC network, one chunk per
+    action (its k executed actions, rewards summed; a step then counts k env steps or fewer); the Gaussian's mean
+    is the unfrozen network, initialised from the base"""
+    finetune_log_std: float = -3.3
+    """--finetune-base: fixed log-std of each action of the chunk (-3.3: std 0.037, ResiP's exploration std)"""
     eval_every: int = 50_000
     """environment steps between deterministic evaluations, checked after each iteration (0: only at the end)"""
     eval_episodes: int = 5
@@ -177,6 +192,8 @@ def check_args(args: Args) -> None:
     check_range(args, "total_timesteps learning_rate adam_eps clip_coef ent_coef vf_coef max_grad_norm", 0)
     check_range(args, "eval_every checkpoint_every", 0)
     check_range(args, "gamma gae_lambda", 0, 1)
+    if args.finetune_base and args.base_policy is None:
+        raise UsageError("--finetune-base fine-tunes a base policy: give it with --base-policy PATH.")
     if args.policy not in ("gaussian", "gmm"):
         raise UsageError(f"--policy {args.policy!r} is not one of: gaussian, gmm.")
     if args.policy == "gaussian":
@@ -345,6 +362,9 @@ def main(args: Args) -> Path:
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     env_kwargs = parse_env_kwargs(args.env_kwargs)
+    base = None if args.base_policy is None else load_base(args.base_policy, device)
+    if base is not None and args.policy != "gaussian":
+        raise UsageError("--base-policy trains a Gaussian residual: drop --policy gmm.")
     envs = make_vec_env(
         args.env_id,
         args.num_envs,
@@ -354,27 +374,32 @@ def main(args: Args) -> Path:
         normalize_reward_gamma=args.gamma if args.normalize_reward else None,
         env_kwargs=env_kwargs,
         backend=args.backend,
+        # --finetune-base: each sub-env executes a whole chunk per step
+        wrapper=partial(ExecuteChunk, steps=chunked_model(base).execute) if args.finetune_base else None,
     )
     if not envs.continuous:
         raise UsageError(
             f"PPO needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl dqn` for discrete actions."
         )
-    if args.base_policy is not None:  # ResiP: observations become x = [norm(obs), a_base], actions Delta
-        if args.policy != "gaussian":
-            raise UsageError("--base-policy trains a Gaussian residual: drop --policy gmm.")
-        envs = ResidualVecEnv(envs, load_base(args.base_policy, device), args.residual_alpha)
+    if args.finetune_base:  # observations become norm(obs), actions whole chunks
+        envs = ChunkVecEnv(envs, base)
+    elif base is not None:  # ResiP: observations become x = [norm(obs), a_base], actions Delta
+        envs = ResidualVecEnv(envs, base, args.residual_alpha)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     if args.policy == "gmm":
         actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
     head = DiagonalGaussianActor if args.policy == "gaussian" else DiagonalGaussianMixtureActor
-    if args.base_policy is not None:
+    if args.finetune_base:  # the BC network itself, trainable, as the Gaussian's mean
+        head = ChunkGaussianActor
+        actor_kwargs = {"model": copy.deepcopy(base.model).requires_grad_(True), "log_std": args.finetune_log_std}
+    elif base is not None:
         head = ResidualGaussianActor
         actor_kwargs.update(log_std=args.residual_log_std)
     actor = head(**actor_kwargs).to(device)
-    if args.base_policy is not None:
+    if base is not None and not args.finetune_base:
         envs.policy.head = actor
     critic = make_critic(obs_dim, args.hidden_sizes).to(device)
     modules: dict[str, nn.Module] = {"actor": actor, "critic": critic}
@@ -404,6 +429,21 @@ def main(args: Args) -> Path:
             lr_anchor = (done, annealed_lr(done, lr_anchor), num_iterations)
         set_rng_state(saved["rng"])
 
+    def frozen_actor() -> nn.Module:
+        """The deterministic policy on raw observations: --finetune-base: the fine-tuned network as a chunked base."""
+        if args.finetune_base:
+            return FrozenBase(copy.deepcopy(actor.trunk), base.obs_dim, base.obs_normalizer).to(device)
+        return actor if base is None else copy.deepcopy(envs.policy)  # a residual: its own action queues
+
+    def saved_policy() -> dict:
+        if args.finetune_base:  # the base's spec with the fine-tuned weights
+            frozen, kwargs = frozen_actor(), base.spec["kwargs"]
+            model = {**kwargs["model"], "state_dict": frozen.model.state_dict()}
+            return policy_spec(frozen, **{**kwargs, "model": model})
+        if base is not None:
+            return residual_spec(envs.policy, policy_spec(actor, **actor_kwargs))
+        return policy_spec(actor, **actor_kwargs)
+
     def checkpoint() -> dict:
         return {
             "args": dataclasses.asdict(args),
@@ -411,9 +451,7 @@ def main(args: Args) -> Path:
             "observation_space": envs.single_observation_space,
             "action_space": envs.env_action_space,
             "obs_normalizer": envs.normalizer_state(),
-            "policy": policy_spec(actor, **actor_kwargs)
-            if args.base_policy is None
-            else residual_spec(envs.policy, policy_spec(actor, **actor_kwargs)),
+            "policy": saved_policy(),
             "state": {
                 **{name: module.state_dict() for name, module in modules.items()},
                 "optimizer": optimizer.state_dict(),
@@ -427,8 +465,7 @@ def main(args: Args) -> Path:
 
     def run_evaluation() -> dict:
         spaces = envs.single_observation_space, envs.env_action_space
-        acting = actor if args.base_policy is None else copy.deepcopy(envs.policy)  # its own action queues
-        policy = Policy(acting, *spaces, envs.normalizer_state(), device)
+        policy = Policy(frozen_actor(), *spaces, envs.normalizer_state(), device)
         # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)

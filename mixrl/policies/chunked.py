@@ -1,10 +1,13 @@
 """Action chunking (Zhao et al. 2023; Chi et al. 2023): predict the next `horizon` actions from one observation and
-execute the first `execute` of them open-loop, one queue per environment."""
+execute the first `execute` of them open-loop, one queue per environment; `ExecuteChunk` makes a whole chunk one
+action of an environment (for PPO that fine-tunes a chunked network)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,3 +71,23 @@ class ChunkedActor(nn.Module):
 
     def load_queue_state(self, state: dict[str, torch.Tensor]) -> None:
         self.queue, self.position = state["queue"].clone(), state["position"].clone()
+
+
+class ExecuteChunk(gym.Wrapper):
+    """Makes one step of `env` a whole chunk: the action is `steps` actions of `env` (flattened, steps * A, each
+    within env's bounds), executed in order; the rewards are summed, and the chunk stops where the episode ends."""
+
+    def __init__(self, env: gym.Env, steps: int):
+        super().__init__(env)
+        space = env.action_space
+        self.steps = steps
+        self.action_space = gym.spaces.Box(np.tile(space.low, steps), np.tile(space.high, steps), dtype=space.dtype)
+
+    def step(self, action: np.ndarray):
+        total = 0.0
+        for single in np.reshape(action, (self.steps, -1)):
+            obs, reward, terminated, truncated, info = self.env.step(single)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info

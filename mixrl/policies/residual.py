@@ -9,6 +9,10 @@ The learner (PPO, SAC) sees an environment whose observation is x_t and whose ac
 `deterministic(obs) -> [-1, 1]^A` on raw observations: `FrozenBase` (a mixrl actor and its normaliser, e.g. a
 chunked BC policy with one action queue per env) or `SB3Base` (a Stable-Baselines3 zip).
 `ResidualPolicy.deterministic` (base + alpha mean) is what `mixrl.load_policy` rebuilds from a residual run.
+
+The baseline that fine-tunes the whole base instead (`mixrl ppo --finetune-base`, a chunked BC base) acts one whole
+chunk per step (`ChunkVecEnv` over `mixrl.policies.chunked.ExecuteChunk` sub-envs): a ~ N(mu(norm(s)), sigma^2),
+mu the network's k executed actions (`ChunkGaussianActor`), all of its weights trained.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from mixrl.errors import UsageError
+from mixrl.policies.chunked import ChunkedActor
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.nets import mlp
 
@@ -114,6 +119,15 @@ class SB3Base(nn.Module):
         return self.deterministic(obs)
 
 
+def _add_log_std(module: nn.Module, size: int, value: float, learn: bool) -> None:
+    """A state-independent log-std `module.log_std` of `size` entries: a parameter when learned, else a buffer."""
+    log_std = torch.full((size,), float(value))
+    if learn:
+        module.log_std = nn.Parameter(log_std)
+    else:
+        module.register_buffer("log_std", log_std)
+
+
 class ResidualGaussianActor(DiagonalGaussianActor):
     """Delta ~ N(mu_theta(x), diag(exp(2 log_std))): PPO's Gaussian actor, initialised as ResiP does: a ReLU MLP with
     Kaiming-normal hidden layers and an all-zero, bias-free output layer (mu = 0 at initialisation), and a
@@ -135,11 +149,7 @@ class ResidualGaussianActor(DiagonalGaussianActor):
                 nn.init.zeros_(layer.bias)
         self.mean = nn.Linear(hidden_sizes[-1], action_dim, bias=False)
         nn.init.zeros_(self.mean.weight)
-        log_std = torch.full((action_dim,), float(log_std))
-        if learn_std:
-            self.log_std = nn.Parameter(log_std)
-        else:
-            self.register_buffer("log_std", log_std)
+        _add_log_std(self, action_dim, log_std, learn_std)
 
 
 class ResidualPolicy(nn.Module):
@@ -240,6 +250,88 @@ class ResidualVecEnv:
         self.x = state["x"].clone()
         if hasattr(self.policy.base, "load_queue_state"):
             self.policy.base.load_queue_state(state["queues"])
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+class ExecutedActions(nn.Module):
+    """chunk (..., H, A) -> its first `execute` actions, flattened: (..., execute * A)."""
+
+    def __init__(self, execute: int):
+        super().__init__()
+        self.execute = execute
+
+    def forward(self, chunk: torch.Tensor) -> torch.Tensor:
+        return chunk[..., : self.execute, :].flatten(-2)
+
+
+class ChunkGaussianActor(DiagonalGaussianActor):
+    """PPO's Gaussian over whole chunks, for fine-tuning a chunked BC network: a ~ N(mu(s), diag(exp(2 log_std)))
+    with mu(s) the first `execute` actions of `model`'s chunk (flattened), every weight of `model` trained, and a
+    state-independent log-std, fixed or learned. Its deterministic action is `model`'s executed chunk."""
+
+    def __init__(self, model: ChunkedActor, log_std: float = -3.3, learn_std: bool = False):
+        nn.Module.__init__(self)  # DiagonalGaussianActor's distribution methods on mean(trunk(s))
+        self.trunk, self.mean = model, ExecutedActions(model.execute)
+        _add_log_std(self, model.execute * model.action_dim, log_std, learn_std)
+
+
+def chunked_model(base: nn.Module) -> ChunkedActor:
+    """The chunked BC network of a FrozenBase, or a one-line error for any other base."""
+    model = getattr(base, "model", None)
+    if not isinstance(model, ChunkedActor):
+        raise UsageError(
+            "--finetune-base fine-tunes a chunked BC network: give --base-policy a `mixrl bc` run or checkpoint "
+            f"(this base is {type(model if model is not None else base).__name__})."
+        )
+    return model
+
+
+class ChunkVecEnv:
+    """A mixrl vector env of `ExecuteChunk` sub-envs (raw observations) seen by PPO that fine-tunes the chunked network
+    of `base` (a FrozenBase): observations are the base's normalised ones and an action is a chunk of
+    k = execute actions in [-1, 1]^(k A), what the base would queue. `env_action_space` is the env's own
+    single-step space, that of the chunked policy `mixrl.load_policy` rebuilds."""
+
+    def __init__(self, envs: Any, base: nn.Module):
+        model = chunked_model(base)
+        if envs.normalizer_state() is not None:
+            raise ValueError("A chunked base needs raw observations: make the vector env without normalize_obs.")
+        space, k = envs.env_action_space, model.execute
+        if base.obs_dim != envs.obs_dim or space.shape[0] != k * model.action_dim:
+            raise UsageError(
+                f"The base policy does not fit {envs.env_id}: it was made for another observation or action size, "
+                f"or the env's steps are not chunks of its {k} executed actions (wrap the sub-envs in ExecuteChunk)."
+            )
+        self.envs, self.base = envs, base
+        self.num_envs, self.device, self.continuous = envs.num_envs, envs.device, True
+        self.obs_dim = envs.obs_dim
+        self.single_observation_space = envs.single_observation_space
+        self.single_action_space = envs.single_action_space
+        self.env_action_space = gym.spaces.Box(
+            space.low[: model.action_dim], space.high[: model.action_dim], dtype=space.dtype
+        )
+
+    def reset(self) -> torch.Tensor:
+        return _normalize(self.base, self.envs.reset())
+
+    def step(self, chunk: torch.Tensor):
+        obs, reward, terminated, truncated, final_obs = self.envs.step(chunk)
+        x = _normalize(self.base, obs)
+        return x, reward, terminated, truncated, x if final_obs is obs else _normalize(self.base, final_obs)
+
+    def pop_episodes(self) -> tuple[list[float], list[int]]:
+        return self.envs.pop_episodes()
+
+    def normalizer_state(self) -> None:
+        return None  # the base's normaliser is fixed and lives in the policy
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.envs.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.envs.load_state_dict(state)
 
     def close(self) -> None:
         self.envs.close()
