@@ -348,6 +348,12 @@ def test_compiled_td3_bc_update_equals_the_eager_one():
 
 
 def test_compiled_bfloat16_a2pr_and_td3_bc_runs_evaluate_in_float32(root, tmp_path, monkeypatch):
+    # Each compiled loss and gradient runs with the bfloat16 setting that CPU products consult (oneDNN's
+    # fp32_precision "bf16"; on CPUs without AMX, such as the AMD EPYC of the tests, the products still come out
+    # as in float32), and evaluation in float32.
+    gradient_precisions = {a2pr: [], td3_bc: []}
+    for agent, used in gradient_precisions.items():
+        monkeypatch.setattr(agent, "loss_gradient", recording(agent.loss_gradient, used))
     precisions = []
     evaluate = a2pr.evaluate
 
@@ -362,6 +368,25 @@ def test_compiled_bfloat16_a2pr_and_td3_bc_runs_evaluate_in_float32(root, tmp_pa
     assert precisions == ["highest", "highest"] and torch.get_float32_matmul_precision() == "highest"
     state = load_checkpoint(td3_bc.main(tiny_td3_bc(tmp_path, compile=True, matmul_precision="medium")))["state"]
     assert all(torch.isfinite(v).all() for v in state["actor"].values())
+    for agent, used in gradient_precisions.items():
+        assert used and set(used) == {("medium", "bf16")}, agent.__name__
+    assert torch.get_float32_matmul_precision() == "highest" and torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+
+
+def recording(loss_gradient, precisions: list):
+    """loss_gradient whose gradient functions append (matmul precision, oneDNN fp32 precision) to `precisions`
+    at each call."""
+
+    def recording_loss_gradient(*args):
+        gradient = loss_gradient(*args)
+
+        def recorded(*inputs):
+            precisions.append((torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision))
+            return gradient(*inputs)
+
+        return recorded
+
+    return recording_loss_gradient
 
 
 def a2pr_setup(**kw):

@@ -242,7 +242,24 @@ def test_sac_learns_pendulum(tmp_path):
 
 
 def test_compiled_bfloat16_updates_run_and_leave_acting_in_float32(tmp_path, monkeypatch):
-    precisions = []
+    # Each compiled loss and gradient runs with the bfloat16 setting that CPU products consult (oneDNN's
+    # fp32_precision "bf16"; on CPUs without AMX, such as the AMD EPYC of the tests, the products still come out
+    # as in float32), and acting outside the update in float32.
+    gradient_precisions, precisions = [], []
+    loss_gradient = sac.loss_gradient
+
+    def recording_loss_gradient(*args):
+        gradient = loss_gradient(*args)
+
+        def recorded(*inputs):
+            gradient_precisions.append(
+                (torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision)
+            )
+            return gradient(*inputs)
+
+        return recorded
+
+    monkeypatch.setattr(sac, "loss_gradient", recording_loss_gradient)
     step = sac.make_sampler
 
     def recording_sampler(args, actor):
@@ -258,5 +275,6 @@ def test_compiled_bfloat16_updates_run_and_leave_acting_in_float32(tmp_path, mon
     run_dir = sac.main(tiny_args(tmp_path, total_timesteps=260, compile=True, matmul_precision="medium"))
     final = load_checkpoint(run_dir / "checkpoints" / "final.pt")
     assert all(torch.isfinite(p).all() for p in final["state"]["actor"].values())
+    assert gradient_precisions and set(gradient_precisions) == {("medium", "bf16")}
     assert "highest" in precisions and "medium" in precisions  # acting float32, the critic target bfloat16
-    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.get_float32_matmul_precision() == "highest" and torch.backends.mkldnn.matmul.fp32_precision == "ieee"
