@@ -266,18 +266,24 @@ def report(opts) -> None:
                 values = np.array([[p[1] for p in r["curve"]] for r in runs])
                 mean = values.mean(0)
                 label = f"{LABELS[method]}, {budget // 1000}k steps ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-                line = ax.plot(steps, mean, marker="o", ms=3, label=label)[0]
+                # one colour per method in every panel; the longest budget solid, shorter ones dotted
+                color = f"C{METHODS.index(method)}"
+                longest = budget == max(b for m, b in budgets if m == method)
+                ax.plot(steps, mean, marker="o", ms=3, color=color, ls="-" if longest else ":", label=label)
                 if len(runs) > 1:
-                    ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+                    ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15 if longest else 0.08)
         ax.set(title=f"PegInsertion, {level} randomness", xlabel="environment steps", ylabel="success rate")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(RESULTS / "resip.png", dpi=110)
-    resip_runs = [r for r in results["runs"] if r["level"] == "low" and r["method"] == "resip"]
-    if resip_runs:
-        seed = video_still(resip_runs[0]["run_dir"], "low", RESULTS / "resip_still.png")
+    resip_runs = [r for r in results["runs"] if (r["level"], r["method"]) == ("low", "resip")]
+    kept = [r for r in resip_runs if Path(r["run_dir"]).exists()]  # run directories are not kept in git
+    if kept:
+        seed = video_still(kept[0]["run_dir"], "low", RESULTS / "resip_still.png")
         print(f"results/resip_still.png: episode seed {seed}")
+    elif resip_runs:
+        print("results/resip_still.png kept as it was: no low-level ResiP run directory is left")
     table = "\n".join(rows)
     # The table goes between the markers of results/resip.md, whose prose is written by hand.
     doc = RESULTS / "resip.md"
