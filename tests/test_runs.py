@@ -108,6 +108,70 @@ def test_resume_refuses_flags_it_would_ignore_and_writes_nothing(tmp_path):
     assert args.hidden_sizes == (16, 16)
 
 
+def test_given_flags_reads_every_form_of_a_flag(capsys):
+    """--name value, --name=value (the value may hold '='), --no-name for a boolean; positional tokens and unknown
+    names are no flags. parse_args reads sys.argv[1:] by default and passes tyro's options on."""
+    from mixrl.agents import a2pr
+    from mixrl.runs import given_flags
+
+    argv = ["--seed", "3", "--env-kwargs=a=b", "--no-vae-branch", "--no-such-flag", "--alpha=1", "x", "--batch_size"]
+    assert given_flags(a2pr.Args, argv) == {"seed", "env_kwargs", "vae_branch", "alpha", "batch_size"}
+    assert given_flags(a2pr.Args, ["--vae-branch"]) == {"vae_branch"}
+
+
+def test_parse_args_reads_sys_argv_and_passes_tyros_options(monkeypatch, capsys):
+    from mixrl.runs import given_fields, parse_args
+
+    monkeypatch.setattr("sys.argv", ["prog", "--seed", "3", "--gamma=0.9"])
+    args = parse_args(sac.Args)
+    assert (args.seed, args.gamma) == (3, 0.9) and given_fields(args) == {"seed", "gamma"}
+    with pytest.raises(SystemExit):
+        parse_args(sac.Args, ["--help"], prog="mixrl sac-test")
+    assert "mixrl sac-test" in capsys.readouterr().out
+
+
+def test_given_fields_of_an_unmarked_dataclass_are_those_off_their_defaults():
+    import dataclasses
+
+    from mixrl.runs import given_fields
+
+    @dataclasses.dataclass
+    class Plain:
+        a: int = 1
+        b: int = 2
+
+    assert given_fields(Plain(b=5)) == {"b"} and given_fields(Plain(a=1)) == set()
+
+
+def test_rewind_forgets_events_evaluations_and_temporary_files_after_the_checkpoint(tmp_path):
+    """A run that logged steps 1..5 and was killed after its checkpoint at step 3: rewinding keeps the events and
+    evaluations up to step 3 (a torn last line is dropped) and the checkpoint, removes the temporary files of a cut
+    checkpoint write, and the events logged again at steps 4 and 5 replace the old ones (TensorBoard's purge_step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mixrl.runs import Run
+
+    args = sac.Args(run_root=str(tmp_path))
+    with Run(args, "sac", "Pendulum-v1") as run:
+        for step in range(1, 6):
+            run.log_scalars(step, {"x": step})
+            run.log_evaluation({"step": step})
+        run.checkpoint_dir.mkdir()
+        (run.checkpoint_dir / "latest.pt").write_text("kept")
+        (run.checkpoint_dir / ".latest.pt.1234.tmp").write_text("cut")
+    with open(run.dir / "evaluations.jsonl", "a") as f:
+        f.write('{"step": 3')
+    with Run(args, "sac", "Pendulum-v1", resume=run.dir) as resumed:
+        resumed.rewind(3)
+        for step in (4, 5):
+            resumed.log_scalars(step, {"x": 10 * step})
+    events = EventAccumulator(str(run.dir))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("x")] == [(1, 1), (2, 2), (3, 3), (4, 40), (5, 50)]
+    assert [json.loads(line)["step"] for line in (run.dir / "evaluations.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [p.name for p in run.checkpoint_dir.iterdir()] == ["latest.pt"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. another algorithm's run
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Env factory normalisers against NumPy written out by hand: the device observation normaliser, clipping on both
+sides, the epsilon under the square root, and the action-space RNG of an env state round trip."""
+
+import numpy as np
+import torch
+
+from mixrl.envs.factory import DeviceObsNormalizer, ObsNormalizer, RewardScaler, RunningMeanStd, make_vec_env
+
+BATCH_SIZES = (1, 5, 17, 4)
+
+
+def batches(seed: int = 0) -> list[np.ndarray]:
+    """Observations of shape (n, 3) from N(2, 3^2), with an outlier per batch on both sides."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in BATCH_SIZES:
+        batch = rng.normal(2.0, 3.0, (n, 3))
+        batch[0, 0], batch[-1, 2] = 40.0, -40.0
+        out.append(batch)
+    return out
+
+
+def pooled_moments(data: np.ndarray, prior: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of `data` (rows) pooled with the prior N(0, 1) of weight `prior`, in closed form."""
+    total = prior + len(data)
+    mean = data.sum(0) / total
+    return mean, (prior * (1.0 + mean**2) + ((data - mean) ** 2).sum(0)) / total
+
+
+def expected_z(seen: list[np.ndarray], obs: np.ndarray, epsilon: float, clip: float) -> np.ndarray:
+    mean, var = pooled_moments(np.concatenate(seen))
+    return np.clip((obs - mean) / np.sqrt(var + epsilon), -clip, clip)
+
+
+def test_observation_normalisers_z_score_with_epsilon_and_clip_on_both_sides():
+    """Host and device normalisers: z = clip((obs - mean) / sqrt(var + eps), -c, c) with the mean and variance of
+    every batch seen (pooled with the prior N(0, 1) of weight 1e-4), on (n, 3) batches of several sizes."""
+    host = ObsNormalizer((3,), clip=1.5, epsilon=0.5)
+    device = DeviceObsNormalizer((3,), torch.device("cpu"), clip=1.5, epsilon=0.5)
+    seen = []
+    for batch in batches():
+        seen.append(batch)
+        expected = expected_z(seen, batch, 0.5, 1.5)
+        np.testing.assert_allclose(host(batch), expected, rtol=1e-10)
+        z = device(torch.as_tensor(batch, dtype=torch.float32))
+        assert z.dtype == torch.float32
+        np.testing.assert_allclose(z.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert expected.min() == -1.5 and expected.max() == 1.5  # both clips were exercised
+
+
+def test_device_statistics_are_float64_and_equal_the_host_ones():
+    """The device statistics follow the NumPy float64 ones to 1e-12, far below float32 rounding; frozen
+    normalisers (update false) leave them as they are."""
+    host, device = RunningMeanStd((3,)), DeviceObsNormalizer((3,), torch.device("cpu"))
+    for batch in batches(1):
+        host.update(batch)
+        device(torch.as_tensor(batch))
+    np.testing.assert_allclose(device.rms.mean.numpy(), host.mean, rtol=1e-12)
+    np.testing.assert_allclose(device.rms.var.numpy(), host.var, rtol=1e-12)
+    assert device.rms.count == host.count
+    device(torch.full((2, 3), 100.0), update=False)
+    np.testing.assert_allclose(device.rms.mean.numpy(), host.mean, rtol=1e-12)
+
+
+def test_reward_scaler_divides_by_the_return_std_with_epsilon_and_clips_both_ways():
+    """Two envs, rewards of both signs and sizes: r / sqrt(Var[G] + eps) clipped to +-c, where G = gamma G + r is
+    reset after done and Var is over every G seen, pooled with the prior (hand-written NumPy reference)."""
+    gamma, epsilon, clip = 0.9, 0.5, 1.0
+    scaler = RewardScaler(2, gamma, clip=clip, epsilon=epsilon)
+    rng = np.random.default_rng(0)
+    returns, seen, outputs, expected = np.zeros(2), [], [], []
+    for t in range(12):
+        reward = rng.normal(0.0, 3.0, 2) if t % 4 else np.array([30.0, -30.0])
+        done = np.array([t % 5 == 4, t % 3 == 2])
+        returns = returns * gamma + reward
+        seen.append(returns.copy())
+        returns[done] = 0.0
+        var = pooled_moments(np.concatenate(seen))[1]
+        expected.append(np.clip(reward / np.sqrt(var + epsilon), -clip, clip))
+        outputs.append(scaler(reward, done))
+    np.testing.assert_allclose(np.array(outputs), np.array(expected), rtol=1e-10)
+    assert np.min(expected) == -clip and np.max(expected) == clip
+
+
+def test_env_state_round_trip_restores_the_action_space_rng_and_can_be_loaded_twice():
+    """Random actions (SAC's before learning starts) repeat after load_state_dict, and a state loaded twice
+    gives the same continuation both times (the saved state is not shared with the running env)."""
+    envs = make_vec_env("HalfCheetah-v5", num_envs=2, seed=3, normalize_obs=True)
+    envs.reset()
+    for _ in range(3):
+        envs.step(torch.rand(2, 6) * 2 - 1)
+    state = envs.state_dict()
+    runs = []
+    for _ in range(3):
+        envs.load_state_dict(state)
+        actions = [torch.as_tensor(np.stack([envs.single_action_space.sample() for _ in range(2)])) for _ in range(4)]
+        runs.append([(a, envs.step(a)[0]) for a in actions])
+    for other in runs[1:]:
+        for (a, obs), (b, other_obs) in zip(runs[0], other):
+            assert torch.equal(a, b) and torch.equal(obs, other_obs)
