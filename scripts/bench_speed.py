@@ -18,7 +18,9 @@ ratio G = --utd: both then take G critic steps per env step, SAC with an actor s
 actor step after the G. Rate = critic updates per second (G x env steps per second); the last line is
 `rlpd updates/s: rlpd=X sac=Y cost=Y/X`. `--updates-only` times the two update functions alone on a filled
 buffer (HalfCheetah's 17-D observations and 6-D actions; RLPD: G critic steps then one actor step, SAC: G full
-steps), alternating in rounds of --steps critic updates, after 5 untimed calls of each.
+steps), alternating in rounds of --steps critic updates, after 5 untimed calls of each; it also prints the rates in
+the process's CPU time (less sensitive to other jobs on a shared machine). Both contenders run under RLIF's
+`keep_freed_memory` allocator setting, which is process-wide.
 
     python scripts/bench_speed.py ppo [--rounds 2] [--iterations 1] [--eager]
 
@@ -86,8 +88,9 @@ def mixrl_sac(steps: int, warmup: int, log_every: int, agent: str = "sac", **ove
     return args.utd_ratio * len(sps) / sum(1.0 / v for v in sps)
 
 
-def update_rates(opts: argparse.Namespace) -> dict[str, list[float]]:
-    """rlpd --updates-only: critic updates per second of the RLPD and SAC update functions, no environment."""
+def update_rates(opts: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """rlpd --updates-only: critic updates per second of the RLPD and SAC update functions, no environment, per
+    round: in wall-clock time and in the process's CPU time."""
     import copy
 
     from mixrl.agents import rlif, sac
@@ -120,15 +123,20 @@ def update_rates(opts: argparse.Namespace) -> dict[str, list[float]]:
         for _ in range(5):
             step()
     rates: dict[str, list[float]] = {name: [] for name in steps}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in steps}
     for rnd in range(opts.rounds):
         for name, step in steps.items():
             calls = max(opts.steps // opts.utd, 1)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 step()
             rates[name].append(calls * opts.utd / (time.perf_counter() - start))
-            print(f"round {rnd}: {name:5s} {rates[name][-1]:.1f} updates/s", flush=True)
-    return rates
+            cpu_rates[name].append(calls * opts.utd / (time.process_time() - cpu_start))
+            rate, cpu_rate = rates[name][-1], cpu_rates[name][-1]
+            print(f"round {rnd}: {name:5s} {rate:.1f} updates/s ({cpu_rate:.1f} per CPU second)", flush=True)
+    cpu = {name: float(np.mean(values)) for name, values in cpu_rates.items()}
+    print(f"rlpd updates/CPU s: rlpd={cpu['rlpd']:.1f} sac={cpu['sac']:.1f} cost={cpu['sac'] / cpu['rlpd']:.2f}")
+    return rates, cpu_rates
 
 
 def sb3_sac(steps: int, warmup: int) -> float:
@@ -315,6 +323,10 @@ def main() -> None:
     opts = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if opts.algo == "rlpd":
+        from mixrl.agents.rlif import keep_freed_memory
+
+        keep_freed_memory()  # process-wide, so SAC runs under the same allocator setting as RLPD
 
     mixrl = partial(
         mixrl_sac, opts.steps, opts.warmup, log_every=500, compile=not opts.eager, matmul_precision=opts.precision
@@ -338,8 +350,9 @@ def main() -> None:
     }[opts.algo]
     unit = "env-steps/s" if opts.algo in ("ppo", "resip") else "updates/s"
     results: dict[str, list[float]] = {name: [] for name in contenders}
+    extra = {}
     if opts.algo == "rlpd" and opts.updates_only:
-        results = update_rates(opts)
+        results, extra["cpu_rounds"] = update_rates(opts)
     for rnd in range(0 if opts.algo == "rlpd" and opts.updates_only else opts.rounds):
         for name, measure in contenders.items():
             results[name].append(measure())
@@ -347,7 +360,7 @@ def main() -> None:
     mean = {name: float(np.mean(values)) for name, values in results.items()}
     if opts.json is not None:
         opts.json.write_text(
-            json.dumps({"algo": opts.algo, "rounds": results, "settings": vars(opts)}, indent=2, default=str)
+            json.dumps({"algo": opts.algo, "rounds": results, **extra, "settings": vars(opts)}, indent=2, default=str)
         )
     if opts.algo in ("sac", "ppo", "resip"):
         mixrl_rate, sb3_rate = mean["mixrl"], mean["sb3"]
