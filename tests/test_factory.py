@@ -50,7 +50,7 @@ def test_observation_normalisers_z_score_with_epsilon_and_clip_on_both_sides():
 
 def test_device_statistics_are_float64_and_equal_the_host_ones():
     """The device statistics follow the NumPy float64 ones to 1e-12, far below float32 rounding; frozen
-    normalisers (update false) leave them as they are."""
+    normalisers (update false) leave them as they are; the defaults clip at 10 with epsilon 1e-8."""
     host, device = RunningMeanStd((3,)), DeviceObsNormalizer((3,), torch.device("cpu"))
     for batch in batches(1):
         host.update(batch)
@@ -58,8 +58,10 @@ def test_device_statistics_are_float64_and_equal_the_host_ones():
     np.testing.assert_allclose(device.rms.mean.numpy(), host.mean, rtol=1e-12)
     np.testing.assert_allclose(device.rms.var.numpy(), host.var, rtol=1e-12)
     assert device.rms.count == host.count
-    device(torch.full((2, 3), 100.0), update=False)
+    far = device(torch.full((2, 3), 1e3), update=False)  # the default clip is 10, the default epsilon 1e-8
+    one_std = device(torch.as_tensor(host.mean + np.sqrt(host.var))[None], update=False)
     np.testing.assert_allclose(device.rms.mean.numpy(), host.mean, rtol=1e-12)
+    assert (far == 10.0).all() and torch.allclose(one_std, torch.ones(1, 3), atol=1e-6)
 
 
 def test_reward_scaler_divides_by_the_return_std_with_epsilon_and_clips_both_ways():
