@@ -172,6 +172,43 @@ def test_rewind_forgets_events_evaluations_and_temporary_files_after_the_checkpo
     assert [p.name for p in run.checkpoint_dir.iterdir()] == ["latest.pt"]
 
 
+def fake_run(run_dir: Path, **header) -> Path:
+    """A run directory whose checkpoints/latest.pt holds sac_args' settings at step 200 and `header`."""
+    import dataclasses
+
+    from mixrl.runs import CHECKPOINT_FORMAT
+
+    (run_dir / "checkpoints").mkdir(parents=True)
+    saved = {"format": CHECKPOINT_FORMAT, "args": dataclasses.asdict(sac_args(run_dir)), "global_step": 200}
+    torch.save({**saved, **header}, run_dir / "checkpoints" / "latest.pt")
+    return run_dir
+
+
+def test_resume_args_reads_the_agent_or_old_checkpoints_algo_and_names_each_refused_flag(tmp_path):
+    """The saved agent decides (RLPD is an rlif run, whatever the algo says); an older checkpoint without it is
+    read by its algo (pmoe_sac: a sac run) and its list-valued settings compare equal to tuples. Every given
+    flag is checked, and the error names each refused one, the run's agent and env, and the budget."""
+    resume_args(sac.Args(resume=str(fake_run(tmp_path / "a", agent="sac", algo="rlpd"))), "total_timesteps")
+    old = fake_run(tmp_path / "b", algo="pmoe_sac")
+    saved = torch.load(old / "checkpoints" / "latest.pt", weights_only=False)
+    saved["args"]["hidden_sizes"] = [16, 16]
+    torch.save(saved, old / "checkpoints" / "latest.pt")
+    args, _ = resume_args(sac.Args(resume=str(old), hidden_sizes=(16, 16)), "total_timesteps")
+    assert args.hidden_sizes == (16, 16)
+
+    other = fake_run(tmp_path / "c", agent="ppo", algo="pmoe_ppo", env_id="Hopper-v5")
+    with pytest.raises(UsageError, match=re.escape("a pmoe_ppo run on Hopper-v5, not a sac run: continue it with")):
+        resume_args(sac.Args(resume=str(other)), "total_timesteps")
+    run = str(fake_run(tmp_path / "d", agent="sac", algo="sac"))
+    with pytest.raises(UsageError, match=re.escape("but --eval-every 5 (saved: 0) differs: drop them (only ")):
+        resume_args(sac.Args(resume=run, eval_every=5), "total_timesteps")
+    refused = "but --eval-every 5 (saved: 0); --hidden-sizes (8,) (saved: (16, 16)) differ: drop them (only "
+    with pytest.raises(UsageError, match=re.escape(refused + "--total-timesteps, --threads may change")):
+        resume_args(sac.Args(resume=run, batch_size=16, eval_every=5, hidden_sizes=(8,)), "total_timesteps")
+    with pytest.raises(UsageError, match=re.escape("--total-timesteps 100 is below the step")):
+        resume_args(sac.Args(resume=run, total_timesteps=100), "total_timesteps")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. another algorithm's run
 # ---------------------------------------------------------------------------------------------------------------
