@@ -155,7 +155,7 @@ def test_rewind_forgets_events_evaluations_and_temporary_files_after_the_checkpo
     with Run(args, "sac", "Pendulum-v1") as run:
         for step in range(1, 6):
             run.log_scalars(step, {"x": step})
-            run.log_evaluation({"step": step})
+            run.log_evaluation({"step": step}, {"eval/y": -step})
         run.checkpoint_dir.mkdir()
         (run.checkpoint_dir / "latest.pt").write_text("kept")
         (run.checkpoint_dir / ".latest.pt.1234.tmp").write_text("cut")
@@ -168,6 +168,7 @@ def test_rewind_forgets_events_evaluations_and_temporary_files_after_the_checkpo
     events = EventAccumulator(str(run.dir))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("x")] == [(1, 1), (2, 2), (3, 3), (4, 40), (5, 50)]
+    assert [(e.step, e.value) for e in events.Scalars("eval/y")] == [(1, -1), (2, -2), (3, -3)]
     assert [json.loads(line)["step"] for line in (run.dir / "evaluations.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert [p.name for p in run.checkpoint_dir.iterdir()] == ["latest.pt"]
 
@@ -184,7 +185,7 @@ def fake_run(run_dir: Path, **header) -> Path:
     return run_dir
 
 
-def test_resume_args_reads_the_agent_or_old_checkpoints_algo_and_names_each_refused_flag(tmp_path):
+def test_resume_args_reads_the_agent_or_old_checkpoints_algo_and_names_each_refused_flag(tmp_path, capsys):
     """The saved agent decides (RLPD is an rlif run, whatever the algo says); an older checkpoint without it is
     read by its algo (pmoe_sac: a sac run) and its list-valued settings compare equal to tuples. Every given
     flag is checked, and the error names each refused one, the run's agent and env, and the budget."""
@@ -207,6 +208,39 @@ def test_resume_args_reads_the_agent_or_old_checkpoints_algo_and_names_each_refu
         resume_args(sac.Args(resume=run, batch_size=16, eval_every=5, hidden_sizes=(8,)), "total_timesteps")
     with pytest.raises(UsageError, match=re.escape("--total-timesteps 100 is below the step")):
         resume_args(sac.Args(resume=run, total_timesteps=100), "total_timesteps")
+    capsys.readouterr()
+    resume_args(sac.Args(resume=run, total_timesteps=300, threads=2), "total_timesteps")
+    resume_args(sac.Args(resume=run), "total_timesteps")
+    printed = capsys.readouterr().out
+    assert "from the command line --threads 2, --total-timesteps 300;" in printed
+    assert "from the command line nothing;" in printed
+
+
+def test_small_run_helpers(tmp_path, monkeypatch):
+    """check_finite over vector-valued metrics, crossed with a period of 1, the library versions a run records, and
+    the steps per second since progress() on a clock set by hand."""
+    import platform
+
+    import gymnasium
+    import mujoco
+
+    from mixrl import runs
+
+    runs.check_finite({"a": torch.zeros(()), "b": torch.ones(3)}, 1)
+    with pytest.raises(runs.NonFiniteLossError):
+        runs.check_finite({"a": torch.zeros(()), "b": torch.tensor([1.0, float("nan")])}, 1)
+    assert runs.crossed(5, 4, 1) and not runs.crossed(5, 4, 0) and runs.crossed(10, 9, 5) and not runs.crossed(9, 6, 5)
+    assert runs.library_versions() == {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+    }
+    with runs.Run(sac.Args(run_root=str(tmp_path)), "sac", "Pendulum-v1") as run:
+        clock = iter([1000.0, 1004.0])
+        monkeypatch.setattr(runs.time, "time", lambda: next(clock))
+        run.progress(1000, initial=100).close()
+        assert run.steps_per_second(300) == 50.0  # (300 - 100) steps in 4 s
 
 
 # ---------------------------------------------------------------------------------------------------------------
