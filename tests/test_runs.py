@@ -237,9 +237,9 @@ def test_small_run_helpers(tmp_path, monkeypatch):
         "mujoco": mujoco.__version__,
     }
     with runs.Run(sac.Args(run_root=str(tmp_path)), "sac", "Pendulum-v1") as run:
-        clock = iter([1000.0, 1004.0])
-        monkeypatch.setattr(runs.time, "time", lambda: next(clock))
+        monkeypatch.setattr(runs.time, "time", lambda: 1000.0)
         run.progress(1000, initial=100).close()
+        monkeypatch.setattr(runs.time, "time", lambda: 1004.0)
         assert run.steps_per_second(300) == 50.0  # (300 - 100) steps in 4 s
 
 
