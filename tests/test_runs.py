@@ -283,6 +283,25 @@ def test_every_file_a_run_writes_is_fsynced_and_renamed_into_place(tmp_path, mon
     assert not list(run.rglob("*.tmp"))
 
 
+def test_atomic_write_makes_missing_folders_and_writes_beside_the_target(tmp_path):
+    """The temporary file lies in the target's own folder (a rename across file systems would not be atomic), and
+    missing parent folders are made. find_checkpoint prefers final.pt, or latest.pt with newest."""
+    from mixrl.runs import atomic_write, find_checkpoint
+
+    target = tmp_path / "a" / "b" / "c.txt"
+
+    def write(f):
+        assert [p.name.startswith(".c.txt.") for p in target.parent.iterdir()] == [True]
+        f.write(b"done")
+
+    atomic_write(target, write)
+    assert [p.name for p in target.parent.iterdir()] == ["c.txt"] and target.read_text() == "done"
+    for name in ("latest.pt", "final.pt"):
+        atomic_write(tmp_path / "run" / "checkpoints" / name, lambda f: f.write(b""))
+    assert find_checkpoint(tmp_path / "run").name == "final.pt"
+    assert find_checkpoint(tmp_path / "run", newest=True).name == "latest.pt"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 7. one-line errors for user input only
 # ---------------------------------------------------------------------------------------------------------------
