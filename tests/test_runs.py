@@ -296,10 +296,44 @@ def test_atomic_write_makes_missing_folders_and_writes_beside_the_target(tmp_pat
 
     atomic_write(target, write)
     assert [p.name for p in target.parent.iterdir()] == ["c.txt"] and target.read_text() == "done"
-    for name in ("latest.pt", "final.pt"):
-        atomic_write(tmp_path / "run" / "checkpoints" / name, lambda f: f.write(b""))
-    assert find_checkpoint(tmp_path / "run").name == "final.pt"
-    assert find_checkpoint(tmp_path / "run", newest=True).name == "latest.pt"
+    run = tmp_path / "run"
+    atomic_write(run / "checkpoints" / "latest.pt", lambda f: f.write(b""))
+    assert find_checkpoint(run).name == "latest.pt"
+    (run / "checkpoints" / "latest.pt").rename(run / "checkpoints" / "final.pt")
+    assert find_checkpoint(run, newest=True).name == "final.pt"
+    atomic_write(run / "checkpoints" / "latest.pt", lambda f: f.write(b""))
+    assert find_checkpoint(run).name == "final.pt" and find_checkpoint(run, newest=True).name == "latest.pt"
+    torch.save({"step": 1}, run / "other.pt")
+    with pytest.raises(UsageError, match="is not a mixrl checkpoint"):
+        load_checkpoint(run / "other.pt")
+
+
+def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
+    """A given root wins over args.run_root; args.resume without a saved checkpoint starts a new directory; Args
+    without checkpoint_every never checkpoint; an agent run as `python -m mixrl.agents.sac` is named sac."""
+    import dataclasses
+    import sys
+    import types
+
+    from mixrl.runs import Run, agent_name
+
+    @dataclasses.dataclass
+    class Plain:
+        seed: int = 0
+        run_root: str = str(tmp_path / "runs")
+        resume: str | None = None
+
+    with Run(Plain(), "plain", "Pendulum-v1", root=tmp_path / "other") as run:
+        assert run.dir.parent == tmp_path / "other"
+        run.end_iteration(5, lambda: pytest.fail("no checkpoint_every: no checkpoint"))
+    with Run(Plain(resume=str(run.dir)), "plain", "Pendulum-v1") as new:
+        assert new.dir.parent == tmp_path / "runs"
+
+    main = types.SimpleNamespace(__spec__=types.SimpleNamespace(name="mixrl.agents.sac"))
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert agent_name(Plain()) == "test_runs" and agent_name(sac.Args()) == "sac"
+    monkeypatch.setattr(Plain, "__module__", "__main__")
+    assert agent_name(Plain()) == "sac"
 
 
 # ---------------------------------------------------------------------------------------------------------------
