@@ -7,7 +7,7 @@ For every mixture-policy run recorded in results/raw/<name>/ by scripts/bench_le
 is evaluated with each rule of mixrl.policies.mixture.ACTOR_EVAL_RULES on the benchmark's own episodes (5, reset
 seeds 10000 + seed + i; stochastic rules draw from torch seeded with 10000 + seed), so `argmax_w`, the rule the
 runs were trained and evaluated with, repeats the benchmark's final figure. Writes
-results/mixture_eval_rules.md and .json.
+results/<out>.md and .json (default results/mixture_eval_rules.md).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ EPISODES = 5
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--names", nargs="+", default=["pmoe", "ppo"], help="results/raw/<name>/ to read")
+    parser.add_argument("--out", default="mixture_eval_rules", help="writes results/<out>.md and results/<out>.json")
     opts = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -53,7 +54,7 @@ def main() -> None:
             rows.append(row)
 
     command = "python scripts/mixture_eval_rules.py " + " ".join(map(shlex.quote, sys.argv[1:]))
-    (RESULTS / "mixture_eval_rules.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    (RESULTS / f"{opts.out}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     lines = [
         "# Mixture policies under each evaluation rule",
         "",
@@ -79,7 +80,7 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: (r["variant"], r["env_id"], r["seed"])):
         cells = " | ".join(f"{r['returns'][rule]:.0f}" for rule in ACTOR_EVAL_RULES)
         lines.append(f"| {r['variant']} | {r['env_id']} | {r['seed']} | {r['benchmark_final']:.0f} | {cells} |")
-    (RESULTS / "mixture_eval_rules.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{opts.out}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
