@@ -310,10 +310,13 @@ def test_atomic_write_makes_missing_folders_and_writes_beside_the_target(tmp_pat
 
 def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
     """A given root wins over args.run_root; args.resume without a saved checkpoint starts a new directory; Args
-    without checkpoint_every never checkpoint; an agent run as `python -m mixrl.agents.sac` is named sac."""
+    without checkpoint_every never checkpoint; runs started in the same second get suffixes; config.json and the
+    hyperparameter table; signal handlers inside the run; an agent run as `python -m mixrl.agents.sac` is sac."""
     import dataclasses
     import sys
     import types
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from mixrl.runs import Run, agent_name
 
@@ -328,6 +331,31 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
         run.end_iteration(5, lambda: pytest.fail("no checkpoint_every: no checkpoint"))
     with Run(Plain(resume=str(run.dir)), "plain", "Pendulum-v1") as new:
         assert new.dir.parent == tmp_path / "runs"
+
+    # Three runs in the same second, the default root "runs", the config and the hyperparameter table
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("mixrl.runs.time.time", lambda: 1000.0)
+    args = sac.Args(env_id="mixrl/MultiGoal-v0", checkpoint_every=1)
+    dirs = []
+    for _ in range(3):
+        with Run(args, "sac", args.env_id) as run:
+            assert signal.getsignal(signal.SIGINT) == run._request_stop
+            bar = run.progress(10)
+            assert (bar.total, bar.n, run.steps_per_second(0)) == (10, 0, 0.0)
+            bar.close()
+            run.end_iteration(1, lambda: {"step": 1})  # checkpoint_every 1: step 1 ends an interval
+            dirs.append(run.dir)
+    assert [d.name for d in dirs] == [f"mixrl-MultiGoal-v0__sac__{args.seed}__1000{s}" for s in ("", "_1", "_2")]
+    assert all(d.parent == Path("runs") and (d / "checkpoints" / "latest.pt").is_file() for d in dirs)
+    with Run(dataclasses.make_dataclass("NoRoot", [("seed", int, 0)])(), "plain", "Pendulum-v1") as run:
+        assert run.dir.parent == Path("runs")  # the default root of Args without run_root
+    config = json.loads((dirs[0] / "config.json").read_text())
+    assert {k: config[k] for k in ("algo", "agent", "env_id")} == {"algo": "sac", "agent": "sac", "env_id": args.env_id}
+    assert config["args"]["checkpoint_every"] == 1 and config["versions"]["torch"] == torch.__version__
+    events = EventAccumulator(str(dirs[0]))
+    events.Reload()
+    table = events.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert table.startswith("|param|value|\n|-|-|\n|env_id|mixrl/MultiGoal-v0|\n")
 
     main = types.SimpleNamespace(__spec__=types.SimpleNamespace(name="mixrl.agents.sac"))
     monkeypatch.setitem(sys.modules, "__main__", main)
