@@ -4,7 +4,14 @@ sides, the epsilon under the square root, and the action-space RNG of an env sta
 import numpy as np
 import torch
 
-from mixrl.envs.factory import DeviceObsNormalizer, ObsNormalizer, RewardScaler, RunningMeanStd, make_vec_env
+from mixrl.envs.factory import (
+    DeviceObsNormalizer,
+    ObsNormalizer,
+    RewardScaler,
+    RunningMeanStd,
+    make_vec_env,
+    parse_env_kwargs,
+)
 
 BATCH_SIZES = (1, 5, 17, 4)
 
@@ -100,3 +107,28 @@ def test_env_state_round_trip_restores_the_action_space_rng_and_can_be_loaded_tw
     for other in runs[1:]:
         for (a, obs), (b, other_obs) in zip(runs[0], other):
             assert torch.equal(a, b) and torch.equal(obs, other_obs)
+
+
+def test_env_state_round_trip_restores_counters_across_a_truncation():
+    """Counter env (obs = (t, episode), truncated by its TimeLimit at t = 5): a state saved at t = 3 continues
+    through the truncation identically, which needs the env's and the TimeLimit's counters, not only physics."""
+    envs = make_vec_env("mixrl_test/Counter-v0", num_envs=2, seed=0)
+    envs.reset()
+    zeros = torch.zeros(2, 1)
+    for _ in range(3):
+        envs.step(zeros)
+    state = envs.state_dict()
+    runs = []
+    for _ in range(2):
+        envs.load_state_dict(state)
+        runs.append([envs.step(zeros) for _ in range(4)])
+    first, second = runs
+    assert [obs[0].tolist() for obs, *_ in first] == [[4.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 1.0]]
+    assert [bool(out[3][0]) for out in first] == [False, True, False, False]  # truncated at t = 5
+    for a, b in zip(first, second):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_env_kwargs_json_with_leading_space_and_values_holding_equals():
+    assert parse_env_kwargs([' {"a": 1}']) == {"a": 1}
+    assert parse_env_kwargs(["name=x=y", "n=2"]) == {"name": "x=y", "n": 2}

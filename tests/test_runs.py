@@ -217,15 +217,27 @@ def test_resume_args_reads_the_agent_or_old_checkpoints_algo_and_names_each_refu
 
 
 def test_small_run_helpers(tmp_path, monkeypatch):
-    """check_finite over vector-valued metrics, crossed with a period of 1, the library versions a run records, and
-    the steps per second since progress() on a clock set by hand."""
+    """check_range's closed bounds, seed_everything's streams and deterministic kernels, check_finite over
+    vector-valued metrics, crossed with a period of 1, the library versions a run records, and the steps per
+    second since progress() on a clock set by hand."""
     import platform
+    import random
+    import types
 
     import gymnasium
     import mujoco
 
     from mixrl import runs
 
+    runs.check_range(types.SimpleNamespace(g=1.0, h=(0, 1)), "g h", 0, 1)  # the bounds are inside
+    with pytest.raises(UsageError, match="--g must be in"):
+        runs.check_range(types.SimpleNamespace(g=1.5), "g", 0, 1)
+    draws = []
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    for _ in range(2):
+        runs.seed_everything(3)
+        draws.append((random.random(), np.random.rand(), torch.rand(())))
+    assert draws[0] == draws[1] and torch.backends.cudnn.deterministic
     runs.check_finite({"a": torch.zeros(()), "b": torch.ones(3)}, 1)
     with pytest.raises(runs.NonFiniteLossError):
         runs.check_finite({"a": torch.zeros(()), "b": torch.tensor([1.0, float("nan")])}, 1)
@@ -344,6 +356,9 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
             assert (bar.total, bar.n, run.steps_per_second(0)) == (10, 0, 0.0)
             bar.close()
             run.end_iteration(1, lambda: {"step": 1})  # checkpoint_every 1: step 1 ends an interval
+            run.log_episodes(7, [1.5, 2.5], [10, 20])
+            run.log_episodes(8, [], [])
+            assert "ret=2.0" in bar.postfix and "sps=" in bar.postfix
             dirs.append(run.dir)
     assert [d.name for d in dirs] == [f"mixrl-MultiGoal-v0__sac__{args.seed}__1000{s}" for s in ("", "_1", "_2")]
     assert all(d.parent == Path("runs") and (d / "checkpoints" / "latest.pt").is_file() for d in dirs)
@@ -352,8 +367,12 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
     config = json.loads((dirs[0] / "config.json").read_text())
     assert {k: config[k] for k in ("algo", "agent", "env_id")} == {"algo": "sac", "agent": "sac", "env_id": args.env_id}
     assert config["args"]["checkpoint_every"] == 1 and config["versions"]["torch"] == torch.__version__
+    saved = load_checkpoint(dirs[0] / "checkpoints" / "latest.pt")
+    assert (saved["agent"], saved["algo"], saved["step"], saved["versions"]) == ("sac", "sac", 1, config["versions"])
     events = EventAccumulator(str(dirs[0]))
     events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("charts/episodic_return")] == [(7, 1.5), (7, 2.5)]
+    assert [(e.step, e.value) for e in events.Scalars("charts/episodic_length")] == [(7, 10), (7, 20)]
     table = events.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
     assert table.startswith("|param|value|\n|-|-|\n|env_id|mixrl/MultiGoal-v0|\n")
 
