@@ -1,5 +1,6 @@
-"""Env factory normalisers against NumPy written out by hand: the device observation normaliser, clipping on both
-sides, the epsilon under the square root, and the action-space RNG of an env state round trip."""
+"""Env factory against NumPy written out by hand: the host and device observation normalisers and the reward
+scaler (clipping on both sides, the epsilon under the square root), --env-kwargs forms, and env state round trips
+(the action-space RNG, the counters of the env and its TimeLimit, the reset noise of the next episode)."""
 
 import numpy as np
 import torch
@@ -132,3 +133,20 @@ def test_env_state_round_trip_restores_counters_across_a_truncation():
 def test_env_kwargs_json_with_leading_space_and_values_holding_equals():
     assert parse_env_kwargs([' {"a": 1}']) == {"a": 1}
     assert parse_env_kwargs(["name=x=y", "n=2"]) == {"name": "x=y", "n": 2}
+
+
+def test_env_state_round_trip_restores_the_reset_noise_of_the_next_episode():
+    """Pendulum-v1 saved two steps before its time limit: the continuation, whose autoreset draws the next
+    initial state from the env's RNG, is the same after every load of that state (the RNGs are copied, not
+    shared with the saved state)."""
+    envs = make_vec_env("Pendulum-v1", num_envs=1, seed=0)
+    envs.reset()
+    zeros = torch.zeros(1, 1)
+    for _ in range(198):
+        envs.step(zeros)
+    state = envs.state_dict()
+    runs = [[envs.step(zeros)[0] for _ in range(4)]]
+    for _ in range(2):
+        envs.load_state_dict(state)
+        runs.append([envs.step(zeros)[0] for _ in range(4)])
+    assert all(torch.equal(x, y) for other in runs[1:] for x, y in zip(runs[0], other))
