@@ -2,7 +2,9 @@
 scaler (clipping on both sides, the epsilon under the square root), --env-kwargs forms, and env state round trips
 (the action-space RNG, the counters of the env and its TimeLimit, the reset noise of the next episode)."""
 
+import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from mixrl.envs.factory import (
@@ -13,6 +15,7 @@ from mixrl.envs.factory import (
     make_vec_env,
     parse_env_kwargs,
 )
+from mixrl.errors import UsageError
 
 BATCH_SIZES = (1, 5, 17, 4)
 
@@ -150,3 +153,16 @@ def test_env_state_round_trip_restores_the_reset_noise_of_the_next_episode():
         envs.load_state_dict(state)
         runs.append([envs.step(zeros)[0] for _ in range(4)])
     assert all(torch.equal(x, y) for other in runs[1:] for x, y in zip(runs[0], other))
+
+
+def test_make_vec_env_seeds_wrappers_and_backends():
+    """Equal seeds give equal first observations, other seeds others; a Gymnasium wrapper is applied; the warp
+    backend refuses a wrapper and an unknown backend is named (both before any env is built)."""
+    first = [make_vec_env("Pendulum-v1", 2, seed=s).reset() for s in (5, 5, 6)]
+    assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
+    wrapped = make_vec_env("Pendulum-v1", 1, wrapper=gym.wrappers.TimeAwareObservation)
+    assert wrapped.reset().shape == (1, 4)
+    with pytest.raises(UsageError, match="backend 'warp' takes no Gymnasium wrapper"):
+        make_vec_env("Pendulum-v1", backend="warp", wrapper=gym.wrappers.TimeAwareObservation)
+    with pytest.raises(UsageError, match="Unknown backend 'jax'"):
+        make_vec_env("Pendulum-v1", backend="jax")
