@@ -160,13 +160,14 @@ def test_rlif_learns_to_balance_from_interventions_alone(tmp_path):
     """No task reward and no action labels: the agent's only reward is -1 before each takeover. A random policy
     balances for about 5 steps; the learned one (evaluated without the expert) for over 100."""
     args = tiny(
-        total_timesteps=1500, learning_starts=200, utd_ratio=3, batch_size=64, hidden_sizes=(64, 64), num_critics=10,
+        total_timesteps=3000, learning_starts=200, utd_ratio=3, batch_size=64, hidden_sizes=(64, 64), num_critics=10,
         gamma=0.9, alpha=0.05, delta=0.3, relative_margin=False, eval_episodes=3, checkpoint_every=0,
-        run_root=str(tmp_path), seed=3,
+        run_root=str(tmp_path), seed=1,
     )  # fmt: skip
     run = rlif.main(args, expert=pd_expert, reference_q=pd_critic)
     final = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
-    assert final["mean_return"] >= 100, final  # seeds 1-7: 2, 143, 1000, 140, 1000, 1000, 1000
+    # seeds 1-7 (AMD EPYC): 1000, 1000, 1000, 1000, 1000, 1000, 320; with 1,500 steps 2, 143, 1000, 140, 1000 ...
+    assert final["mean_return"] >= 100, final
 
 
 def test_dagger_labels():
