@@ -12,6 +12,7 @@ from mixrl.envs.factory import (
     ObsNormalizer,
     RewardScaler,
     RunningMeanStd,
+    check_env_id,
     make_vec_env,
     parse_env_kwargs,
 )
@@ -166,3 +167,12 @@ def test_make_vec_env_seeds_wrappers_and_backends():
         make_vec_env("Pendulum-v1", backend="warp", wrapper=gym.wrappers.TimeAwareObservation)
     with pytest.raises(UsageError, match="Unknown backend 'jax'"):
         make_vec_env("Pendulum-v1", backend="jax")
+
+
+def test_unknown_env_ids_name_close_matches_or_the_registry_and_missing_modules():
+    with pytest.raises(UsageError, match=r"Did you mean: HalfCheetah-v\d, [^?]+\?"):
+        check_env_id("HalfCheeta-v5")
+    with pytest.raises(UsageError, match=r"Unknown environment id 'qqqq'\. List all ids with"):
+        check_env_id("qqqq")
+    with pytest.raises(UsageError, match="registers the task, or put its folder on PYTHONPATH"):
+        check_env_id("no_such_module_for_mixrl:Task-v0")
