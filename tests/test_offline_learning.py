@@ -62,8 +62,8 @@ def test_a2pr_advantage_guided_bc_learns_to_balance_from_pd_data(pd_dataset, tmp
     --bc-weight 0.5) also falls (return 8), with weight 1 it balances (1000). A2PR anchors to the data on fewer
     samples still: the VAE reconstruction of the policy's action stays near that action (mean |a_gen - pi| = 0.03-0.05,
     |a_gen - a| = 0.18) and is chosen as the target on 52-61 % of samples by a coin-flip advantage, so the
-    dataset action is the target on only 26-32 %. The method's own Q term therefore cannot be tested here; the
-    TD3+BC test above covers it. With alpha 0 seeds 1024, 2 and 3 all end at 1000.
+    dataset action is the target on only 26-32 %. No Q term can be tested on these data (the TD3+BC test above
+    passes with alpha 0 too). With alpha 0 seeds 1024, 2 and 3 all end at 1000.
     """
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(pd_dataset))
     small = (64, 64)
