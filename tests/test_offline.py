@@ -15,6 +15,7 @@ import minari
 import numpy as np
 import pytest
 import torch
+from helpers import recording
 
 import mixrl
 from mixrl.agents import a2pr, sac, td3_bc
@@ -371,22 +372,6 @@ def test_compiled_bfloat16_a2pr_and_td3_bc_runs_evaluate_in_float32(root, tmp_pa
     for agent, used in gradient_precisions.items():
         assert used and set(used) == {("medium", "bf16")}, agent.__name__
     assert torch.get_float32_matmul_precision() == "highest" and torch.backends.mkldnn.matmul.fp32_precision == "ieee"
-
-
-def recording(loss_gradient, precisions: list):
-    """loss_gradient whose gradient functions append (matmul precision, oneDNN fp32 precision) to `precisions`
-    at each call."""
-
-    def recording_loss_gradient(*args):
-        gradient = loss_gradient(*args)
-
-        def recorded(*inputs):
-            precisions.append((torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision))
-            return gradient(*inputs)
-
-        return recorded
-
-    return recording_loss_gradient
 
 
 def a2pr_setup(**kw):

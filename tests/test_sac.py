@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import recording
 
 import mixrl
 from mixrl.agents import sac
@@ -246,20 +247,7 @@ def test_compiled_bfloat16_updates_run_and_leave_acting_in_float32(tmp_path, mon
     # fp32_precision "bf16"; on CPUs without AMX, such as the AMD EPYC of the tests, the products still come out
     # as in float32), and acting outside the update in float32.
     gradient_precisions, precisions = [], []
-    loss_gradient = sac.loss_gradient
-
-    def recording_loss_gradient(*args):
-        gradient = loss_gradient(*args)
-
-        def recorded(*inputs):
-            gradient_precisions.append(
-                (torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision)
-            )
-            return gradient(*inputs)
-
-        return recorded
-
-    monkeypatch.setattr(sac, "loss_gradient", recording_loss_gradient)
+    monkeypatch.setattr(sac, "loss_gradient", recording(sac.loss_gradient, gradient_precisions))
     step = sac.make_sampler
 
     def recording_sampler(args, actor):
