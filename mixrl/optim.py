@@ -7,6 +7,7 @@ are one kernel each.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -152,3 +153,17 @@ class FlatAdam:
         self.lr = state["lr"]
         for name in ("exp_avg", "exp_avg_sq", "steps"):
             getattr(self, name).copy_(state[name])
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep the memory a step frees for the next step instead of returning it to the system.
+    Each RLPD critic step (mixrl.agents.rlif) allocates and frees about 20 MB of activations (10 critics x 256 x 256
+    per layer); with glibc's defaults they came back as fresh pages every step (about 2,500 page faults and 6 ms of
+    system time per critic step on a 2-core EPYC, a fifth of its time). Process-wide; no-op where the C library is
+    not glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free at the top of the heap
+    mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: blocks up to 32 MiB (glibc's largest) from the heap, not fresh mmaps

@@ -324,7 +324,7 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
     if opts.algo == "rlpd":
-        from mixrl.agents.rlif import keep_freed_memory
+        from mixrl.optim import keep_freed_memory
 
         keep_freed_memory()  # process-wide, so SAC runs under the same allocator setting as RLPD
 

@@ -26,7 +26,6 @@ Run `python -m mixrl.agents.rlif --help` (or `mixrl rlif --help`) for every opti
 from __future__ import annotations
 
 import copy
-import ctypes
 import dataclasses
 import math
 import time
@@ -45,7 +44,7 @@ from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import make_vec_env
 from mixrl.envs.interventions import InterventionLabeller, InterventionWrapper, unit_actions, vector_info
 from mixrl.evaluation import Policy, evaluate, load_policy, policy_spec
-from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
+from mixrl.optim import FlatAdam, flatten_parameters, keep_freed_memory, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.gaussian import TanhGaussianActor
 from mixrl.runs import (
@@ -286,19 +285,6 @@ def sample_mixed(online: ReplayBuffer, demos: ReplayBuffer | None, batch_size: i
 # ---------------------------------------------------------------------------------------------------------------
 # The RLPD update
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def keep_freed_memory() -> None:
-    """Let glibc's malloc keep the memory a step frees for the next step instead of returning it to the system.
-    Each critic step allocates and frees about 20 MB of activations (10 critics x 256 x 256 per layer); with glibc's
-    defaults they came back as fresh pages every step (about 2,500 page faults and 6 ms of system time per critic
-    step on a 2-core EPYC, a fifth of its time). Process-wide; no-op where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free at the top of the heap
-    mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: blocks up to 32 MiB (glibc's largest) from the heap, not fresh mmaps
 
 
 def target_actions(actor: TanhGaussianActor, batches: list[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
