@@ -32,26 +32,31 @@ def pd_dataset(tmp_path_factory):
     return root
 
 
-def final_return(run_dir) -> float:
-    return json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])["eval/return"]
-
-
-def test_td3_bc_learns_to_balance_from_pd_data(pd_dataset, tmp_path, monkeypatch):
+@pytest.fixture
+def common(pd_dataset, tmp_path, monkeypatch) -> dict:
+    """The PD dataset in place, and the Args both learning tests share: 2,000 steps of 128, 3 final episodes."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(pd_dataset))
-    args = td3_bc.Args(
+    return dict(
         dataset_id=DATASET_ID,
         total_steps=2000,
         batch_size=128,
-        hidden_sizes=(64, 64),
         eval_every=0,
         eval_episodes=3,
         checkpoint_every=0,
         run_root=str(tmp_path / "runs"),
     )
+
+
+def final_return(run_dir) -> float:
+    return json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])["eval/return"]
+
+
+def test_td3_bc_learns_to_balance_from_pd_data(common):
+    args = td3_bc.Args(hidden_sizes=(64, 64), **common)
     assert final_return(td3_bc.main(args)) > 500.0
 
 
-def test_a2pr_advantage_guided_bc_learns_to_balance_from_pd_data(pd_dataset, tmp_path, monkeypatch):
+def test_a2pr_advantage_guided_bc_learns_to_balance_from_pd_data(common):
     """A2PR's regulariser alone (alpha 0: V, the VAE, the advantage mask and the BC target choice, no Q term)
     learns the controller; the per-dataset alpha of the paper's table is out of reach on these data.
 
@@ -65,20 +70,6 @@ def test_a2pr_advantage_guided_bc_learns_to_balance_from_pd_data(pd_dataset, tmp
     dataset action is the target on only 26-32 %. No Q term can be tested on these data (the TD3+BC test above
     passes with alpha 0 too). With alpha 0 seeds 1024, 2 and 3 all end at 1000.
     """
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(pd_dataset))
     small = (64, 64)
-    args = a2pr.Args(
-        dataset_id=DATASET_ID,
-        total_steps=2000,
-        batch_size=128,
-        alpha=0.0,
-        actor_hidden=small,
-        critic_hidden=small,
-        value_hidden=small,
-        vae_hidden=small,
-        eval_every=0,
-        eval_episodes=3,
-        checkpoint_every=0,
-        run_root=str(tmp_path / "runs"),
-    )
+    args = a2pr.Args(alpha=0.0, actor_hidden=small, critic_hidden=small, value_hidden=small, vae_hidden=small, **common)
     assert final_return(a2pr.main(args)) > 500.0
