@@ -353,10 +353,11 @@ def main() -> None:
     extra = {}
     if opts.algo == "rlpd" and opts.updates_only:
         results, extra["cpu_rounds"] = update_rates(opts)
-    for rnd in range(0 if opts.algo == "rlpd" and opts.updates_only else opts.rounds):
-        for name, measure in contenders.items():
-            results[name].append(measure())
-            print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} {unit}", flush=True)
+    else:
+        for rnd in range(opts.rounds):
+            for name, measure in contenders.items():
+                results[name].append(measure())
+                print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} {unit}", flush=True)
     mean = {name: float(np.mean(values)) for name, values in results.items()}
     if opts.json is not None:
         opts.json.write_text(
