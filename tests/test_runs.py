@@ -4,23 +4,40 @@ unbounded actions, final.pt without the buffer, PPO's learning rate on an extend
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny import a2pr_args, dataset_root, datasets, dqn_args, ppo_args, sac_args, td3_bc_args  # noqa: F401
 
 import mixrl
 from mixrl import cli
-from mixrl.agents import ppo, sac, td3_bc
+from mixrl.agents import a2pr, dqn, ppo, sac, td3_bc
 from mixrl.envs.factory import TorchVecEnv
 from mixrl.evaluation import evaluate_checkpoint
-from mixrl.runs import UsageError, load_checkpoint, resume_args
+from mixrl.runs import (
+    CHECKPOINT_FORMAT,
+    Run,
+    UsageError,
+    agent_name,
+    atomic_write,
+    find_checkpoint,
+    given_fields,
+    given_flags,
+    load_checkpoint,
+    parse_args,
+    resume_args,
+)
 
 
 def count_env_steps(monkeypatch, fail_at: int | None = None) -> list[int]:
@@ -108,20 +125,15 @@ def test_resume_refuses_flags_it_would_ignore_and_writes_nothing(tmp_path):
     assert args.hidden_sizes == (16, 16)
 
 
-def test_given_flags_reads_every_form_of_a_flag(capsys):
+def test_given_flags_reads_every_form_of_a_flag():
     """--name value, --name=value (the value may hold '='), --no-name for a boolean; positional tokens and unknown
     names are no flags. parse_args reads sys.argv[1:] by default and passes tyro's options on."""
-    from mixrl.agents import a2pr
-    from mixrl.runs import given_flags
-
     argv = ["--seed", "3", "--env-kwargs=a=b", "--no-vae-branch", "--no-such-flag", "--alpha=1", "x", "--batch_size"]
     assert given_flags(a2pr.Args, argv) == {"seed", "env_kwargs", "vae_branch", "alpha", "batch_size"}
     assert given_flags(a2pr.Args, ["--vae-branch"]) == {"vae_branch"}
 
 
 def test_parse_args_reads_sys_argv_and_passes_tyros_options(monkeypatch, capsys):
-    from mixrl.runs import given_fields, parse_args
-
     monkeypatch.setattr("sys.argv", ["prog", "--seed", "3", "--gamma=0.9"])
     args = parse_args(sac.Args)
     assert (args.seed, args.gamma) == (3, 0.9) and given_fields(args) == {"seed", "gamma"}
@@ -131,10 +143,6 @@ def test_parse_args_reads_sys_argv_and_passes_tyros_options(monkeypatch, capsys)
 
 
 def test_given_fields_of_an_unmarked_dataclass_are_those_off_their_defaults():
-    import dataclasses
-
-    from mixrl.runs import given_fields
-
     @dataclasses.dataclass
     class Plain:
         a: int = 1
@@ -147,10 +155,6 @@ def test_rewind_forgets_events_evaluations_and_temporary_files_after_the_checkpo
     """A run that logged steps 1..5 and was killed after its checkpoint at step 3: rewinding keeps the events and
     evaluations up to step 3 (a torn last line is dropped) and the checkpoint, removes the temporary files of a cut
     checkpoint write, and the events logged again at steps 4 and 5 replace the old ones (TensorBoard's purge_step)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from mixrl.runs import Run
-
     args = sac.Args(run_root=str(tmp_path))
     with Run(args, "sac", "Pendulum-v1") as run:
         for step in range(1, 6):
@@ -175,10 +179,6 @@ def test_rewind_forgets_events_evaluations_and_temporary_files_after_the_checkpo
 
 def fake_run(run_dir: Path, **header) -> Path:
     """A run directory whose checkpoints/latest.pt holds sac_args' settings at step 200 and `header`."""
-    import dataclasses
-
-    from mixrl.runs import CHECKPOINT_FORMAT
-
     (run_dir / "checkpoints").mkdir(parents=True)
     saved = {"format": CHECKPOINT_FORMAT, "args": dataclasses.asdict(sac_args(run_dir)), "global_step": 200}
     torch.save({**saved, **header}, run_dir / "checkpoints" / "latest.pt")
@@ -222,7 +222,6 @@ def test_small_run_helpers(tmp_path, monkeypatch):
     second since progress() on a clock set by hand."""
     import platform
     import random
-    import types
 
     import gymnasium
     import mujoco
@@ -298,8 +297,6 @@ def test_every_file_a_run_writes_is_fsynced_and_renamed_into_place(tmp_path, mon
 def test_atomic_write_makes_missing_folders_and_writes_beside_the_target(tmp_path):
     """The temporary file lies in the target's own folder (a rename across file systems would not be atomic), and
     missing parent folders are made. find_checkpoint prefers final.pt, or latest.pt with newest."""
-    from mixrl.runs import atomic_write, find_checkpoint
-
     target = tmp_path / "a" / "b" / "c.txt"
 
     def write(f):
@@ -324,13 +321,6 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
     """A given root wins over args.run_root; args.resume without a saved checkpoint starts a new directory; Args
     without checkpoint_every never checkpoint; runs started in the same second get suffixes; config.json and the
     hyperparameter table; signal handlers inside the run; an agent run as `python -m mixrl.agents.sac` is sac."""
-    import dataclasses
-    import sys
-    import types
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from mixrl.runs import Run, agent_name
 
     @dataclasses.dataclass
     class Plain:
@@ -440,8 +430,6 @@ def test_continuous_agents_refuse_unbounded_actions(tmp_path):
 
 
 def test_dqn_honours_discrete_start(tmp_path):
-    from mixrl.agents import dqn
-
     run = dqn.main(dqn_args(tmp_path, env_id="mixrl_test/ShiftedDiscrete-v0", eval_every=100))  # env asserts
     actions = mixrl.load_policy(run)(np.zeros((5, 2), np.float32))
     assert set(actions.tolist()) <= {-1, 0, 1}
@@ -457,8 +445,6 @@ def test_final_checkpoint_has_no_replay_buffer_and_latest_has_it(tmp_path):
 
 
 def test_ppo_learning_rate_anneals_on_without_jumping_when_a_resume_extends_the_budget(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     run = ppo.main(ppo_args(tmp_path, total_timesteps=96))  # 3 iterations
     ppo.main(ppo.Args(resume=str(run), total_timesteps=192))  # 3 more
     events = EventAccumulator(str(run))
@@ -489,9 +475,6 @@ def test_a_crash_that_is_no_interrupt_closes_the_run_and_restores_the_signal_han
 
 
 def test_an_agents_own_entry_point_resumes_with_the_saved_settings(tmp_path):
-    import subprocess
-    import sys
-
     run = sac.main(sac_args(tmp_path))
     resumed = subprocess.run(
         [sys.executable, "-m", "mixrl.agents.sac", "--resume", str(run), "--total-timesteps", "300"],
