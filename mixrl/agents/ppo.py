@@ -389,17 +389,19 @@ def main(args: Args) -> Path:
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
-    if args.policy == "gmm":
-        actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
-    head = DiagonalGaussianActor if args.policy == "gaussian" else DiagonalGaussianMixtureActor
     if args.finetune_base:  # the BC network itself, trainable, as the Gaussian's mean
         head = ChunkGaussianActor
         actor_kwargs = {"model": copy.deepcopy(base.model).requires_grad_(True), "log_std": args.finetune_log_std}
     elif base is not None:
         head = ResidualGaussianActor
         actor_kwargs.update(log_std=args.residual_log_std)
+    elif args.policy == "gmm":
+        head = DiagonalGaussianMixtureActor
+        actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
+    else:
+        head = DiagonalGaussianActor
     actor = head(**actor_kwargs).to(device)
-    if base is not None and not args.finetune_base:
+    if isinstance(envs, ResidualVecEnv):
         envs.policy.head = actor
     critic = make_critic(obs_dim, args.hidden_sizes).to(device)
     modules: dict[str, nn.Module] = {"actor": actor, "critic": critic}
@@ -437,9 +439,10 @@ def main(args: Args) -> Path:
 
     def saved_policy() -> dict:
         if args.finetune_base:  # the base's spec with the fine-tuned weights
-            frozen, kwargs = frozen_actor(), base.spec["kwargs"]
-            model = {**kwargs["model"], "state_dict": frozen.model.state_dict()}
-            return policy_spec(frozen, **{**kwargs, "model": model})
+            kwargs = base.spec["kwargs"]
+            return policy_spec(
+                frozen_actor(), **{**kwargs, "model": policy_spec(actor.trunk, **kwargs["model"]["kwargs"])}
+            )
         if base is not None:
             return residual_spec(envs.policy, policy_spec(actor, **actor_kwargs))
         return policy_spec(actor, **actor_kwargs)
