@@ -193,7 +193,37 @@ class ResidualPolicy(nn.Module):
             self.base.reset(mask)
 
 
-class ResidualVecEnv:
+class _FrozenBaseVecEnv:
+    """What both learner-side views of a mixrl vector env (raw observations, a frozen base inside) share: the env's
+    sizes and spaces, its episodes, its state, and no normaliser of their own (the base's is fixed, in the policy)."""
+
+    def __init__(self, envs: Any, what: str):
+        if envs.normalizer_state() is not None:
+            raise ValueError(f"{what} needs raw observations: make the vector env without normalize_obs.")
+        self.envs = envs
+        self.num_envs, self.device, self.continuous = envs.num_envs, envs.device, True
+        self.obs_dim = envs.obs_dim
+        self.single_observation_space = envs.single_observation_space
+        self.single_action_space = envs.single_action_space
+        self.env_action_space = envs.env_action_space
+
+    def pop_episodes(self) -> tuple[list[float], list[int]]:
+        return self.envs.pop_episodes()
+
+    def normalizer_state(self) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.envs.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.envs.load_state_dict(state)
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+class ResidualVecEnv(_FrozenBaseVecEnv):
     """A mixrl vector env (`mixrl.envs.factory.TorchVecEnv`, raw observations) seen by the residual learner: its
     observations are x = [clip(norm(s)), a_base] (obs_dim wide) and its actions Delta; the base acts inside,
     and each sub-env's action queue is emptied when that sub-env resets (same-step autoreset).
@@ -202,21 +232,15 @@ class ResidualVecEnv:
     def __init__(self, envs: Any, base: nn.Module, alpha: float = 0.1):
         if not envs.continuous:
             raise UsageError(f"A residual needs a continuous (Box) action space, not {envs.env_action_space}.")
-        if envs.normalizer_state() is not None:
-            raise ValueError("A residual's base needs raw observations: make the vector env without normalize_obs.")
+        super().__init__(envs, "A residual's base")
         action_dim = envs.single_action_space.shape[0]
         if base.obs_dim != envs.obs_dim or base.peek(torch.zeros(1, envs.obs_dim)).shape[-1] != action_dim:
             raise UsageError(
                 f"The base policy does not fit {envs.env_id}: it was made for another observation or action size "
                 f"(this env has {envs.obs_dim} observations and {action_dim} actions)."
             )
-        self.envs = envs
-        self.num_envs, self.device, self.continuous = envs.num_envs, envs.device, True
         self.policy = ResidualPolicy(base, None, envs.obs_dim, alpha, getattr(base, "obs_normalizer", None))
-        self.obs_dim = envs.obs_dim + envs.single_action_space.shape[0]
-        self.single_observation_space = envs.single_observation_space
-        self.single_action_space = envs.single_action_space
-        self.env_action_space = envs.env_action_space
+        self.obs_dim = envs.obs_dim + action_dim
         self.x = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
 
     def reset(self) -> torch.Tensor:
@@ -235,12 +259,6 @@ class ResidualVecEnv:
         self.x = self.policy.inputs(obs)
         return self.x, reward, terminated, truncated, torch.where(done[:, None], final_x, self.x)
 
-    def pop_episodes(self) -> tuple[list[float], list[int]]:
-        return self.envs.pop_episodes()
-
-    def normalizer_state(self) -> None:
-        return None  # the residual's normaliser is fixed and lives in the policy
-
     def state_dict(self) -> dict[str, Any]:
         queues = self.policy.base.queue_state() if hasattr(self.policy.base, "queue_state") else None
         return {"envs": self.envs.state_dict(), "x": self.x.clone(), "queues": queues}
@@ -250,9 +268,6 @@ class ResidualVecEnv:
         self.x = state["x"].clone()
         if hasattr(self.policy.base, "load_queue_state"):
             self.policy.base.load_queue_state(state["queues"])
-
-    def close(self) -> None:
-        self.envs.close()
 
 
 class ExecutedActions(nn.Module):
@@ -288,7 +303,7 @@ def chunked_model(base: nn.Module) -> ChunkedActor:
     return model
 
 
-class ChunkVecEnv:
+class ChunkVecEnv(_FrozenBaseVecEnv):
     """A mixrl vector env of `ExecuteChunk` sub-envs (raw observations) seen by PPO that fine-tunes the chunked network
     of `base` (a FrozenBase): observations are the base's normalised ones and an action is a chunk of
     k = execute actions in [-1, 1]^(k A), what the base would queue. `env_action_space` is the env's own
@@ -296,19 +311,14 @@ class ChunkVecEnv:
 
     def __init__(self, envs: Any, base: nn.Module):
         model = chunked_model(base)
-        if envs.normalizer_state() is not None:
-            raise ValueError("A chunked base needs raw observations: make the vector env without normalize_obs.")
+        super().__init__(envs, "A chunked base")
         space, k = envs.env_action_space, model.execute
         if base.obs_dim != envs.obs_dim or space.shape[0] != k * model.action_dim:
             raise UsageError(
                 f"The base policy does not fit {envs.env_id}: it was made for another observation or action size, "
                 f"or the env's steps are not chunks of its {k} executed actions (wrap the sub-envs in ExecuteChunk)."
             )
-        self.envs, self.base = envs, base
-        self.num_envs, self.device, self.continuous = envs.num_envs, envs.device, True
-        self.obs_dim = envs.obs_dim
-        self.single_observation_space = envs.single_observation_space
-        self.single_action_space = envs.single_action_space
+        self.base = base
         self.env_action_space = gym.spaces.Box(
             space.low[: model.action_dim], space.high[: model.action_dim], dtype=space.dtype
         )
@@ -320,18 +330,3 @@ class ChunkVecEnv:
         obs, reward, terminated, truncated, final_obs = self.envs.step(chunk)
         x = _normalize(self.base, obs)
         return x, reward, terminated, truncated, x if final_obs is obs else _normalize(self.base, final_obs)
-
-    def pop_episodes(self) -> tuple[list[float], list[int]]:
-        return self.envs.pop_episodes()
-
-    def normalizer_state(self) -> None:
-        return None  # the base's normaliser is fixed and lives in the policy
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.envs.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.envs.load_state_dict(state)
-
-    def close(self) -> None:
-        self.envs.close()
