@@ -65,8 +65,11 @@ class BiasedController(nn.Module):
         return (self.gain * (GOAL - obs)).clamp(-1.0, 1.0) - BIAS
 
 
-def save_base(path, module: nn.Module, env_id: str = "mixrl_test/Reach1D-v0") -> str:
-    """A mixrl checkpoint whose deterministic policy is `module` (no normaliser)."""
+def save_base(
+    path, module: nn.Module, env_id: str = "mixrl_test/Reach1D-v0", obs_normalizer: dict | None = None, **spec
+) -> str:
+    """A mixrl checkpoint whose deterministic policy is `module`, rebuilt from the keyword arguments `spec`, on
+    observations normalised by `obs_normalizer` (none by default)."""
     env = gym.make(env_id)
     atomic_torch_save(
         {
@@ -75,8 +78,8 @@ def save_base(path, module: nn.Module, env_id: str = "mixrl_test/Reach1D-v0") ->
             "env_id": env_id,
             "observation_space": env.observation_space,
             "action_space": env.action_space,
-            "obs_normalizer": None,
-            "policy": policy_spec(module),
+            "obs_normalizer": obs_normalizer,
+            "policy": policy_spec(module, **spec),
         },
         path,
     )
@@ -239,22 +242,11 @@ def test_finetune_base_starts_as_the_base_and_trains_the_whole_network(tmp_path)
     torch.manual_seed(0)
     chunked = ChunkedActor(obs_dim, 3, (32,), horizon=6, execute=4)
     normalizer = {"mean": np.full(obs_dim, 0.01), "var": np.full(obs_dim, 0.04), "epsilon": 1e-8, "clip": 10.0}
-    base_path = tmp_path / "base.pt"
-    atomic_torch_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "algo": "bc",
-            "env_id": "mixrl/PegInsertion-v0",
-            "observation_space": env.observation_space,
-            "action_space": env.action_space,
-            "obs_normalizer": normalizer,
-            "policy": policy_spec(chunked, obs_dim=obs_dim, action_dim=3, hidden_sizes=(32,), horizon=6, execute=4),
-        },
-        base_path,
-    )
+    spec = dict(obs_dim=obs_dim, action_dim=3, hidden_sizes=(32,), horizon=6, execute=4)
+    base_path = save_base(tmp_path / "base.pt", chunked, "mixrl/PegInsertion-v0", normalizer, **spec)
     common = dict(
         env_id="mixrl/PegInsertion-v0",
-        base_policy=str(base_path),
+        base_policy=base_path,
         finetune_base=True,
         num_envs=2,
         num_steps=8,
