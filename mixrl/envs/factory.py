@@ -100,11 +100,11 @@ class DeviceRunningMeanStd(RunningMeanStd):
         self.count = state["count"]
 
 
-class DeviceObsNormalizer:
+class DeviceObsNormalizer(ObsNormalizer):
     """ObsNormalizer on torch tensors of one device (no host round trip): z = clip((obs - mean) / sqrt(var + eps))."""
 
     def __init__(self, shape: tuple[int, ...], device: torch.device, clip: float = 10.0, epsilon: float = 1e-8):
-        self.clip, self.epsilon, self.training = clip, epsilon, True
+        self.shape, self.clip, self.epsilon, self.training = shape, clip, epsilon, True
         self.rms = DeviceRunningMeanStd(shape, device)
 
     def __call__(self, obs: torch.Tensor, update: bool = True) -> torch.Tensor:
@@ -112,13 +112,6 @@ class DeviceObsNormalizer:
             self.rms.update(obs)
         z = (obs - self.rms.mean) / torch.sqrt(self.rms.var + self.epsilon)
         return z.clamp(-self.clip, self.clip).float()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"clip": self.clip, "epsilon": self.epsilon, **self.rms.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.clip, self.epsilon = state["clip"], state["epsilon"]
-        self.rms.load_state_dict(state)
 
 
 class RewardScaler:
