@@ -25,12 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 
 from mixrl.datasets import load_dataset
 from mixrl.evaluation import Policy, evaluate, policy_spec
 from mixrl.policies.chunked import ChunkedActor
-from mixrl.runs import Run, UsageError, check_finite, resume_args, rng_state, seed_everything, set_rng_state
+from mixrl.runs import (
+    Run,
+    UsageError,
+    check_finite,
+    parse_args,
+    resume_args,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 
 @dataclass
@@ -179,4 +187,4 @@ def main(args: Args) -> Path:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args))

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 
 from mixrl.agents.rlif import intervention_wrapper
 from mixrl.envs.factory import make_vec_env
@@ -36,6 +35,7 @@ from mixrl.runs import (
     UsageError,
     check_finite,
     crossed,
+    parse_args,
     record_given,
     resume_args,
     rng_state,
@@ -273,4 +273,4 @@ def main(args: Args, expert: Callable | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args))

@@ -37,7 +37,6 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
 from torch import nn
 
 from mixrl.buffers import Batch, ReplayBuffer
@@ -53,6 +52,7 @@ from mixrl.runs import (
     check_finite,
     crossed,
     load_checkpoint,
+    parse_args,
     record_given,
     resume_args,
     rng_state,
@@ -544,4 +544,4 @@ def main(args: Args, expert: Callable | None = None, reference_q: Callable | Non
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args))
