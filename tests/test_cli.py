@@ -1,9 +1,13 @@
 """The `mixrl` command line: help texts, a tiny training run, evaluation with video, and error messages."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from mixrl.runs import load_checkpoint
 
 
 def mixrl(*args: str) -> subprocess.CompletedProcess:
@@ -64,11 +68,6 @@ def test_errors_are_one_clear_line():
 
 
 def test_sigterm_stops_after_the_iteration_with_the_resume_command(tmp_path):
-    import signal
-    import time
-
-    from mixrl.runs import load_checkpoint
-
     flags = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "16", "--hidden-sizes", "16"]
     process = subprocess.Popen(
         [sys.executable, "-m", "mixrl.cli", "sac", *flags, "--checkpoint-every", "0", "--run-root", str(tmp_path)],
