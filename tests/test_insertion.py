@@ -7,7 +7,17 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import mixrl  # noqa: F401  (registers mixrl/PegInsertion-v0)
-from mixrl.envs.insertion import CLEARANCE, HORIZON, RANDOMNESS, PegInsertionEnv, scripted_expert
+from mixrl.envs.insertion import (
+    CLEARANCE,
+    FINE_SCALE,
+    HOLE_DEPTH,
+    HORIZON,
+    MAX_STEP,
+    PEG_HALF_LENGTH,
+    RANDOMNESS,
+    PegInsertionEnv,
+    scripted_expert,
+)
 
 LEVELS = list(RANDOMNESS)
 
@@ -79,3 +89,25 @@ def test_peg_outside_the_hole_is_not_inserted():
     env.data.qpos[:2] = env.model.body_pos[env._hole][:2] + 0.05  # beside the hole, above the table
     success, length, _ = run_episode(gym.wrappers.TimeLimit(env, HORIZON), push_down_beside, seed=None)
     assert not success and env.peg_tip()[2] < 0.01
+
+
+def test_step_applies_the_documented_servo_update_and_observation():
+    """The step's float arithmetic against the module docstring's formulas, written with numpy arrays: the servo
+    target clip(q + MAX_STEP clip(a, -1, 1) + e, joint range) and the 14 observation features."""
+    env = PegInsertionEnv(randomness="medium")
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        action = rng.uniform(-1.5, 1.5, 3).astype(np.float32)  # beyond the bounds too
+        qpos = env.data.qpos.copy()
+        noise_rng_state = env.np_random.bit_generator.state
+        noise = env.np_random.standard_normal(3)
+        env.np_random.bit_generator.state = noise_rng_state
+        obs, *_ = env.step(action)
+        target = qpos + MAX_STEP * np.clip(action.astype(np.float64), -1, 1) + env.tracking_noise * noise
+        np.testing.assert_array_equal(env.data.ctrl, np.clip(target, *env.model.jnt_range.T))
+        tip = env.data.xpos[env._peg] - [0.0, 0.0, PEG_HALF_LENGTH]
+        to_hole = env.model.body_pos[env._hole] + [0.0, 0.0, HOLE_DEPTH] - tip
+        ee = env.data.qpos
+        features = (ee, tip - ee, to_hole, np.tanh(to_hole[:2] / FINE_SCALE), env.data.qvel / 10.0)
+        np.testing.assert_array_equal(obs, np.clip(np.concatenate(features), -1, 1).astype(np.float32))

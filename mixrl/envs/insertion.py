@@ -16,6 +16,7 @@ the registration. `scripted_expert()` returns a noisy approach-align-descend con
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -45,6 +46,12 @@ RANDOMNESS = {
     "medium": (0.05, 0.005, 0.05),
     "high": (0.10, 0.008, 0.10),
 }
+
+
+def clip(x: float, low: float, high: float) -> float:
+    """x clipped to [low, high] (NaN stays NaN, as with np.clip); builtin min and max cost several times more."""
+    return low if x < low else high if x > high else x
+
 
 _OUTER = HOLE_HALF_WIDTH + WALL / 2  # centre of a wall
 _LONG = HOLE_HALF_WIDTH + WALL  # half length of the +-x walls (they cover the corners)
@@ -110,28 +117,41 @@ class PegInsertionEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self._hole = self.model.body("hole").id
         self._peg = self.model.body("peg").id
-        self._joint_low, self._joint_high = self.model.jnt_range[:, 0].copy(), self.model.jnt_range[:, 1].copy()
+        self._joint_low, self._joint_high = self.model.jnt_range[:, 0].tolist(), self.model.jnt_range[:, 1].tolist()
         self._renderer: mujoco.Renderer | None = None
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (14,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 
-    # Geometry read from the simulation (all in world coordinates, metres).
-    def peg_tip(self) -> np.ndarray:
-        return self.data.xpos[self._peg] - np.array([0.0, 0.0, PEG_HALF_LENGTH])
+    # Geometry read from the simulation (world coordinates in metres, as Python floats: a step computes with a
+    # handful of numbers, where numpy's per-call overhead would cost more than the physics).
+    def peg_tip(self) -> tuple[float, float, float]:
+        x, y, z = self.data.xpos[self._peg].tolist()
+        return x, y, z - PEG_HALF_LENGTH
 
-    def hole_mouth(self) -> np.ndarray:
-        return self.model.body_pos[self._hole] + np.array([0.0, 0.0, HOLE_DEPTH])
+    def hole_mouth(self) -> tuple[float, float, float]:
+        x, y, z = self.model.body_pos[self._hole].tolist()
+        return x, y, z + HOLE_DEPTH
 
-    def inserted(self) -> bool:
-        tip = self.peg_tip()
-        offset = np.abs(tip[:2] - self.model.body_pos[self._hole][:2])
-        return bool(tip[2] < INSERTED_HEIGHT and offset.max() < HOLE_HALF_WIDTH)
+    def inserted(self, tip: tuple[float, float, float]) -> bool:
+        """Whether a peg tip at `tip` is fully inserted: below INSERTED_HEIGHT, inside the hole."""
+        hole_x, hole_y, _ = self.model.body_pos[self._hole].tolist()
+        inside = abs(tip[0] - hole_x) < HOLE_HALF_WIDTH and abs(tip[1] - hole_y) < HOLE_HALF_WIDTH
+        return tip[2] < INSERTED_HEIGHT and inside
 
-    def _obs(self) -> np.ndarray:
-        ee, tip = self.data.qpos[:3], self.peg_tip()
-        to_hole = self.hole_mouth() - tip
-        parts = (ee, tip - ee, to_hole, np.tanh(to_hole[:2] / FINE_SCALE), self.data.qvel[:3] / 10.0)
-        return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)
+    def _obs(self, tip: tuple[float, float, float]) -> np.ndarray:
+        ee_x, ee_y, ee_z = self.data.qpos.tolist()
+        tip_x, tip_y, tip_z = tip
+        mouth_x, mouth_y, mouth_z = self.hole_mouth()
+        to_hole_x, to_hole_y, to_hole_z = mouth_x - tip_x, mouth_y - tip_y, mouth_z - tip_z
+        vel_x, vel_y, vel_z = self.data.qvel.tolist()
+        parts = (
+            *(ee_x, ee_y, ee_z),
+            *(tip_x - ee_x, tip_y - ee_y, tip_z - ee_z),
+            *(to_hole_x, to_hole_y, to_hole_z),
+            *(math.tanh(to_hole_x / FINE_SCALE), math.tanh(to_hole_y / FINE_SCALE)),
+            *(vel_x / 10.0, vel_y / 10.0, vel_z / 10.0),
+        )
+        return np.array([clip(v, -1.0, 1.0) for v in parts], dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -144,15 +164,19 @@ class PegInsertionEnv(gym.Env):
         self.data.qpos[2] = START_HEIGHT
         self.data.ctrl[:] = self.data.qpos[:3]
         mujoco.mj_forward(self.model, self.data)
-        return self._obs(), {"is_success": False}
+        return self._obs(self.peg_tip()), {"is_success": False}
 
     def step(self, action: np.ndarray):
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        target = self.data.qpos[:3] + MAX_STEP * action + self.tracking_noise * self.np_random.standard_normal(3)
-        self.data.ctrl[:] = np.clip(target, self._joint_low, self._joint_high)
+        action = np.asarray(action, dtype=np.float64).tolist()
+        noise = self.np_random.standard_normal(3).tolist()
+        self.data.ctrl[:] = [
+            clip(q + MAX_STEP * clip(a, -1.0, 1.0) + self.tracking_noise * e, low, high)
+            for q, a, e, low, high in zip(self.data.qpos.tolist(), action, noise, self._joint_low, self._joint_high)
+        ]
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
-        success = self.inserted()
-        return self._obs(), float(success), success, False, {"is_success": success}
+        tip = self.peg_tip()
+        success = self.inserted(tip)
+        return self._obs(tip), float(success), success, False, {"is_success": success}
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
