@@ -139,7 +139,7 @@ def test_expert_noise_is_clipped_and_reproducible():
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="reference Q"):
         InterventionWrapper(CounterEnv(), expert, "value")
-    with pytest.raises(ValueError, match="not one of"):
+    with pytest.raises(ValueError, match="not one of: value, random, gated, none"):
         InterventionWrapper(CounterEnv(), expert, "sometimes")
     with pytest.raises(ValueError, match="needs an expert"):
         InterventionWrapper(CounterEnv(), None, "random")
@@ -237,3 +237,126 @@ def test_vector_env_autoreset_resets_the_takeover_and_labels_per_env():
         ((3, 0), 0.45, 0.0, (4, 0)), ((4, 0), 0.5, 0.0, (5, 0)), ((4, 0), 0.45, 0.0, (5, 0)),  # time limit: final obs
         ((0, 1), 0.55, 0.0, (1, 1)), ((0, 1), 0.45, 0.0, (1, 1)),  # the next episodes, agents in control
     ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The wrapper on an env with a non-unit action range, observation-dependent experts and Q, seeded resets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class DriftEnv(gym.Env):
+    """obs = a 2-D position moved by the executed action (in [0, 4]^2); reset draws it from the env's seeded
+    generator, or takes options["x"]."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(0.0, 4.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        start = options["x"] if options else self.np_random.uniform(-1.0, 1.0, 2)
+        self.x = np.asarray(start, np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = self.x + np.asarray(action, np.float32)
+        return self.x.copy(), 0.0, False, False, {}
+
+
+def toward_origin(obs: np.ndarray) -> np.ndarray:
+    """An expert whose action depends on the observation."""
+    return np.clip(2.0 - obs, 0.0, 4.0).astype(np.float32)
+
+
+def test_defaults_are_the_reference_settings():
+    """resip_rlif.md B: beta 0.95, relative margin 0.03 (alpha 0.97), takeovers of 4 steps; HG-DAgger's gate at
+    L1 >= half the action dimensions in [-1, 1] units (12 for the pen's 24), epsilon 0.05 exp(-0.1 episode)."""
+    env = InterventionWrapper(DriftEnv(), toward_origin, q_value=lambda obs, actions: np.zeros(len(actions)))
+    settings = (env.mode, env.beta, env.delta, env.relative, env.takeover_steps)
+    assert settings == ("value", 0.95, 0.03, True, 4)
+    assert (env.gate_threshold, env.gate_epsilon, env.gate_decay) == (1.0, 0.05, 0.1)
+
+
+@pytest.mark.parametrize("beta, probability", [(0.0, 0.0), (1.0, 1.0)])
+def test_probability_bounds_are_accepted(beta, probability):
+    InterventionWrapper(DriftEnv(), toward_origin, "random", beta=beta, probability=probability)
+
+
+@pytest.mark.parametrize("beta, probability", [(1.5, 0.5), (-0.1, 0.5), (0.5, 1.5), (0.5, -0.1)])
+def test_probabilities_outside_zero_one_are_refused(beta, probability):
+    with pytest.raises(ValueError, match="must lie in"):
+        InterventionWrapper(DriftEnv(), toward_origin, "random", beta=beta, probability=probability)
+
+
+def test_reset_passes_seed_and_options_and_reseeds_the_decisions():
+    env = InterventionWrapper(DriftEnv(), toward_origin, "random", probability=0.5, takeover_steps=1, seed=7)
+    first = env.reset(seed=3)[0]
+    assert np.array_equal(env.reset(seed=3)[0], first) and not np.array_equal(env.reset(seed=4)[0], first)
+    assert np.array_equal(env.reset(options={"x": [5.0, 6.0]})[0], [5.0, 6.0])
+
+    def decisions(wrapper: InterventionWrapper, seed: int | None) -> list[bool]:
+        wrapper.reset(seed=seed)
+        return [wrapper.step(np.ones(2, np.float32))[4]["takeover_start"] for _ in range(40)]
+
+    other = InterventionWrapper(DriftEnv(), toward_origin, "random", probability=0.5, takeover_steps=1, seed=8)
+    assert decisions(env, 11) == decisions(other, 11)  # reset(seed) re-seeds the wrapper's generator
+    fresh = [InterventionWrapper(DriftEnv(), toward_origin, "random", takeover_steps=1, seed=8) for _ in range(2)]
+    assert decisions(fresh[0], None) == decisions(fresh[1], None)  # the constructor's seed alone decides
+
+
+def test_expert_sees_the_observation_and_the_executed_action_reaches_the_env():
+    env = InterventionWrapper(DriftEnv(), toward_origin, "random", probability=1.0, takeover_steps=1)
+    obs, _ = env.reset(options={"x": [0.5, -1.0]})
+    next_obs, _, _, _, info = env.step(np.zeros(2, np.float32))
+    np.testing.assert_allclose(info["expert_action"], [1.5, 3.0])  # 2 - obs
+    np.testing.assert_allclose(next_obs, obs + info["expert_action"])  # the expert's action moved the env
+    env.probability = 0.0
+    next_obs2, _, _, _, info = env.step(np.array([0.25, 0.5], np.float64))
+    np.testing.assert_allclose(next_obs2, next_obs + [0.25, 0.5])  # the agent's
+    assert info["action"].dtype == np.float32 and info["expert_action"].dtype == np.float32
+
+
+def test_value_test_reads_q_and_the_comparison_action_at_the_current_observation():
+    seen = []
+
+    def q_value(obs, actions):
+        seen.append(np.array(obs))
+        return -np.abs(np.asarray(actions) - toward_origin(obs)).sum(-1)  # the observation-dependent expert is best
+
+    env = InterventionWrapper(
+        DriftEnv(), toward_origin, "value", q_value, compare=toward_origin, beta=1.0, delta=0.1, relative=False
+    )
+    obs, _ = env.reset(options={"x": [1.0, 1.0]})
+    assert not env.wants_takeover(obs, np.array([1.0, 1.0]), None)  # the comparison action itself
+    assert env.wants_takeover(obs, np.array([3.0, 1.0]), None)
+    np.testing.assert_array_equal(seen[0], obs)
+    assert env.step(np.array([3.0, 1.0], np.float32))[4]["takeover_start"]  # step tests at its observation
+    np.testing.assert_array_equal(seen[-1], obs)
+
+
+def test_expert_noise_is_in_units_of_half_the_action_range():
+    env = InterventionWrapper(DriftEnv(), lambda obs: np.full(2, 2.0, np.float32), "none", expert_noise=0.25, seed=0)
+    env.reset(options={"x": [0.0, 0.0]})
+    actions = np.array([env.expert_action(env.obs) for _ in range(5000)])
+    assert np.abs(actions.mean(0) - 2.0).max() < 0.03  # around the expert's action
+    assert np.abs(actions.std(0) - 0.5).max() < 0.03  # 0.25 x half range 2
+    assert abs(np.corrcoef(actions.T)[0, 1]) < 0.05  # drawn per action dimension
+    quiet = InterventionWrapper(DriftEnv(), toward_origin, "none", seed=5)
+    quiet.reset()
+    for _ in range(10):
+        quiet.expert_action(quiet.obs)
+    assert quiet.rng.random() == np.random.default_rng(5).random()  # a noise-free expert draws no numbers
+
+
+def test_gate_measures_the_l1_distance_in_unit_actions_and_fires_at_the_threshold():
+    env = InterventionWrapper(DriftEnv(), toward_origin, "gated", gate_threshold=0.5, gate_epsilon=0.0)
+    env.reset(options={"x": [0.0, 0.0]})
+    expert_action = np.array([2.0, 2.0], np.float32)
+    assert env.wants_takeover(env.obs, np.array([3.0, 2.0]), expert_action)  # (3 - 2) / 2 = 0.5: at the threshold
+    assert not env.wants_takeover(env.obs, np.array([2.4, 2.0]), expert_action)  # 0.2 in unit actions
+
+
+def test_without_an_expert_the_info_reports_nan_expert_actions():
+    env = InterventionWrapper(DriftEnv(), None, "none")
+    env.reset(seed=0)
+    info = env.step(np.ones(2, np.float32))[4]
+    assert info["expert_action"].shape == (2,) and np.isnan(info["expert_action"]).all()
