@@ -134,6 +134,19 @@ def test_env_state_round_trip_restores_counters_across_a_truncation():
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_env_state_saved_after_the_first_step_loads_after_later_steps():
+    """Gymnasium's env checker keeps the first step's (obs, info) to compare with the second step's and drops
+    them after: a state saved between the two, loaded after the second, must bring them back."""
+    envs = make_vec_env("mixrl_test/Counter-v0", num_envs=1, seed=0)
+    envs.reset()
+    zeros = torch.zeros(1, 1)
+    envs.step(zeros)
+    state = envs.state_dict()
+    expected = [envs.step(zeros)[0] for _ in range(3)]
+    envs.load_state_dict(state)
+    assert all(torch.equal(x, y) for x, y in zip(expected, [envs.step(zeros)[0] for _ in range(3)]))
+
+
 def test_env_kwargs_json_with_leading_space_and_values_holding_equals():
     assert parse_env_kwargs([' {"a": 1}']) == {"a": 1}
     assert parse_env_kwargs(["name=x=y", "n=2"]) == {"name": "x=y", "n": 2}

@@ -207,6 +207,8 @@ def _is_plain_data(value: Any) -> bool:
         return True
     if isinstance(value, (list, tuple, deque)):
         return all(_is_plain_data(v) for v in value)
+    if isinstance(value, dict):  # e.g. an info dict Gymnasium's env checker keeps between its first steps
+        return all(isinstance(k, str) and _is_plain_data(v) for k, v in value.items())
     return False
 
 
