@@ -59,8 +59,15 @@ def test_queue_state_round_trip_continues_exactly():
 
 
 def test_execute_must_fit_in_the_horizon():
-    with pytest.raises(ValueError, match="execute=5 must be between 1 and horizon=4"):
-        ChunkedActor(3, 2, (8,), horizon=4, execute=5)
+    for execute in (0, 5):
+        with pytest.raises(ValueError, match=f"execute={execute} must be between 1 and horizon=4"):
+            ChunkedActor(3, 2, (8,), horizon=4, execute=execute)
+    for execute in (1, 4):
+        assert ChunkedActor(3, 2, (8,), horizon=4, execute=execute).execute == execute
+
+
+def test_a_single_observation_gives_one_chunk():
+    assert ChunkedActor(3, 2, (8,), horizon=4, execute=2)(torch.zeros(3)).shape == (4, 2)
 
 
 @pytest.fixture(scope="module")

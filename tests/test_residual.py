@@ -151,6 +151,7 @@ def test_mixrl_and_sb3_bases_round_trip_through_the_normalised_action_space(tmp_
                 model.policy.action_net.weight.mul_(100.0)
         model.save(tmp_path / f"{algo.__name__}.zip")
         base = load_base(tmp_path / f"{algo.__name__}.zip")
+        assert base.obs_dim == 3 and not any(p.requires_grad for p in base.parameters())  # frozen
         normalised = base.deterministic(torch.as_tensor(obs))
         assert normalised.abs().max() <= 1.0
         expected, _ = model.predict(obs, deterministic=True)
@@ -288,3 +289,70 @@ def test_finetune_base_starts_as_the_base_and_trains_the_whole_network(tmp_path)
                 **{**common, "base_policy": save_base(tmp_path / "c.pt", BiasedController(), "mixrl/PegInsertion-v0")}
             )
         )
+
+
+def counter_base(normalizer: dict | None = None, execute: int = 3) -> FrozenBase:
+    """A FrozenBase for Counter-v0 (obs (t, episode)) whose chunk from normalised obs o is (0.1 o_0 + 0.01 h)_h."""
+    chunked = ChunkedActor(2, 1, (4,), horizon=4, execute=execute)
+    chunked.forward = lambda obs: (0.1 * obs[:, :1] + 0.01 * torch.arange(4.0)).unsqueeze(-1)
+    return FrozenBase(chunked, 2, normalizer)
+
+
+COUNTER_NORMALIZER = {"mean": np.array([2.0, 0.0]), "var": np.array([4.0, 1.0]), "epsilon": 0.0, "clip": 10.0}
+
+
+def test_residual_env_state_round_trip_continues_mid_chunk():
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 2), counter_base())
+    envs.reset()
+    envs.step(torch.zeros(2, 1))  # one action into the first chunk of 3
+    state = envs.state_dict()
+    after = [envs.step(torch.zeros(2, 1))[0] for _ in range(6)]  # across a replan and an episode end
+    envs.load_state_dict(state)
+    torch.testing.assert_close(torch.stack([envs.step(torch.zeros(2, 1))[0] for _ in range(6)]), torch.stack(after))
+
+
+def test_peek_reads_the_next_base_action_without_advancing_the_queues():
+    base, obs = counter_base(), torch.tensor([[1.0, 0.0]])
+    base.deterministic(obs)
+    peeked = base.peek(obs)
+    assert base.deterministic(obs) == peeked == pytest.approx(0.11)  # the second queued action
+
+
+def test_residual_inputs_and_finetuning_observations_use_the_bases_normaliser():
+    base = counter_base(COUNTER_NORMALIZER)
+    x = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 1), base).reset()
+    torch.testing.assert_close(x, torch.tensor([[-1.0, 0.0, -0.1]]))  # [(obs - mean) / std, base action]
+    envs = ChunkVecEnv(make_vec_env("mixrl_test/Counter-v0", 1, wrapper=partial(ExecuteChunk, steps=3)), base)
+    torch.testing.assert_close(envs.reset(), torch.tensor([[-1.0, 0.0]]))
+    envs.step(torch.zeros(1, 3))  # t = 3
+    x, _, _, truncated, final_x = envs.step(torch.zeros(1, 3))  # t = 5: the time limit, mid-chunk
+    assert truncated.item()
+    torch.testing.assert_close(final_x, torch.tensor([[1.5, 0.0]]))  # the true last obs (5, 0), normalised
+    torch.testing.assert_close(x, torch.tensor([[-1.0, 1.0]]))  # the reset obs (0, 1)
+
+
+def test_bases_that_do_not_fit_or_normalised_envs_are_refused():
+    peg = partial(make_vec_env, "mixrl/PegInsertion-v0", 1)
+    ResidualVecEnv(peg(), FrozenBase(ChunkedActor(14, 3, (8,)), 14))  # fits
+    for obs_dim, action_dim in ((14, 2), (13, 3)):
+        with pytest.raises(ValueError, match="does not fit mixrl/PegInsertion-v0"):
+            ResidualVecEnv(peg(), FrozenBase(ChunkedActor(obs_dim, action_dim, (8,)), obs_dim))
+    with pytest.raises(ValueError, match="does not fit mixrl_test/Counter-v0"):
+        ChunkVecEnv(make_vec_env("mixrl_test/Counter-v0", 1, wrapper=partial(ExecuteChunk, steps=2)), counter_base())
+    normalised = make_vec_env("mixrl_test/Counter-v0", 1, normalize_obs=True)
+    with pytest.raises(ValueError, match="A residual's base needs raw observations"):
+        ResidualVecEnv(normalised, counter_base())
+    with pytest.raises(ValueError, match="A chunked base needs raw observations"):
+        ChunkVecEnv(normalised, counter_base())
+    with pytest.raises(ValueError, match=r"\(this base is BiasedController\)"):
+        ChunkVecEnv(make_vec_env("mixrl_test/Counter-v0", 1), FrozenBase(BiasedController(), 2))
+
+
+def test_defaults_are_the_reference_settings():
+    """resip_rlif.md A: alpha 0.1; chunks of 8 predicted and 8 executed (the CPU defaults); the fine-tuning
+    baseline's log-std fixed."""
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 1), counter_base())
+    assert envs.policy.alpha == 0.1
+    chunked = ChunkedActor(2, 1, (4,))
+    assert (chunked.horizon, chunked.execute) == (8, 8)
+    assert "log_std" not in dict(ChunkGaussianActor(chunked).named_parameters())
