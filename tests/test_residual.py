@@ -298,7 +298,7 @@ def counter_base(normalizer: dict | None = None, execute: int = 3) -> FrozenBase
     return FrozenBase(chunked, 2, normalizer)
 
 
-COUNTER_NORMALIZER = {"mean": np.array([2.0, 0.0]), "var": np.array([4.0, 1.0]), "epsilon": 0.0, "clip": 10.0}
+COUNTER_NORMALIZER = {"mean": np.array([2.0, 0.0]), "var": np.array([3.99, 0.99]), "epsilon": 0.01, "clip": 10.0}
 
 
 def test_residual_env_state_round_trip_continues_mid_chunk():
@@ -356,3 +356,67 @@ def test_defaults_are_the_reference_settings():
     chunked = ChunkedActor(2, 1, (4,))
     assert (chunked.horizon, chunked.execute) == (8, 8)
     assert "log_std" not in dict(ChunkGaussianActor(chunked).named_parameters())
+
+
+class StaggeredCounter(gym.Env):
+    """Counter-v0 whose episodes last 4 steps for an even first seed and 6 for an odd one (obs (t, episode))."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    length, episode = None, -1
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.length is None:
+            self.length = 4 if (seed or 0) % 2 == 0 else 6
+        self.t, self.episode = 0, self.episode + 1
+        return np.array([self.t, self.episode], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.array([self.t, self.episode], np.float32)
+        return obs, 0.0, self.t >= self.length, False, {}
+
+
+if "mixrl_test/StaggeredCounter-v0" not in gym.registry:
+    gym.register(id="mixrl_test/StaggeredCounter-v0", entry_point=StaggeredCounter)
+
+
+def test_an_episode_end_flushes_only_that_envs_queue():
+    """Env 0 ends at t = 4, env 1 at t = 6: env 1's open-loop chunk goes on untouched through env 0's reset."""
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/StaggeredCounter-v0", 2), counter_base())
+    base_actions = [envs.reset()[:, 2].tolist()]
+    for _ in range(6):
+        base_actions.append(envs.step(torch.zeros(2, 1))[0][:, 2].tolist())
+    env0, env1 = zip(*base_actions)
+    # chunks of 3 planned from t: env 0 at t = 0, 3, then at its reset (t = 0 again); env 1 at t = 0, 3, 6 -> 0
+    np.testing.assert_allclose(env0, [0.0, 0.01, 0.02, 0.3, 0.0, 0.01, 0.02], atol=1e-6)
+    np.testing.assert_allclose(env1, [0.0, 0.01, 0.02, 0.3, 0.31, 0.32, 0.0], atol=1e-6)
+
+
+def test_residual_action_and_clipped_inputs():
+    """a = a_base + alpha Delta; the residual sees the base's normalised observation clipped to +-3 (the base itself
+    to its normaliser's +-10); std = sqrt(var + epsilon)."""
+    normalizer = {"mean": np.array([10.0, -10.0]), "var": np.array([0.99, 0.99]), "epsilon": 0.01, "clip": 10.0}
+    base = counter_base(normalizer)
+    assert not any(p.requires_grad for p in base.parameters())
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 1), base, alpha=0.5)
+    x = envs.reset()
+    torch.testing.assert_close(x, torch.tensor([[-3.0, 3.0, -1.0]]))  # base: 0.1 x (-10) = -1
+    torch.testing.assert_close(envs.policy.combine(x, torch.tensor([[0.4]])), torch.tensor([[-0.8]]))
+    chunk_envs = ChunkVecEnv(make_vec_env("mixrl_test/Counter-v0", 1, wrapper=partial(ExecuteChunk, steps=3)), base)
+    torch.testing.assert_close(chunk_envs.reset(), torch.tensor([[-10.0, 10.0]]))
+    assert ResidualPolicy(base, None, obs_dim=2).alpha == 0.1
+    assert "log_std" not in dict(ResidualGaussianActor(3, 1, (4,)).named_parameters())  # fixed exploration noise
+
+
+def test_stateless_bases_save_no_queues_and_other_bases_are_named_in_the_finetuning_error():
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/Reach1D-v0", 1), FrozenBase(BiasedController(), 1))
+    envs.reset()
+    assert envs.state_dict()["queues"] is None
+
+    class NoNetwork(nn.Module):
+        obs_dim = 2
+
+    with pytest.raises(ValueError, match=r"\(this base is NoNetwork\)"):
+        ChunkVecEnv(make_vec_env("mixrl_test/Counter-v0", 1), NoNetwork())
