@@ -152,6 +152,9 @@ def test_mixrl_and_sb3_bases_round_trip_through_the_normalised_action_space(tmp_
         model.save(tmp_path / f"{algo.__name__}.zip")
         base = load_base(tmp_path / f"{algo.__name__}.zip")
         assert base.obs_dim == 3 and not any(p.requires_grad for p in base.parameters())  # frozen
+        residual_envs = ResidualVecEnv(make_vec_env("Pendulum-v1", 1), base)
+        residual_envs.reset()
+        assert residual_envs.state_dict()["queues"] is None  # an SB3 base keeps no action queues
         normalised = base.deterministic(torch.as_tensor(obs))
         assert normalised.abs().max() <= 1.0
         expected, _ = model.predict(obs, deterministic=True)
