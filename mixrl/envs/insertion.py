@@ -132,16 +132,16 @@ class PegInsertionEnv(gym.Env):
         x, y, z = self.model.body_pos[self._hole].tolist()
         return x, y, z + HOLE_DEPTH
 
-    def inserted(self, tip: tuple[float, float, float]) -> bool:
-        """Whether a peg tip at `tip` is fully inserted: below INSERTED_HEIGHT, inside the hole."""
-        hole_x, hole_y, _ = self.model.body_pos[self._hole].tolist()
-        inside = abs(tip[0] - hole_x) < HOLE_HALF_WIDTH and abs(tip[1] - hole_y) < HOLE_HALF_WIDTH
+    def inserted(self, tip: tuple[float, float, float], mouth: tuple[float, float, float]) -> bool:
+        """Whether a peg tip at `tip` is fully inserted into the hole whose mouth is at `mouth`: below
+        INSERTED_HEIGHT, inside the hole."""
+        inside = abs(tip[0] - mouth[0]) < HOLE_HALF_WIDTH and abs(tip[1] - mouth[1]) < HOLE_HALF_WIDTH
         return tip[2] < INSERTED_HEIGHT and inside
 
-    def _obs(self, tip: tuple[float, float, float]) -> np.ndarray:
+    def _obs(self, tip: tuple[float, float, float], mouth: tuple[float, float, float]) -> np.ndarray:
         ee_x, ee_y, ee_z = self.data.qpos.tolist()
         tip_x, tip_y, tip_z = tip
-        mouth_x, mouth_y, mouth_z = self.hole_mouth()
+        mouth_x, mouth_y, mouth_z = mouth
         to_hole_x, to_hole_y, to_hole_z = mouth_x - tip_x, mouth_y - tip_y, mouth_z - tip_z
         vel_x, vel_y, vel_z = self.data.qvel.tolist()
         parts = (
@@ -164,7 +164,7 @@ class PegInsertionEnv(gym.Env):
         self.data.qpos[2] = START_HEIGHT
         self.data.ctrl[:] = self.data.qpos[:3]
         mujoco.mj_forward(self.model, self.data)
-        return self._obs(self.peg_tip()), {"is_success": False}
+        return self._obs(self.peg_tip(), self.hole_mouth()), {"is_success": False}
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=np.float64).tolist()
@@ -174,9 +174,9 @@ class PegInsertionEnv(gym.Env):
             for q, a, e, low, high in zip(self.data.qpos.tolist(), action, noise, self._joint_low, self._joint_high)
         ]
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
-        tip = self.peg_tip()
-        success = self.inserted(tip)
-        return self._obs(tip), float(success), success, False, {"is_success": success}
+        tip, mouth = self.peg_tip(), self.hole_mouth()
+        success = self.inserted(tip, mouth)
+        return self._obs(tip, mouth), float(success), success, False, {"is_success": success}
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
