@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import CounterEnv
 from torch import nn
 
 from mixrl.agents import ppo, sac
@@ -86,6 +87,13 @@ def save_base(
     return str(path)
 
 
+def counter_base(normalizer: dict | None = None, execute: int = 3) -> FrozenBase:
+    """A FrozenBase for Counter-v0 (obs (t, episode)) whose chunk from normalised obs o is (0.1 o_0 + 0.01 h)_h."""
+    chunked = ChunkedActor(2, 1, (4,), horizon=4, execute=execute)
+    chunked.forward = lambda obs: (0.1 * obs[:, :1] + 0.01 * torch.arange(4.0)).unsqueeze(-1)
+    return FrozenBase(chunked, 2, normalizer)
+
+
 def test_zero_initialised_residual_reproduces_the_base_exactly(tmp_path):
     base = load_base(save_base(tmp_path / "base.pt", BiasedController()))
     head = ResidualGaussianActor(2, 1, (16, 16))
@@ -122,9 +130,7 @@ def test_zero_residual_around_a_chunked_base_takes_the_base_actions_step_for_ste
 
 
 def test_vec_env_feeds_x_and_flushes_each_envs_chunk_queue_on_autoreset():
-    chunked = ChunkedActor(2, 1, (4,), horizon=4, execute=3)
-    chunked.forward = lambda obs: (0.1 * obs[:, :1] + 0.01 * torch.arange(4.0)).unsqueeze(-1)  # from obs (t, episode)
-    envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 2), FrozenBase(chunked, 2), alpha=0.5)
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 2), counter_base(), alpha=0.5)
     x = envs.reset()
     torch.testing.assert_close(x[:, 2], torch.zeros(2))  # obs (0, 0): the chunk (0, 0.01, 0.02, 0.03)
     base_actions = [x[0, 2].item()]
@@ -294,13 +300,6 @@ def test_finetune_base_starts_as_the_base_and_trains_the_whole_network(tmp_path)
         )
 
 
-def counter_base(normalizer: dict | None = None, execute: int = 3) -> FrozenBase:
-    """A FrozenBase for Counter-v0 (obs (t, episode)) whose chunk from normalised obs o is (0.1 o_0 + 0.01 h)_h."""
-    chunked = ChunkedActor(2, 1, (4,), horizon=4, execute=execute)
-    chunked.forward = lambda obs: (0.1 * obs[:, :1] + 0.01 * torch.arange(4.0)).unsqueeze(-1)
-    return FrozenBase(chunked, 2, normalizer)
-
-
 COUNTER_NORMALIZER = {"mean": np.array([2.0, 0.0]), "var": np.array([3.99, 0.99]), "epsilon": 0.01, "clip": 10.0}
 
 
@@ -361,24 +360,13 @@ def test_defaults_are_the_reference_settings():
     assert "log_std" not in dict(ChunkGaussianActor(chunked).named_parameters())
 
 
-class StaggeredCounter(gym.Env):
-    """Counter-v0 whose episodes last 4 steps for an even first seed and 6 for an odd one (obs (t, episode))."""
-
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-    length, episode = None, -1
+class StaggeredCounter(CounterEnv):
+    """Counter-v0 (obs (t, episode)) whose episodes end at t = 4 for an even first seed and t = 6 for an odd one."""
 
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        if self.length is None:
-            self.length = 4 if (seed or 0) % 2 == 0 else 6
-        self.t, self.episode = 0, self.episode + 1
-        return np.array([self.t, self.episode], np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        obs = np.array([self.t, self.episode], np.float32)
-        return obs, 0.0, self.t >= self.length, False, {}
+        if self.terminate_at is None:
+            self.terminate_at = 4 if (seed or 0) % 2 == 0 else 6
+        return super().reset(seed=seed, options=options)
 
 
 if "mixrl_test/StaggeredCounter-v0" not in gym.registry:
