@@ -319,10 +319,17 @@ def main() -> None:
         default="highest",
         help="sac, pmoe-sac: mixrl's --matmul-precision (medium: bfloat16 products; SB3 always runs float32)",
     )
+    parser.add_argument(
+        "--sb3-flush-denormal",
+        action="store_true",
+        help="run SB3 with denormal floats flushed to zero too, as mixrl's agents always run (set_cpu_math)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements to this file")
     opts = parser.parse_args()
-    torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from mixrl.runs import set_cpu_math
+
+    set_cpu_math(1)  # as mixrl's agents: one thread, denormals flushed
     if opts.algo == "rlpd":
         from mixrl.optim import keep_freed_memory
 
@@ -356,6 +363,8 @@ def main() -> None:
     else:
         for rnd in range(opts.rounds):
             for name, measure in contenders.items():
+                if name == "sb3":  # SB3 as it ships: IEEE denormal arithmetic, unless --sb3-flush-denormal
+                    torch.set_flush_denormal(opts.sb3_flush_denormal)
                 results[name].append(measure())
                 print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} {unit}", flush=True)
     mean = {name: float(np.mean(values)) for name, values in results.items()}

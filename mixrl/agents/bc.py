@@ -37,6 +37,7 @@ from mixrl.runs import (
     resume_args,
     rng_state,
     seed_everything,
+    set_cpu_math,
     set_rng_state,
 )
 
@@ -100,7 +101,7 @@ def main(args: Args) -> Path:
         args, saved = resume_args(args, "total_steps")
     if not 1 <= args.execute <= args.horizon:
         raise UsageError(f"--execute {args.execute} must be between 1 and --horizon {args.horizon}.")
-    torch.set_num_threads(args.threads)
+    set_cpu_math(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     data = load_dataset(args.dataset_id, device, num_episodes=args.num_episodes)

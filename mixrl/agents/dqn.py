@@ -40,6 +40,7 @@ from mixrl.runs import (
     resume_args,
     rng_state,
     seed_everything,
+    set_cpu_math,
     set_rng_state,
 )
 
@@ -164,7 +165,7 @@ def main(args: Args) -> Path:
     check_range(args, "gamma tau eps_start eps_end", 0, 1)
     if args.learning_starts < args.batch_size:
         raise UsageError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
-    torch.set_num_threads(args.threads)
+    set_cpu_math(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     env_kwargs = parse_env_kwargs(args.env_kwargs)

@@ -57,6 +57,7 @@ from mixrl.runs import (
     resume_args,
     rng_state,
     seed_everything,
+    set_cpu_math,
     set_rng_state,
 )
 
@@ -384,7 +385,7 @@ def main(args: Args, expert: Callable | None = None, reference_q: Callable | Non
     if args.resume is not None:
         args, saved = resume_args(args, "total_timesteps")
     check_args(args, expert is not None)
-    torch.set_num_threads(args.threads)
+    set_cpu_math(args.threads)
     keep_freed_memory()
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)

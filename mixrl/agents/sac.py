@@ -72,6 +72,7 @@ from mixrl.runs import (
     resume_args,
     rng_state,
     seed_everything,
+    set_cpu_math,
     set_rng_state,
 )
 
@@ -364,7 +365,7 @@ def main(args: Args) -> Path:
     if args.resume is not None:
         args, saved = resume_args(args, "total_timesteps")
     check_args(args)
-    torch.set_num_threads(args.threads)
+    set_cpu_math(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     env_kwargs = parse_env_kwargs(args.env_kwargs)

@@ -43,6 +43,7 @@ from mixrl.runs import (
     resume_args,
     rng_state,
     seed_everything,
+    set_cpu_math,
     set_rng_state,
 )
 
@@ -218,7 +219,7 @@ def main(args: Args) -> Path:
     if args.resume is not None:
         args, saved = resume_args(args, "total_steps")
     check_args(args)
-    torch.set_num_threads(args.threads)
+    set_cpu_math(args.threads)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device(args.device)
     data = load_dataset(args.dataset_id, device, args.normalize_obs)
