@@ -37,7 +37,24 @@ from mixrl.runs import (
     load_checkpoint,
     parse_args,
     resume_args,
+    set_cpu_math,
 )
+
+
+def test_set_cpu_math_sets_the_threads_and_flushes_denormals():
+    threads = torch.get_num_threads()
+    denormal = torch.tensor([1e-40])  # below float32's smallest normal number, 1.2e-38
+    try:
+        torch.set_flush_denormal(False)
+        assert (denormal * 1.0).item() > 0
+        set_cpu_math(2)
+        assert torch.get_num_threads() == 2
+        assert (denormal * 1.0).item() == 0.0
+        assert (torch.tensor([1e-30]) * 1e-10).item() == 0.0  # results below the range flushed too
+        assert torch.tensor([1e-37]).mul(1.0).item() > 0  # normal numbers untouched
+    finally:
+        torch.set_flush_denormal(True)
+        torch.set_num_threads(threads)
 
 
 def count_env_steps(monkeypatch, fail_at: int | None = None) -> list[int]:
