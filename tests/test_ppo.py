@@ -1,5 +1,7 @@
 """PPO and PMOE-PPO: GAE, the first importance ratio, normalisation in checkpoints, resume, and one learning test."""
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -180,6 +182,25 @@ def test_compiled_minibatch_gradient_equals_autograd(tmp_path):
     torch.testing.assert_close(flat.grad, eager_grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(loss, eager_loss)
     torch.testing.assert_close(log_ratio, eager_log_ratio)
+
+
+def test_compiled_update_takes_the_eager_steps_also_once_guards_are_skipped(tmp_path):
+    """The second compiled update runs with TorchDynamo's guard checks skipped: it still takes autograd's steps."""
+    args = tiny_args(tmp_path, update_epochs=1, num_minibatches=2)
+    batch, actor, critic, _ = collect(args)
+    torch.compiler.reset()
+    results = []
+    for compile in (False, True):
+        networks = [copy.deepcopy(actor), copy.deepcopy(critic)]
+        flat = flatten_parameters(networks)
+        update = ppo.make_update(dataclasses.replace(args, compile=compile), *networks, None, FlatAdam(flat, 1e-3))
+        torch.manual_seed(0)  # the same minibatches
+        for _ in range(3):
+            update(batch)
+        results.append(flat.detach().clone())
+    eager, compiled = results
+    assert not torch.equal(eager, flatten_parameters([actor, critic]))
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
 def test_ratio_estimator_trains_the_mixing_weights_through_the_surrogate_alone(tmp_path):

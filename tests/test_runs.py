@@ -43,9 +43,9 @@ from mixrl.runs import (
 
 def test_set_cpu_math_sets_the_threads_and_flushes_denormals():
     threads = torch.get_num_threads()
-    denormal = torch.tensor([1e-40])  # below float32's smallest normal number, 1.2e-38
     try:
         torch.set_flush_denormal(False)
+        denormal = torch.tensor([1e-40])  # below float32's smallest normal number, 1.2e-38
         assert (denormal * 1.0).item() > 0
         set_cpu_math(2)
         assert torch.get_num_threads() == 2
