@@ -109,7 +109,7 @@ class SweepArgs:
     ({flag = value}) and `grid` ({flag = [values]}) and `[[trials]]` entries (agent, env_id, seed, flags, variant);
     command-line values win"""
     agents: tuple[str, ...] = ()
-    """agents to run (mixrl subcommands: sac, ppo, dqn, td3_bc, a2pr)"""
+    """agents to run (mixrl subcommands: sac, ppo, dqn, td3_bc, a2pr, bc, rlif, dagger)"""
     env_ids: tuple[str, ...] = ()
     """Gymnasium ids (module:id for your own package's tasks)"""
     seeds: tuple[int, ...] = (1,)
