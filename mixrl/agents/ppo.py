@@ -318,16 +318,16 @@ def make_update(
     num_agent = sum(p.numel() for module in (actor, critic) for p in module.parameters())
     clip_groups = [g.view(1, -1) for g in params.grad.split([num_agent, params.numel() - num_agent]) if g.numel()]
 
-    updates = 0
+    skip_guards = False  # set once the first update has compiled the loss
 
     def update(batch: Batch) -> dict[str, torch.Tensor]:
-        # Once the first update has compiled the loss, TorchDynamo's guard checks are skipped (4% of a ResiP
-        # iteration with minibatches of 64): every later call has the same shapes, dtypes, networks and settings by
-        # construction, so the guards could never fail.
-        nonlocal updates
-        with torch.compiler.set_stance(skip_guard_eval_unsafe=args.compile and updates > 0):
+        # After the first compiled update, TorchDynamo's guard checks are skipped (4% of a ResiP iteration with
+        # minibatches of 64): every later call has the same shapes, dtypes, networks and settings by construction,
+        # so the guards could never fail.
+        nonlocal skip_guards
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=skip_guards):
             metrics = epochs(batch)
-        updates += 1
+        skip_guards = args.compile
         return metrics
 
     def epochs(batch: Batch) -> dict[str, torch.Tensor]:
