@@ -5,13 +5,8 @@ policy = mixrl.load_policy("runs/HalfCheetah-v5__sac__1__<time>")   # run direct
 action = policy(obs)                                                  # numpy in, env action out
 """
 
-import torch
-
 import mixrl.envs  # noqa: F401  (registers the mixrl/* environment ids with Gymnasium)
 from mixrl.evaluation import load_policy
 
 __version__ = "0.1.0"
 __all__ = ["load_policy", "__version__"]
-
-# One torch thread by default: more threads thrash on small machines (agents expose --threads).
-torch.set_num_threads(1)

@@ -14,23 +14,14 @@ from typing import Annotated, Literal
 
 import tyro
 
-# subcommand -> module with `Args` and `main(args)`; optional ones are listed only when importable.
-AGENTS = {
-    "sac": "mixrl.agents.sac",
-    "ppo": "mixrl.agents.ppo",
-    "dqn": "mixrl.agents.dqn",
-    "td3_bc": "mixrl.agents.td3_bc",
-    "a2pr": "mixrl.agents.a2pr",
-    "bc": "mixrl.agents.bc",
-    "rlif": "mixrl.agents.rlif",
-    "dagger": "mixrl.agents.dagger",
-}
+from mixrl.agents import AGENTS  # subcommand -> module with `Args` and `main(args)`
 
 
 @dataclass
 class EvalArgs:
     path: Annotated[str, tyro.conf.Positional]
-    """run directory (uses checkpoints/final.pt, else latest.pt) or checkpoint file"""
+    """policy folder (model.safetensors + config.json), run directory (uses its policy/ folder, else
+    checkpoints/final.pt, else latest.pt) or checkpoint file"""
     episodes: int = 10
     """deterministic episodes to run"""
     seed: int = 0
@@ -48,6 +39,9 @@ class EvalArgs:
     eval_rule: Literal["argmax_w", "weighted_mean", "sampled_k_mean", "sample"] | None = None
     """mixture policies (PMOE): how the action is picked from the experts, instead of the run's rule: mean of
     the heaviest expert, weighted mean of the experts' means, mean of a drawn expert, or a sample"""
+    trust_pickle: bool = False
+    """read a checkpoint that needs pickle (one written before mixrl stored plain data), or a policy naming classes
+    outside mixrl's policy modules: only for files whose author you trust; pickle runs whatever code the file names"""
 
 
 def run_eval(args: EvalArgs) -> None:
@@ -63,6 +57,7 @@ def run_eval(args: EvalArgs) -> None:
         args.eval_rule,
         args.video_size,
         args.overlay,
+        args.trust_pickle,
     )
     rule = result.get("eval_rule")
     kind = "stochastic" if rule in ("sampled_k_mean", "sample") else "deterministic"
@@ -122,7 +117,10 @@ def run_dataset(rest: list[str]) -> None:
             print(f"{key:22s} {value:.2f}" if isinstance(value, float) else f"{key:22s} {value}")
 
 
-EXPORT_HELP = "Export a run's deterministic policy as an ONNX or TorchScript graph: raw observation -> env action."
+EXPORT_HELP = (
+    "Export a run's deterministic policy as an ONNX or TorchScript graph (raw observation -> env action), or as a "
+    "data-only policy folder (safetensors + JSON) to share."
+)
 
 
 def available_agents() -> dict[str, object]:
@@ -143,7 +141,7 @@ def usage(agents: dict[str, object]) -> str:
     lines.append(f"  {'eval':10s} evaluate a run directory or checkpoint (mean/std return, eval.json, --video MP4)")
     lines.append(f"  {'dataset':10s} collect | list | info: Minari datasets for the offline agents (td3_bc, a2pr)")
     lines.append(f"  {'sweep':10s} trials (agents x envs x seeds x flags) on Ray; `sweep report` tables and plots")
-    lines.append(f"  {'export':10s} write a run's deterministic policy as ONNX or TorchScript (raw obs -> env action)")
+    lines.append(f"  {'export':10s} write a run's deterministic policy as ONNX, TorchScript or a policy folder")
     lines.append("\n`mixrl COMMAND --help` lists the options of a command.")
     return "\n".join(lines)
 
@@ -158,7 +156,12 @@ def main(argv: list[str] | None = None) -> None:
         print(usage(agents))
         return
     command, rest = argv[0], argv[1:]
+    import torch
+
     from mixrl.runs import Interrupted, NonFiniteLossError, UsageError, parse_args
+
+    if command not in agents:  # eval, dataset, export, sweep: one torch thread (agents set theirs from --threads)
+        torch.set_num_threads(1)
 
     try:
         if command == "eval":

@@ -1,8 +1,11 @@
-"""Deterministic rollouts, returns and MP4 videos; `Policy`, the callable that load_policy() returns."""
+"""Deterministic rollouts, returns and MP4 videos; `Policy`, the callable that load_policy() returns.
+
+Rebuilding a network from a checkpoint's policy spec is `mixrl.policies.loading`; loading frozen bases and experts
+for a learner is `mixrl.pretrained`.
+"""
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixrl.checkpoints import atomic_write_text
 from mixrl.envs.factory import make_env
-from mixrl.errors import MissingPathError, UsageError
+from mixrl.errors import UsageError
+from mixrl.policies.files import read_policy, run_dir_of
+from mixrl.policies.loading import build_actor
 from mixrl.policies.mixture import ACTOR_EVAL_RULES
-from mixrl.runs import atomic_write_text, find_checkpoint, load_checkpoint
 
 
 class Policy:
@@ -67,68 +72,50 @@ class Policy:
             self.actor.reset()
 
 
-def policy_spec(actor: nn.Module, **kwargs: Any) -> dict[str, Any]:
-    """What a checkpoint stores to rebuild `actor` without training code: class path, kwargs, weights."""
-    cls = type(actor)
-    return {
-        "class": f"{cls.__module__}.{cls.__qualname__}",
-        "kwargs": kwargs,
-        "state_dict": actor.state_dict(),
-    }
-
-
-def build_actor(spec: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a module from policy_spec(); a kwarg that is itself a spec (a residual's base) is built first."""
-    module_name, _, class_name = spec["class"].rpartition(".")
-    kwargs = {
-        k: build_actor(v, device) if isinstance(v, dict) and "class" in v else v for k, v in spec["kwargs"].items()
-    }
-    actor = getattr(importlib.import_module(module_name), class_name)(**kwargs)
-    actor.load_state_dict(spec["state_dict"])
-    return actor.to(device).eval()
-
-
-def load_base(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A frozen base policy for a residual learner (mixrl.policies.residual): a mixrl run directory or checkpoint,
-    or a Stable-Baselines3 .zip. Its policy_spec() is attached as `.spec`, so that residual checkpoints embed it."""
-    from mixrl.policies.residual import FrozenBase, SB3Base
-
-    if str(path).endswith(".zip"):
-        if not Path(path).is_file():
-            raise MissingPathError(f"--base-policy {path}: no such Stable-Baselines3 zip.")
-        kwargs = {"zip_bytes": Path(path).read_bytes()}
-        base = SB3Base(**kwargs)
-    else:
-        ckpt = load_checkpoint(path, map_location=device)
-        obs_dim = int(np.prod(ckpt["observation_space"].shape))
-        kwargs = {"model": ckpt["policy"], "obs_dim": obs_dim, "obs_normalizer": ckpt.get("obs_normalizer")}
-        base = FrozenBase(build_actor(ckpt["policy"], device), obs_dim, kwargs["obs_normalizer"])
-    base.spec = policy_spec(base, **kwargs)
-    return base.to(device)
-
-
-def residual_spec(policy: nn.Module, head_spec: dict[str, Any]) -> dict[str, Any]:
-    """policy_spec() of a ResidualPolicy: its frozen base and its head as nested specs."""
-    return policy_spec(policy, base=policy.base.spec, head=head_spec, **policy.spec_kwargs)
-
-
-def load_policy(path: str | Path, device: str | torch.device = "cpu", eval_rule: str | None = None) -> Policy:
-    """Rebuild the evaluation policy of a run directory or checkpoint file: `load_policy(path)(obs) -> action`.
-    `eval_rule` replaces a mixture policy's saved rule (one of mixrl.policies.mixture.ACTOR_EVAL_RULES)."""
-    return policy_from_checkpoint(load_checkpoint(path, map_location=device), device, eval_rule)
+def load_policy(
+    path: str | Path, device: str | torch.device = "cpu", eval_rule: str | None = None, trusted: bool = False
+) -> Policy:
+    """Rebuild the evaluation policy of a policy folder, run directory or checkpoint file: `load_policy(path)(obs)
+    -> action`. A run directory's policy/ folder is preferred, else its checkpoints/final.pt (then latest.pt).
+    Nothing is unpickled: a checkpoint that needs pickle (from before mixrl stored plain data), or a policy class
+    outside mixrl's policy modules, is refused with one line unless `trusted` (only for files whose author you
+    trust). `eval_rule` replaces a mixture policy's saved rule (one of mixrl.policies.mixture.ACTOR_EVAL_RULES).
+    Checkpoints are read onto the CPU (their replay buffers stay there); the actor alone moves to `device`."""
+    return policy_from_checkpoint(read_policy(path, trusted), device, eval_rule, trusted)
 
 
 def policy_from_checkpoint(
-    ckpt: dict[str, Any], device: str | torch.device = "cpu", eval_rule: str | None = None
+    ckpt: dict[str, Any], device: str | torch.device = "cpu", eval_rule: str | None = None, trusted: bool = False
 ) -> Policy:
-    actor = build_actor(ckpt["policy"], device)
+    """The Policy of a checkpoint-like dict (load_checkpoint's, or mixrl.policies.files.read_policy's)."""
+    actor = build_actor(ckpt["policy"], device, trusted)
     if eval_rule is not None:
         if not hasattr(actor, "eval_rule"):
             raise UsageError(f"--eval-rule applies to mixture policies only; this one is {ckpt['policy']['class']}.")
         if eval_rule not in ACTOR_EVAL_RULES:
             raise UsageError(f"--eval-rule {eval_rule!r} is not one of: {', '.join(ACTOR_EVAL_RULES)}.")
         actor.eval_rule = eval_rule
+    check_fits(actor, ckpt["observation_space"], ckpt["action_space"], ckpt["policy"]["class"])
     return Policy(actor, ckpt["observation_space"], ckpt["action_space"], ckpt.get("obs_normalizer"), device)
+
+
+def check_fits(actor: nn.Module, observation_space: gym.Space, action_space: gym.Space, name: str) -> None:
+    """One UsageError unless `actor` maps one observation of `observation_space` to one action of `action_space`
+    (a dry run on a zero observation, with the RNG forked and the action queues emptied after)."""
+    device = next(iter(actor.state_dict().values()), torch.zeros(0)).device
+    obs = torch.zeros(1, int(np.prod(observation_space.shape)), device=device)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            action = actor.deterministic(obs)
+    except (RuntimeError, ValueError, IndexError) as err:
+        reason = " ".join(str(err).split())[:120]
+        raise UsageError(f"{name} does not act on observations of {observation_space} ({reason}).") from None
+    finally:
+        if hasattr(actor, "reset"):
+            actor.reset()
+    size = int(np.prod(action_space.shape)) if isinstance(action_space, gym.spaces.Box) else None
+    if tuple(action.shape) != ((1, size) if size is not None else (1,)):
+        raise UsageError(f"{name} gives actions of shape {list(action.shape[1:])}, which do not fit {action_space}.")
 
 
 def _make_render_env(
@@ -240,13 +227,15 @@ def evaluate_checkpoint(
     eval_rule: str | None = None,
     video_size: tuple[int, int] | None = None,
     video_overlay: bool = False,
+    trusted: bool = False,
 ) -> dict[str, Any]:
-    """`mixrl eval`: evaluate a run directory or checkpoint and write eval.json (and videos/) next to it.
+    """`mixrl eval`: evaluate a policy folder, run directory or checkpoint (as load_policy reads them, `trusted`
+    included) and write eval.json (and videos/) into the run directory (a policy folder's own, else the folder).
     Stochastic mixture rules draw from torch's stream seeded with `seed`, so a call repeats exactly."""
-    file = find_checkpoint(path)
-    ckpt = load_checkpoint(file, map_location=device)
-    run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
-    policy = policy_from_checkpoint(ckpt, device, eval_rule)
+    ckpt = read_policy(path, trusted)  # onto the CPU: the actor alone moves to `device`
+    file = Path(ckpt["source"])
+    run_dir = run_dir_of(file)
+    policy = policy_from_checkpoint(ckpt, device, eval_rule, trusted)
     with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
         torch.manual_seed(seed)
         result = evaluate(

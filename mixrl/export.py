@@ -1,7 +1,9 @@
-"""`mixrl export`: a run's deterministic policy as one ONNX or TorchScript graph, raw observation -> env action.
+"""`mixrl export`: a run's deterministic policy as one ONNX or TorchScript graph, raw observation -> env action, or
+as the data-only policy folder that runs write at their end (mixrl.policies.files), for runs made before it.
 
     mixrl export runs/Hopper-v5__sac__1__<time> --format onnx           # writes <run>/policy.onnx
     mixrl export runs/<run>/checkpoints/final.pt --format torchscript --output policy.pt
+    mixrl export runs/<older run> --format safetensors --trust-pickle   # writes <run>/policy/ (your own run)
 
 The graph does what `mixrl.load_policy` does around the network, so it needs nothing else at run time:
     z = clip((obs - mean) / sqrt(var + eps), -c, c)       observation normalisation (float64), if the run used it
@@ -24,11 +26,12 @@ import torch
 import tyro
 from torch import nn
 
-from mixrl.errors import UsageError
+from mixrl.errors import UsageError, require
 from mixrl.evaluation import Policy, policy_from_checkpoint
-from mixrl.runs import find_checkpoint, load_checkpoint
+from mixrl.policies.files import POLICY_DIR, read_policy, run_dir_of, write_policy_dir
 
 STOCHASTIC_RULES = ("sampled_k_mean", "sample")
+ONNX_MODULES = ("onnx", "onnxscript")  # what torch.onnx.export(dynamo=True) imports; onnxruntime runs the file
 
 
 class ExportablePolicy(nn.Module):
@@ -88,19 +91,32 @@ def input_dtype(space: gym.spaces.Box) -> np.dtype:
 
 def export_policy(
     path: str | Path,
-    format: Literal["onnx", "torchscript"] = "onnx",
+    format: Literal["onnx", "torchscript", "safetensors"] = "onnx",
     output: str | Path | None = None,
     eval_rule: str | None = None,
+    trusted: bool = False,
 ) -> Path:
-    """Write the deterministic policy of a run directory or checkpoint as ONNX or TorchScript; returns the file.
-    The default output is <run>/policy.onnx (or policy.torchscript.pt) next to the run's checkpoints."""
-    if format not in ("onnx", "torchscript"):
-        raise UsageError(f"--format {format!r} is not one of: onnx, torchscript.")
-    file = find_checkpoint(path)
-    policy = policy_from_checkpoint(load_checkpoint(file), "cpu", eval_rule)
+    """Write the deterministic policy of a policy folder, run directory or checkpoint (read as load_policy reads
+    them: nothing unpickled unless `trusted`) as ONNX or TorchScript, or as a policy folder (safetensors); returns
+    the file or folder. The default output is <run>/policy.onnx (policy.torchscript.pt, policy/) in the run."""
+    if format not in ("onnx", "torchscript", "safetensors"):
+        raise UsageError(f"--format {format!r} is not one of: onnx, torchscript, safetensors.")
+    if format == "onnx":  # torch's exporter needs both; checked before anything is loaded or written
+        for module in ONNX_MODULES:
+            require(module, "export", "mixrl export --format onnx")
+    ckpt = read_policy(path, trusted)
+    run_dir = run_dir_of(Path(ckpt["source"]))
+    if format == "safetensors":
+        if eval_rule is not None:
+            spec = ckpt["policy"]
+            if "eval_rule" not in spec["kwargs"]:
+                raise UsageError(f"--eval-rule applies to mixture policies only; this one is {spec['class']}.")
+            ckpt["policy"] = {**spec, "kwargs": {**spec["kwargs"], "eval_rule": eval_rule}}
+        policy_from_checkpoint(ckpt, "cpu", None, trusted)  # the folder must load: check before writing
+        return write_policy_dir(ckpt, Path(output) if output is not None else run_dir / POLICY_DIR, trusted)
+    policy = policy_from_checkpoint(ckpt, "cpu", eval_rule, trusted)
     module = ExportablePolicy(policy)
     obs = example_obs(module, input_dtype(policy.observation_space))
-    run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
     out = (
         Path(output)
         if output is not None
@@ -129,18 +145,26 @@ def export_policy(
 @dataclass
 class ExportArgs:
     path: Annotated[str, tyro.conf.Positional]
-    """run directory (uses checkpoints/final.pt, else latest.pt) or checkpoint file"""
-    format: Literal["onnx", "torchscript"] = "onnx"
-    """ONNX (onnxruntime, TensorRT, ...) or TorchScript (torch.jit.load, libtorch in C++)"""
+    """policy folder, run directory (uses its policy/ folder, else checkpoints/final.pt, else latest.pt) or
+    checkpoint file"""
+    format: Literal["onnx", "torchscript", "safetensors"] = "onnx"
+    """ONNX (onnxruntime, TensorRT, ...), TorchScript (torch.jit.load, libtorch in C++), or safetensors: the
+    data-only policy folder (model.safetensors + config.json) that mixrl.load_policy reads and people can share"""
     output: str | None = None
-    """file to write (default: <run>/policy.onnx or <run>/policy.torchscript.pt)"""
+    """file or folder to write (default: <run>/policy.onnx, <run>/policy.torchscript.pt or <run>/policy/)"""
     eval_rule: Literal["argmax_w", "weighted_mean"] | None = None
     """mixture policies: the deterministic rule to export instead of the run's own (mean of the heaviest expert,
     or the weighted mean of the experts' means)"""
+    trust_pickle: bool = False
+    """read a checkpoint that needs pickle (one written before mixrl stored plain data): only for files whose
+    author you trust, e.g. your own older runs; pickle runs whatever code the file names"""
 
 
 def run_export(args: ExportArgs) -> Path:
     """`mixrl export`: write the file and say what it maps."""
-    out = export_policy(args.path, args.format, args.output, args.eval_rule)
-    print(f"exported {args.format}: {out} (input 'obs' raw observations, output 'action' env actions)")
+    out = export_policy(args.path, args.format, args.output, args.eval_rule, args.trust_pickle)
+    if args.format == "safetensors":
+        print(f"exported a policy folder: {out} (model.safetensors + config.json; load with mixrl.load_policy)")
+    else:
+        print(f"exported {args.format}: {out} (input 'obs' raw observations, output 'action' env actions)")
     return out

@@ -1,23 +1,23 @@
-"""One run, one directory: config, TensorBoard, progress bar, atomic self-describing checkpoints, resume and
-interrupts. Everything an agent's loop needs besides its algorithm:
+"""One run, one directory: the plumbing every agent's loop needs besides its algorithm. The agent builds its parts,
+hands them to the Run once and calls it at each iteration boundary; its loop stays in its own file:
 
-    saved = None
-    if args.resume is not None:
-        args, saved = resume_args(args, "total_timesteps")   # the saved Args; the budget may be extended
-    ...build envs and networks; load saved["state"] into them; set_rng_state(saved["rng"]) last...
-    with Run(args, "sac", args.env_id, saved=saved) as run:   # Ctrl-C / SIGTERM now only set run.stop_requested
-        while global_step < args.total_timesteps:
+    args, saved = start(args, check_args)                 # --resume: the saved Args (the budget may be extended)
+    ...build envs, networks, optimisers, buffers...
+    with Run(args, "sac", args.env_id, saved) as run:    # Ctrl-C / SIGTERM now only set run.stop_requested
+        step, obs = run.track(Parts(state={"actor": actor, ...}, buffer=rb, envs=envs), policy, global_step=0, obs=obs)
+        while step < args.total_timesteps:                # track() loaded a saved checkpoint into the parts
             ...one iteration: act, store, update...
-            run.log_evaluation({"step": global_step, ...}, scalars)   # when an evaluation is due
-            run.end_iteration(global_step, checkpoint)   # latest.pt every checkpoint_every steps; on a stop:
-                                                         # save latest.pt, then raise Interrupted
-        run.save_final(checkpoint())                     # final.pt (no replay buffer) and latest.pt
-    # leaving the block, by any exception too, restores the signal handlers and closes the writer
+            run.end_iteration(step, metrics, obs=obs)     # logs, evaluates, checkpoints when due; honours a stop
+        run.finish(step, obs=obs)                         # final evaluation, latest.pt and final.pt
+
+The checkpoint schema is built here from the named parts (state dicts of modules, optimisers, normalisers and
+tensors; the env state; the replay buffer, left out of final.pt), the policy (spec, spaces, normalisation), the
+loop variables given to end_iteration (counters, the current observation) and the RNG states. Evaluations use one
+seed rule (eval_seed), fork the RNG so that evaluating never shifts training, and are excluded from steps/s.
 
 An interrupt is honoured at an iteration boundary, so latest.pt is always a state the run passed through and
-`--resume` continues exactly; a second Ctrl-C stops at once (latest.pt is then the last periodic one).
-`checkpoint` is a function returning the payload: the agent's state (args, spaces, policy spec, state dicts,
-counters, RNG states); save_checkpoint adds the format tag, agent, algorithm, env id and library versions.
+`--resume` continues exactly; a second Ctrl-C stops at once (latest.pt is then the last periodic one). A run that
+reached its budget is finished: resuming it is refused with the command that extends it, and nothing is written.
 
 Around the loop: the Args dataclass carries @record_given (above @dataclass) and `__main__` calls
 `main(parse_args(Args))`, so that a resume tells a given flag from a default; check_args refuses bad values with
@@ -26,43 +26,57 @@ check_range and UsageError (one line at the command line; any other exception is
 runs/<env>__<algo>__<seed>__<time>/
     config.json  events.out.tfevents.*  evaluations.jsonl  checkpoints/{latest,final}.pt  videos/  eval.json
 
-Files are replaced atomically (temporary file, fsync, rename, fsync of the folder): a crash or SIGKILL leaves
-the old file or the new one, never half of one. Resume reads checkpoints/latest.pt (the newest state); load_policy
-and `mixrl eval` prefer final.pt.
+Resume reads checkpoints/latest.pt (the newest state); load_policy and `mixrl eval` prefer final.pt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
-import os
-import platform
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from mixrl.checkpoints import (
+    CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    atomic_write_text,
+    library_versions,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from mixrl.errors import MissingPathError, UsageError
+from mixrl.evaluation import Policy, evaluate
+from mixrl.policies.files import POLICY_DIR, save_policy_dir
 
 __all__ = ["MissingPathError", "UsageError"]  # re-exported: agents import both from here
 
-CHECKPOINT_FORMAT = "mixrl-checkpoint-1"
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class RunFinished(UsageError):
+    """--resume of a run that already reached its budget: nothing to do (and nothing written)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -85,39 +99,6 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNG states of Python, NumPy and torch (and CUDA when present)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def library_versions() -> dict[str, str]:
-    import gymnasium
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gymnasium": gymnasium.__version__,
-    }
-    try:
-        import mujoco
-
-        versions["mujoco"] = mujoco.__version__
-    except ImportError:
-        pass
-    return versions
-
-
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
     """Raise NonFiniteLossError naming the first non-finite loss and the step (no losses yet: nothing to check)."""
     if not losses or torch.isfinite(torch.cat([value.detach().reshape(-1) for value in losses.values()])).all():
@@ -134,87 +115,6 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
 def crossed(step: int, previous: int, every: int) -> bool:
     """True when a multiple of `every` lies in (previous, step]: an interval ended on this step. Never for 0."""
     return every > 0 and step // every > previous // every
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Atomic files
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable (a no-op where folders cannot be opened, as on Windows)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Replace `path` by what `write(file)` writes: into a temporary file of the same folder, fsync, rename, fsync
-    the folder. A crash at any moment leaves the old file or the new one, never a part of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through atomic_write."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through atomic_write (config.json, eval.json, evaluations.jsonl rewrites)."""
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints and resume
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def find_checkpoint(path: str | Path, newest: bool = False) -> Path:
-    """A checkpoint file, or one in a run directory: final.pt, else latest.pt (the newest state, latest.pt first,
-    with `newest`, as a resume needs: a finished run that was extended and stopped has a newer latest.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("latest.pt", "final.pt") if newest else ("final.pt", "latest.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise MissingPathError(
-            f"No checkpoints/final.pt or checkpoints/latest.pt in run directory {path} (a run writes latest.pt "
-            "every --checkpoint-every steps and when stopped): start the run again."
-        )
-    if not path.is_file():
-        raise MissingPathError(f"No run directory or checkpoint at {path}.")
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", newest: bool = False) -> dict[str, Any]:
-    """Load a mixrl checkpoint (trusted file: it holds pickled spaces and RNG states)."""
-    file = find_checkpoint(path, newest)
-    try:
-        ckpt = torch.load(file, map_location=map_location, weights_only=False)
-    except Exception as err:
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-        raise UsageError(
-            f"Could not read checkpoint {file} ({reason}): the file is corrupt or not a checkpoint."
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{file} is not a mixrl checkpoint (expected format {CHECKPOINT_FORMAT!r}).")
-    return ckpt
 
 
 def agent_name(args: Any) -> str:
@@ -306,7 +206,7 @@ def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads"
     run_dir = Path(args.resume)
     if not run_dir.is_dir():
         raise MissingPathError(f"--resume {run_dir}: no such run directory.")
-    saved = load_checkpoint(run_dir, newest=True)
+    saved = load_checkpoint(run_dir, newest=True, trusted=getattr(args, "trust_pickle", False))
     agent = agent_name(args)
     saved_agent = saved.get("agent") or str(saved.get("algo", "?")).removeprefix("pmoe_")
     if saved_agent != agent:
@@ -315,10 +215,11 @@ def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads"
             f"continue it with `mixrl {saved_agent} --resume {run_dir}`."
         )
     names = {f.name for f in dataclasses.fields(args)}
+    trust = {"trust_pickle": args.trust_pickle} if "trust_pickle" in names else {}  # from this command line only
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items() if k in names}
-    resumed = dataclasses.replace(type(args)(**fields), resume=args.resume)
+    resumed = dataclasses.replace(type(args)(**{**fields, **trust}), resume=args.resume)
     taken, refused = {}, []
-    for name in sorted(given_fields(args) - {"resume"}):
+    for name in sorted(given_fields(args) - {"resume", *trust}):
         value = getattr(args, name)
         if value == getattr(resumed, name):
             continue
@@ -336,6 +237,12 @@ def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads"
     step = saved["global_step"]
     if taken.get(budget, step) < step:
         raise UsageError(f"{flag(budget)} {taken[budget]} is below the step of {run_dir}'s latest checkpoint ({step}).")
+    if saved.get("finished") and taken.get(budget, getattr(resumed, budget)) <= getattr(resumed, budget):
+        raise RunFinished(
+            f"--resume {run_dir}: the run finished at step {step} ({flag(budget)} {getattr(resumed, budget)}); nothing "
+            f"to do. Extend it with `mixrl {agent} --resume {run_dir} {flag(budget)} N`, N above "
+            f"{getattr(resumed, budget)}."
+        )
     resumed = dataclasses.replace(resumed, **taken)
     from_command_line = ", ".join(f"{flag(name)} {value}" for name, value in taken.items()) or "nothing"
     print(
@@ -350,13 +257,140 @@ def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads"
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The out-of-space error (ENOSPC, EFBIG, EDQUOT) behind `exc`, if any: torch.save reports it as a RuntimeError
+    whose context is the OSError."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def eval_seed(seed: int) -> int:
+    """The reset seed of a run's first evaluation episode (episode i uses eval_seed + i): the same in every agent,
+    and apart from the training seeds."""
+    return 10_000 + seed
+
+
+def start(args: Any, check: Callable[[Any], None] | None = None, budget: str = "total_timesteps") -> tuple[Any, Any]:
+    """Begin a run: (Args, checkpoint or None). With --resume, the saved Args and checkpoint (resume_args); then
+    `check` refuses bad values, a budget at or below --learning-starts is refused (it would train nothing), and the
+    CPU threads and all seeds are set."""
+    saved = None
+    if args.resume is not None:
+        args, saved = resume_args(args, budget)
+    if check is not None:
+        check(args)
+    learning_starts = getattr(args, "learning_starts", None)
+    if learning_starts is not None and getattr(args, budget) <= learning_starts:
+        raise UsageError(
+            f"{flag(budget)} {getattr(args, budget)} is not above --learning-starts {learning_starts}: the run "
+            "would only act at random and learn nothing. Raise the budget or lower --learning-starts."
+        )
+    set_cpu_math(args.threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    if getattr(args, "compile", False):  # drop the graphs of earlier runs in this process (the recompile limit)
+        torch.compiler.reset()
+    return args, saved
+
+
+@dataclass
+class Parts:
+    """The named stateful parts of a run, as a checkpoint holds them. `state`: modules, optimisers, normalisers
+    (anything with state_dict/load_state_dict) and tensors (restored in place); `envs`: the vector env (its state
+    as env_state); `buffer`: the replay buffer, kept out of final.pt and of checkpoints with --no-save-buffer."""
+
+    state: dict[str, Any]
+    envs: Any = None
+    buffer: Any = None
+
+
+@dataclass
+class RunPolicy:
+    """The policy a run trains, as evaluation, checkpoints and load_policy see it."""
+
+    acting: Callable[[], nn.Module]
+    """the deterministic policy on the agent's observations, as it is now"""
+    spec: Callable[[], dict]
+    """its policy spec (class, kwargs) from which load_policy rebuilds it"""
+    observation_space: gym.Space
+    action_space: gym.Space
+    env_id: str
+    env_kwargs: dict = field(default_factory=dict)
+    obs_normalizer: Callable[[], dict | None] = lambda: None
+    """the observation statistics the policy acts with, now (None: raw observations)"""
+    score: Callable[[float], float | None] | None = None
+    """mean return -> normalised score (offline datasets), logged beside the return"""
+
+    @classmethod
+    def of(
+        cls,
+        module: nn.Module,
+        spec: Callable[[], dict],
+        envs: Any,
+        env_id: str,
+        env_kwargs: dict,
+        normalizer: Any = None,
+    ) -> RunPolicy:
+        """An online agent's policy: `module` itself acting in the spaces of the vector env `envs`, on observations
+        z-scored by `normalizer` (an observation normaliser, or None) with its statistics of the moment."""
+        return cls(
+            acting=lambda: module,
+            spec=spec,
+            observation_space=envs.single_observation_space,
+            action_space=envs.env_action_space,
+            env_id=env_id,
+            env_kwargs=env_kwargs,
+            obs_normalizer=lambda: None if normalizer is None else normalizer.state_dict(),
+        )
+
+    @classmethod
+    def of_dataset(
+        cls, module: nn.Module, spec: Callable[[], dict], data: Any, env_id: str | None, env_kwargs: tuple[str, ...]
+    ) -> RunPolicy:
+        """An offline agent's policy: `module` acting on the env of the dataset `data` (an OfflineDataset; `env_id`
+        and `env_kwargs` as --env-id and --env-kwargs give them, see its resolve_env) on states z-scored with the
+        dataset's statistics, its returns scored with the dataset's reference scores."""
+        env_id, kwargs, observation_space, action_space = data.resolve_env(env_id, env_kwargs)
+        return cls(
+            acting=lambda: module,
+            spec=spec,
+            observation_space=observation_space,
+            action_space=action_space,
+            env_id=env_id,
+            env_kwargs=kwargs,
+            obs_normalizer=lambda: data.obs_normalizer,
+            score=data.normalized_score,
+        )
+
+
+def _state_of(part: Any) -> Any:
+    return part.detach().clone() if isinstance(part, torch.Tensor) else part.state_dict()
+
+
+def _loop_state(value: Any) -> Any:
+    if hasattr(value, "state_dict"):
+        return value.state_dict()
+    return value.copy() if isinstance(value, np.ndarray) else value
+
+
+def _load_state(part: Any, state: Any) -> None:
+    if isinstance(part, torch.Tensor):
+        with torch.no_grad():
+            part.copy_(state)
+    else:
+        part.load_state_dict(state)
+
+
 class Run:
-    """The directory, TensorBoard writer, progress bar and checkpoints of one training run, and (as a context
-    manager) its interrupt handling; see the module docstring for the loop it serves.
+    """The directory, TensorBoard writer, progress bar, checkpoints and evaluations of one training run, and (as a
+    context manager) its interrupt handling; see the module docstring for the loop it serves.
 
     A new run makes runs/<env>__<algo>__<seed>__<time>/ under `root` (default args.run_root) and writes config.json;
-    with `saved`, the checkpoint that resume_args returned, it reopens args.resume and forgets what the
-    interrupted run logged after that checkpoint.
+    with `saved`, the checkpoint that start() returned, it reopens args.resume and forgets what the interrupted run
+    logged after that checkpoint. `budget` names the Args field of the run's length. With `keep_best`, an evaluation
+    whose mean return beats every earlier one also writes checkpoints/best.pt (without the replay buffer).
     """
 
     def __init__(
@@ -364,17 +398,18 @@ class Run:
         args: Any,
         algo: str,
         env_id: str,
-        root: str | Path | None = None,
-        resume: str | Path | None = None,
         saved: dict[str, Any] | None = None,
+        root: str | Path | None = None,
+        budget: str = "total_timesteps",
+        keep_best: bool = False,
     ):
-        self.algo, self.env_id, self.agent = algo, env_id, agent_name(args)
+        self.args, self.algo, self.env_id, self.agent = args, algo, env_id, agent_name(args)
+        self.budget = int(getattr(args, budget, 0))
         self.checkpoint_every = int(getattr(args, "checkpoint_every", 0))
-        resume = resume if resume is not None else (getattr(args, "resume", None) if saved is not None else None)
-        if resume is not None:
-            self.dir = Path(resume)
-            if not self.dir.is_dir():
-                raise MissingPathError(f"--resume {resume}: no such run directory.")
+        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.saved = saved
+        if saved is not None:
+            self.dir = Path(args.resume)
         else:
             root = Path(root if root is not None else getattr(args, "run_root", "runs"))
             name = f"{env_id.replace('/', '-')}__{algo}__{args.seed}__{int(time.time())}"
@@ -394,20 +429,28 @@ class Run:
             atomic_write_text(self.dir / "config.json", json.dumps(config, indent=2, default=str))
         self.checkpoint_dir = self.dir / "checkpoints"
         self.writer = SummaryWriter(str(self.dir))
-        if resume is None:
+        if saved is None:
             table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.bar: tqdm | None = None
-        self._start_time, self._start_step = time.time(), 0
+        self.parts: Parts | None = None
+        self.policy: RunPolicy | None = None
+        self.extra: dict[str, Any] = {}
+        self.keep_best = keep_best
+        self.best_return = -float("inf") if saved is None else saved.get("best_return", -float("inf"))
+        self.metrics: dict[str, torch.Tensor] = {}
+        self._start_time, self._start_step, self._eval_seconds = time.perf_counter(), 0, 0.0
+        self._log_time, self._log_eval_seconds = self._start_time, 0.0
         self.step = 0  # the step of the last end_iteration (or of the checkpoint resumed from)
+        self.saved_step: int | None = None  # the step of the newest latest.pt
         self.stop_requested = False
         self._handlers: dict[int, Any] = {}
         self._closed = False
         if saved is not None:
-            self.step = saved["global_step"]
+            self.step = self.saved_step = saved["global_step"]
             self.rewind(self.step)
 
-    # ------------------------------------------------------------------ interrupts
+    # ------------------------------------------------------------------ interrupts and errors
     def __enter__(self) -> Run:
         """Defer Ctrl-C (SIGINT) and SIGTERM to the next end_iteration (main thread only)."""
         if threading.current_thread() is threading.main_thread():
@@ -415,8 +458,19 @@ class Run:
                 self._handlers[signum] = signal.signal(signum, self._request_stop)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
         self.close()
+        full = disk_full(exc)
+        if full is not None:
+            kept = (
+                f"checkpoints/latest.pt of step {self.saved_step} is intact; free disk space, then continue with "
+                f"`mixrl {self.agent} --resume {self.dir}`"
+                if self.saved_step is not None
+                else "no checkpoint was written yet; free disk space and start the run again"
+            )
+            raise UsageError(
+                f"No room to write {full.filename or 'a run file'} ({full.strerror}) at step {self.step}: {kept}."
+            ) from exc
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self.stop_requested:
@@ -428,29 +482,182 @@ class Run:
             file=sys.stderr,
         )
 
-    def end_iteration(self, step: int, checkpoint: Callable[[], dict[str, Any]]) -> None:
-        """Close one iteration at `step`: write latest.pt with checkpoint() when a multiple of checkpoint_every was
-        passed or a stop was requested; after a stop, raise Interrupted."""
-        due = crossed(step, self.step, self.checkpoint_every)
-        self.step = step
-        if due or self.stop_requested:
-            self.save_checkpoint(checkpoint())
+    # ------------------------------------------------------------------ the parts
+    def track(self, parts: Parts, policy: RunPolicy, total: int | None = None, **loop: Any) -> Any:
+        """Take the run's stateful parts and its policy, and open the progress bar up to `total`: the step at which
+        the loop ends (default the budget; e.g. the last whole rollout below it), where end_iteration leaves the
+        evaluation and the save to finish(). Returns the loop variables given as keywords (global_step=0 first, then
+        e.g. obs=obs): on resume the saved ones (tensors on the run's device), after the saved state was loaded into
+        the parts, RNG states last.
+        Several variables come back as a tuple in the order given, one as itself. A loop variable with state_dict and
+        load_state_dict (e.g. RLIF's labeller) is saved as its state and restored in place; the counters already in
+        self.extra are restored too."""
+        self.parts, self.policy = parts, policy
+        saved = self.saved
+        if saved is not None:
+            if parts.buffer is not None and "buffer" not in saved:
+                raise UsageError(
+                    f"{self.dir}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
+                )
+            for name, part in parts.state.items():
+                _load_state(part, saved["state"][name])
+            if parts.envs is not None:
+                parts.envs.load_state_dict(saved["env_state"])
+            if parts.buffer is not None:
+                parts.buffer.load_state_dict(saved["buffer"])
+            loop = {name: self._restored(value, saved[name]) for name, value in loop.items()}
+            self.extra.update({name: saved[name] for name in self.extra})
+            set_rng_state(saved["rng"])
+        first = next(iter(loop.values()), 0)
+        self.budget = total if total is not None else self.budget
+        self.progress(self.budget, initial=int(first))
+        values = tuple(loop.values())
+        return values[0] if len(values) == 1 else values
+
+    def _restored(self, value: Any, saved: Any) -> Any:
+        if hasattr(value, "load_state_dict"):
+            value.load_state_dict(saved)
+            return value
+        if isinstance(saved, torch.Tensor):
+            return saved.to(self.device)
+        return saved.copy() if isinstance(saved, np.ndarray) else saved
+
+    def checkpoint(self, step: int, loop: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint payload at `step` (save_checkpoint adds the header)."""
+        parts, policy = self.parts, self.policy
+        payload = {
+            "args": dataclasses.asdict(self.args),
+            "env_kwargs": policy.env_kwargs,
+            "observation_space": policy.observation_space,
+            "action_space": policy.action_space,
+            "obs_normalizer": policy.obs_normalizer(),
+            "policy": policy.spec(),
+            "state": {name: _state_of(part) for name, part in parts.state.items()},
+            "global_step": step,
+            **{name: _loop_state(value) for name, value in loop.items()},
+            **self.extra,
+            "rng": rng_state(),
+        }
+        if parts.envs is not None:
+            payload["env_state"] = parts.envs.state_dict()
+        if parts.buffer is not None and getattr(self.args, "save_buffer", True):
+            payload["buffer"] = parts.buffer.state_dict()
+        if self.keep_best:
+            payload["best_return"] = self.best_return
+        return payload
+
+    # ------------------------------------------------------------------ the loop
+    def end_iteration(self, step: int, metrics: dict[str, torch.Tensor] | None = None, **loop: Any) -> None:
+        """Close one iteration at `step` (the loop variables as keywords, as track() took them): log `metrics`
+        every --log-every steps, evaluate every --eval-every steps, write latest.pt every --checkpoint-every steps,
+        and after a Ctrl-C or SIGTERM write latest.pt and raise Interrupted. At the budget nothing is due: finish()
+        evaluates and saves."""
+        previous, self.step = self.step, step
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+        if metrics:
+            self.metrics = metrics
+            if crossed(step, previous, int(getattr(self.args, "log_every", 1))):
+                self.log_metrics(step, metrics)
+        if step >= self.budget:
+            return
+        if crossed(step, previous, int(getattr(self.args, "eval_every", 0))):
+            self.keep_if_best(step, self.evaluate(step), loop)
+        if crossed(step, previous, self.checkpoint_every) or self.stop_requested:
+            self.save_checkpoint(step, loop)
         if self.stop_requested:
             raise Interrupted(f"stopped at step {step}; continue with --resume {self.dir}")
+
+    def finish(self, step: int, **loop: Any) -> dict[str, Any]:
+        """The end of training: the final evaluation, then latest.pt with the whole state (what a resume that
+        extends the budget needs) and final.pt without the replay buffer (what load_policy and `mixrl eval` read).
+        Prints and returns the final evaluation."""
+        line = self.evaluate(step)
+        self.keep_if_best(step, line, loop)
+        self.save_checkpoint(step, loop, finished=True)
+        self.save_checkpoint(step, loop, "final", finished=True)
+        save_policy_dir(self.checkpoint_dir / "final.pt", self.dir / POLICY_DIR, trusted=True)  # the file to share
+        extra = "".join(f", {name.replace('_', ' ')} {value:g}" for name, value in line.items() if name in self.extra)
+        score = f", normalised score {line['normalized_score']:.1f}" if "normalized_score" in line else ""
+        best = f" (best {self.best_return:.1f})" if self.keep_best else ""
+        self.write(
+            f"final deterministic return over {self.args.eval_episodes} episodes: "
+            f"{line['mean_return']:.1f} +- {line['std_return']:.1f}{score}{extra}{best}"
+        )
+        return line
+
+    def keep_if_best(self, step: int, line: dict[str, Any], loop: dict[str, Any]) -> None:
+        """With keep_best: write checkpoints/best.pt when the evaluation `line` beats every earlier mean return (the
+        best return so far travels in the checkpoints, so a resumed run compares with it)."""
+        if self.keep_best and line["mean_return"] > self.best_return:
+            self.best_return = line["mean_return"]
+            self.save_checkpoint(step, loop, "best")
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        tqdm.write(message)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Deterministic episodes of the policy as it is now, from reset seeds eval_seed(seed) + i, on a forked RNG
+        (so that evaluating never shifts training); logged to evaluations.jsonl and TensorBoard (eval/*) with the
+        run's extra counters (self.extra, e.g. RLIF's interventions). Returns the logged line."""
+        if self.device.type == "cuda":  # the training work still queued on the GPU counts as training time
+            torch.cuda.synchronize(self.device)
+        policy, tick = self.policy, time.perf_counter()
+        acting = Policy(
+            policy.acting(), policy.observation_space, policy.action_space, policy.obs_normalizer(), self.device
+        )
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            seed = eval_seed(self.args.seed)
+            result = evaluate(acting, policy.env_id, self.args.eval_episodes, seed=seed, env_kwargs=policy.env_kwargs)
+        self._eval_seconds += time.perf_counter() - tick
+        line = {"step": step, "mean_return": result["mean_return"], "std_return": result["std_return"]}
+        if "success_rate" in result:
+            line["success_rate"] = result["success_rate"]
+        score = policy.score(result["mean_return"]) if policy.score is not None else None
+        if score is not None:
+            line["normalized_score"] = score
+            if self.bar is not None:
+                self.bar.set_postfix(score=f"{score:.1f}")
+        line.update(self.extra)
+        scalars = {("eval/return" if k == "mean_return" else "eval/return_std" if k == "std_return" else f"eval/{k}"): v
+                   for k, v in line.items() if k != "step"}  # fmt: skip
+        self.log_evaluation({**line, "steps_per_second": self.steps_per_second(step)}, scalars)
+        return line
 
     # ------------------------------------------------------------------ logging
     def progress(self, total: int, initial: int = 0) -> tqdm:
         """A progress bar over environment steps (shown on terminals only)."""
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
-        self._start_time, self._start_step = time.time(), initial
+        self._start_time, self._start_step, self._eval_seconds = time.perf_counter(), initial, 0.0
+        self._log_time, self._log_step, self._log_eval_seconds = self._start_time, initial, 0.0
         return self.bar
 
     def steps_per_second(self, step: int) -> float:
-        return (step - self._start_step) / max(time.time() - self._start_time, 1e-9)
+        """Training steps per second since the bar opened, evaluations excluded."""
+        seconds = time.perf_counter() - self._start_time - self._eval_seconds
+        return (step - self._start_step) / max(seconds, 1e-9)
+
+    def log_metrics(self, step: int, metrics: dict[str, torch.Tensor | float]) -> None:
+        """Check the losses are finite, then log them and charts/SPS (training steps per second since the last log,
+        evaluations excluded) to TensorBoard."""
+        check_finite({k: v for k, v in metrics.items() if k.startswith("losses/")}, step)
+        now = time.perf_counter()
+        seconds = now - self._log_time - (self._eval_seconds - self._log_eval_seconds)
+        sps = (step - self._log_step) / max(seconds, 1e-9)
+        self._log_time, self._log_step, self._log_eval_seconds = now, step, self._eval_seconds
+        self.log_scalars(step, {**metrics, "charts/SPS": sps})
 
     def log_scalars(self, step: int, scalars: dict[str, float | torch.Tensor]) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, float(value), step)
+        """Scalars to TensorBoard; tensors are stacked and read from the device in one synchronisation."""
+        tensors = {tag: value for tag, value in scalars.items() if isinstance(value, torch.Tensor)}
+        values = {tag: float(value) for tag, value in scalars.items() if tag not in tensors}
+        if tensors:
+            stacked = torch.stack([value.detach().float().reshape(()) for value in tensors.values()]).tolist()
+            values.update(zip(tensors, stacked))
+        for tag in scalars:
+            self.writer.add_scalar(tag, values[tag], step)
 
     def log_episodes(self, step: int, returns: list[float], lengths: list[int]) -> None:
         """TensorBoard `charts/episodic_return` and `charts/episodic_length`; the bar shows the recent return."""
@@ -486,8 +693,14 @@ class Run:
         self.writer = SummaryWriter(str(self.dir), purge_step=step + 1)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, payload: dict[str, Any], name: str = "latest") -> Path:
-        """Atomically write checkpoints/<name>.pt with the format tag, agent, algorithm, env id and library versions."""
+    def save_checkpoint(self, step: int, loop: dict[str, Any], name: str = "latest", finished: bool = False) -> Path:
+        """Atomically write checkpoints/<name>.pt (final, best: without the replay buffer) with the format tag, agent,
+        algorithm, env id and library versions; `finished` marks the state after the final evaluation (a resume
+        with the same budget is then refused). A state with non-finite losses is never saved."""
+        check_finite({k: v for k, v in self.metrics.items() if k.startswith("losses/")}, step)
+        payload = {**self.checkpoint(step, loop), "finished": finished}
+        if name != "latest":
+            payload.pop("buffer", None)
         path = self.checkpoint_dir / f"{name}.pt"
         header = {
             "format": CHECKPOINT_FORMAT,
@@ -497,13 +710,9 @@ class Run:
             "versions": library_versions(),
         }
         atomic_torch_save({**header, **payload}, path)
+        if name == "latest":
+            self.saved_step = step
         return path
-
-    def save_final(self, payload: dict[str, Any]) -> Path:
-        """The end of training: latest.pt with the whole payload (what a resume that extends the budget needs), then
-        final.pt without the replay buffer (what load_policy and `mixrl eval` read). Returns final.pt."""
-        self.save_checkpoint(payload)
-        return self.save_checkpoint({k: v for k, v in payload.items() if k != "buffer"}, "final")
 
     def close(self) -> None:
         """Restore the signal handlers, close the bar and the writer (again: nothing happens)."""

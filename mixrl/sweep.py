@@ -36,7 +36,11 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 
-from mixrl.errors import MissingPathError, UsageError
+from mixrl.agents import AGENTS
+from mixrl.errors import MissingPathError, UsageError, require
+
+RAY = ("ray", "sweep", "mixrl sweep (trials run as Ray tasks)")  # require()'s module, extra and purpose
+INTERPRETER = re.compile(r"python[0-9.]*(\.exe)?")
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,10 @@ def load_config(args: SweepArgs) -> tuple[SweepArgs, list[Trial]]:
     """Merge the TOML file under the command line; returns the args and the file's explicit `[[trials]]`."""
     if args.config is None:
         return args, []
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    else:
+        tomllib = require("tomli", "sweep", "mixrl sweep --config on Python 3.10")
     path = Path(args.config)
     if not path.is_file():
         raise MissingPathError(f"--config {path}: no such file.")
@@ -306,11 +310,9 @@ def run_sweep(args: SweepArgs, extra: list[Trial] | None = None, command: str | 
     trials = make_trials(args) + listed + list(extra or [])
     if not trials:
         raise UsageError("The sweep has no trials: give --agents and --env-ids (or [[trials]] in --config).")
-    from mixrl.cli import AGENTS as known_agents
-
     for trial in trials:
-        if not trial.command and trial.agent not in known_agents:
-            raise UsageError(f"Unknown agent {trial.agent!r}; use one of: {', '.join(sorted(known_agents))}.")
+        if not trial.command and trial.agent not in AGENTS:
+            raise UsageError(f"Unknown agent {trial.agent!r}; use one of: {', '.join(sorted(AGENTS))}.")
     sweep_dir = Path(args.root) / args.name
     todo = [t for t in trials if trial_state(t, sweep_dir / t.name)[0] != "done"]
     print(f"sweep {sweep_dir}: {len(trials)} trials, {len(trials) - len(todo)} finished, {len(todo)} to run")
@@ -321,6 +323,7 @@ def run_sweep(args: SweepArgs, extra: list[Trial] | None = None, command: str | 
         return sweep_dir
     if not todo:
         return sweep_dir
+    require(*RAY)  # before the sweep folder is made
     save_manifest(sweep_dir, trials, command)
     failures = schedule(args, todo, sweep_dir)
     if failures:
@@ -334,10 +337,7 @@ def run_sweep(args: SweepArgs, extra: list[Trial] | None = None, command: str | 
 
 def schedule(args: SweepArgs, todo: list[Trial], sweep_dir: Path) -> list[str]:
     """Submit the trials as Ray tasks, at most `max_concurrent` at once; returns the failures' messages."""
-    try:
-        import ray
-    except ModuleNotFoundError:
-        raise UsageError("mixrl sweep runs trials on Ray: pip install 'mixrl[sweep]'.") from None
+    ray = require(*RAY)
     max_concurrent = args.max_concurrent or (os.cpu_count() or 1)
     if args.address is None:
         ray.init(num_cpus=max_concurrent, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -377,9 +377,37 @@ def schedule(args: SweepArgs, todo: list[Trial], sweep_dir: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def trial_records(sweep_dir: Path) -> list[dict[str, Any]]:
+def shown_path(path: str | Path, root: str | Path | None = None) -> str:
+    """`path` as a reader types it: relative to `root` (default: the working directory, where `mixrl` and the
+    scripts run, the repository root), so that a committed report names no folder of the machine that wrote it."""
+    try:
+        return Path(os.path.relpath(os.path.realpath(path), os.path.realpath(root or os.getcwd()))).as_posix()
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
+def shown_command(command: str | list[str], root: str | Path | None = None) -> str:
+    """A command line as a reader types it: `<python> -m mixrl.cli ARGS` as `mixrl ARGS`, any other interpreter as
+    `python`, and absolute paths (also the PATH of --flag=PATH or key=PATH) relative to `root` (see shown_path)."""
+    argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    if argv and (argv[0] == sys.executable or INTERPRETER.fullmatch(Path(argv[0]).name)):
+        argv = ["mixrl", *argv[3:]] if argv[1:3] == ["-m", "mixrl.cli"] else ["python", *argv[1:]]
+    shown = []
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        if os.path.isabs(arg):
+            arg = shown_path(arg, root)
+        elif equals and os.path.isabs(value):
+            arg = f"{key}={shown_path(value, root)}"
+        shown.append(arg)
+    return shlex.join(shown)
+
+
+def trial_records(sweep_dir: Path, root: str | Path | None = None) -> list[dict[str, Any]]:
     """One record per finished trial: variant, env_id, seed, curve [(step, deterministic return)], wall_seconds,
-    run_dir, training_return (mean of the last 100 training episodes, mixrl runs only)."""
+    run_dir, training_return (mean of the last 100 training episodes, mixrl runs only), command. The run_dir and
+    the command are as a reader types them, relative to `root` (default: the working directory; see shown_path),
+    so that records can be committed."""
     manifest = sweep_dir / "sweep.json"
     if not manifest.is_file():
         raise MissingPathError(f"{sweep_dir} is no sweep folder (no sweep.json): run `mixrl sweep` first.")
@@ -399,9 +427,9 @@ def trial_records(sweep_dir: Path) -> list[dict[str, Any]]:
                 "seed": trial.seed,
                 "curve": [(e["step"], e["mean_return"]) for e in map(json.loads, lines)],
                 "wall_seconds": result["wall_seconds"],
-                "run_dir": str(run_dir),
+                "run_dir": shown_path(run_dir, root),
                 "training_return": None if trial.command else training_return(run_dir),
-                "command": result["command"],
+                "command": shown_command(result["command"], root),
             }
         )
     return records
@@ -556,10 +584,10 @@ def report(args: ReportArgs) -> Path:
         f"![curves]({out.with_suffix('.png').name})",
         "",
         f"Shaded: min-max over seeds. Machine: {cpu_name()} ({os.cpu_count()} cores). {len(records)} finished trials "
-        f"in {sweep_dir}, made with:",
+        f"in {shown_path(sweep_dir)}, made with:",
         "",
-        *(f"    {command}" for command in json.loads((sweep_dir / "sweep.json").read_text()).get("commands", [])),
-        f"    {report_command(args)}",
+        *(f"    {shown_command(c)}" for c in json.loads((sweep_dir / "sweep.json").read_text()).get("commands", [])),
+        f"    {shown_command(report_command(args))}",
         "",
         "Trial commands:",
         "",

@@ -23,6 +23,7 @@ per second of this process's CPU time (the machine may be shared), medians over 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,8 @@ from torch import nn
 from mixrl.agents import ppo
 from mixrl.envs.factory import make_vec_env
 from mixrl.optim import FlatAdam, flatten_parameters
+from mixrl.policies.gaussian import DiagonalGaussianActor
+from mixrl.policies.mixture import DiagonalGaussianMixtureActor, auxiliary_q
 
 OBS_DIM, ACTION_DIM, NUM_ENVS, MINIBATCH = 17, 6, 8, 64
 ARGS = ppo.Args()
@@ -40,7 +43,7 @@ ARGS = ppo.Args()
 
 def networks() -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    return ppo.DiagonalGaussianActor(OBS_DIM, ACTION_DIM), ppo.make_critic(OBS_DIM, ARGS.hidden_sizes)
+    return DiagonalGaussianActor(OBS_DIM, ACTION_DIM), ppo.make_critic(OBS_DIM, ARGS.hidden_sizes)
 
 
 def agent_update(policy: str = "gaussian", compile: bool = False) -> Callable[[ppo.Batch, int], None]:
@@ -48,8 +51,8 @@ def agent_update(policy: str = "gaussian", compile: bool = False) -> Callable[[p
     actor, critic = networks()
     qf = None
     if policy == "gmm":
-        actor = ppo.DiagonalGaussianMixtureActor(OBS_DIM, ACTION_DIM, ARGS.num_experts)
-        qf = ppo.mlp(OBS_DIM + ACTION_DIM, ARGS.q_hidden_sizes, 1)
+        actor = DiagonalGaussianMixtureActor(OBS_DIM, ACTION_DIM, ARGS.num_experts)
+        qf = auxiliary_q(OBS_DIM, ACTION_DIM, ARGS.q_hidden_sizes)
     modules = [m for m in (actor, critic, qf) if m is not None]
     optimizer = FlatAdam(flatten_parameters(modules), ARGS.learning_rate, eps=ARGS.adam_eps)
     updates = {}  # n -> the update of n minibatches, built (and compiled) once
@@ -57,7 +60,7 @@ def agent_update(policy: str = "gaussian", compile: bool = False) -> Callable[[p
     def run(batch: ppo.Batch, n: int) -> None:
         if n not in updates:
             sizes = {"num_envs": 1, "num_steps": n * MINIBATCH, "num_minibatches": n, "update_epochs": 1}
-            args = ppo.Args(**{**vars(ARGS), **sizes, "policy": policy, "compile": compile})
+            args = dataclasses.replace(ARGS, **sizes, policy=policy, compile=compile)
             updates[n] = ppo.make_update(args, actor, critic, qf, optimizer)
         updates[n](ppo.Batch(*(f[: n * MINIBATCH] for f in batch)))
 

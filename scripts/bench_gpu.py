@@ -1,6 +1,8 @@
 """Speed of the MuJoCo Warp backend: physics, PPO and SAC on many worlds; and warp against Gymnasium on the CPU.
 
     python scripts/bench_gpu.py                   # on a CUDA machine, under 8 minutes on one H100/H200
+    python scripts/bench_gpu.py --short           # a fifth of the budgets (`make gpu-check`)
+    python scripts/bench_gpu.py --eager           # PPO and SAC without torch.compile
     python scripts/bench_gpu.py --smoke           # tiny settings on the CPU: checks the script end to end
     python scripts/bench_gpu.py --cpu-compare     # warp (CPU) against Gymnasium sync envs at equal worlds
 
@@ -10,7 +12,12 @@ and rewards included); (2) PPO on HalfCheetah-v5 with large-batch settings in th
 brax-PPO recipes (4096 envs, rollouts of 16 steps, 32 minibatches, 4 epochs, lr 3e-4 annealed, 256-256 nets,
 observation and reward normalisation): env steps/s over the whole run and the deterministic return (Gymnasium's
 own HalfCheetah-v5, 5 episodes) after a fixed budget; (3) SAC on HalfCheetah-v5 with 4096 envs, batch 8192,
-two updates per env step: updates/s and env steps/s. Each part writes its section of results/gpu.md.
+two updates per env step: updates/s and env steps/s. PPO and SAC compile their losses (`--compile`) unless
+`--eager` (and `--smoke`). Each part writes its section of results/gpu.md.
+
+The times leave out MuJoCo Warp's kernel compilation on a cold cache (about a minute per task): warp keeps the
+kernels in $WARP_CACHE_PATH (default ~/.cache/warp); keep that folder between runs (`make gpu-check` uses
+.cache/warp).
 """
 
 from __future__ import annotations
@@ -45,9 +52,9 @@ def machine(device: str) -> str:
     return f"{cpu}, {torch.get_num_threads()} torch thread(s){gpu}"
 
 
-def env_steps_per_second(env_id: str, worlds: int, steps: int, device: str, backend: str) -> tuple[float, bool]:
+def env_steps_per_second(env_id: str, worlds: int, steps: int, device: str, backend: str) -> tuple[float, str]:
     """Env steps/s (summed over worlds) of `steps` steps with uniform random actions, after one warm-up step, and
-    whether the warp backend replayed a CUDA graph."""
+    whether the warp backend replayed a CUDA graph: "yes", "yes, solver without conditional nodes" or "no"."""
     envs = make_vec_env(env_id, worlds, seed=0, device=device, backend=backend)
     envs.reset()
     action_dim = envs.single_action_space.shape[0]
@@ -62,7 +69,9 @@ def env_steps_per_second(env_id: str, worlds: int, steps: int, device: str, back
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    graph = getattr(envs, "cuda_graph", False)
+    graph = "no"
+    if getattr(envs, "cuda_graph", False):
+        graph = "yes, solver without conditional nodes" if "without conditional" in envs.step_mode else "yes"
     envs.close()
     return worlds * steps / elapsed, graph
 
@@ -72,7 +81,7 @@ def bench_physics(device: str, worlds: list[int], steps: int) -> list[str]:
     for env_id in ("HalfCheetah-v5", "Ant-v5"):
         for n in worlds:
             sps, graph = env_steps_per_second(env_id, n, steps, device, "warp")
-            rows.append(f"| {env_id} | {n} | {sps:,.0f} | {5 * sps:,.0f} | {'yes' if graph else 'no'} |")
+            rows.append(f"| {env_id} | {n} | {sps:,.0f} | {5 * sps:,.0f} | {graph} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -81,7 +90,7 @@ def final_eval(run_dir: Path) -> dict:
     return json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
 
 
-def bench_ppo(device: str, num_envs: int, num_steps: int, total: int, eval_episodes: int) -> list[str]:
+def bench_ppo(device: str, compile: bool, num_envs: int, num_steps: int, total: int, eval_episodes: int) -> list[str]:
     from mixrl.agents import ppo
 
     args = ppo.Args(
@@ -98,6 +107,7 @@ def bench_ppo(device: str, num_envs: int, num_steps: int, total: int, eval_episo
         eval_every=0,
         eval_episodes=eval_episodes,
         checkpoint_every=0,
+        compile=compile,
         seed=1,
     )
     with tempfile.TemporaryDirectory() as root:
@@ -108,7 +118,8 @@ def bench_ppo(device: str, num_envs: int, num_steps: int, total: int, eval_episo
         result = final_eval(run_dir)
     steps = (total // (num_envs * num_steps)) * num_envs * num_steps
     rows = [
-        f"| envs x rollout | env steps | wall s (compile, final eval) | env steps/s | return ({eval_episodes} ep.) |",
+        f"| envs x rollout | env steps | wall s (incl. {'torch.compile, ' * compile}final eval) | env steps/s | "
+        f"return ({eval_episodes} ep.) |",
         "|---|---|---|---|---|",
         f"| {num_envs} x {num_steps} | {steps:,} | {elapsed:.0f} | {steps / elapsed:,.0f} | "
         f"{result['mean_return']:.0f} +- {result['std_return']:.0f} |",
@@ -117,7 +128,7 @@ def bench_ppo(device: str, num_envs: int, num_steps: int, total: int, eval_episo
     return rows
 
 
-def bench_sac(device: str, num_envs: int, iterations: int, batch_size: int) -> list[str]:
+def bench_sac(device: str, compile: bool, num_envs: int, iterations: int, batch_size: int) -> list[str]:
     from mixrl.agents import sac
 
     updates_per_step = 2
@@ -136,6 +147,7 @@ def bench_sac(device: str, num_envs: int, iterations: int, batch_size: int) -> l
         eval_episodes=1,
         checkpoint_every=0,
         save_buffer=False,
+        compile=compile,
         seed=1,
     )
     with tempfile.TemporaryDirectory() as root:
@@ -145,7 +157,8 @@ def bench_sac(device: str, num_envs: int, iterations: int, batch_size: int) -> l
         elapsed = time.perf_counter() - start
     updates = iterations * updates_per_step
     rows = [
-        "| envs | batch | updates | wall s (incl. warm-up, final eval) | updates/s | env steps/s |",
+        f"| envs | batch | updates | wall s (incl. warm-up, {'torch.compile, ' * compile}final eval) | updates/s | "
+        "env steps/s |",
         "|---|---|---|---|---|---|",
         f"| {num_envs} | {batch_size} | {updates} | {elapsed:.0f} | {updates / elapsed:,.1f} | "
         f"{args.total_timesteps / elapsed:,.0f} |",
@@ -182,7 +195,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny settings on the CPU (checks the script)")
     parser.add_argument("--cpu-compare", action="store_true", help="warp (CPU) against Gymnasium at equal worlds")
     parser.add_argument("--device", default="cuda", help="torch device of the GPU part")
-    parser.add_argument("--ppo-steps", type=int, default=30_000_000, help="PPO budget in env steps (GPU part)")
+    parser.add_argument("--ppo-steps", type=int, default=None, help="PPO budget in env steps (GPU part; 30M)")
+    parser.add_argument("--short", action="store_true", help="a fifth of the budgets (physics, PPO, SAC)")
+    parser.add_argument("--eager", action="store_true", help="PPO and SAC without torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = " ".join(["python scripts/bench_gpu.py", *sys.argv[1:]])
@@ -203,22 +218,30 @@ def main() -> None:
     device = "cpu" if args.smoke else args.device
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --smoke (tiny CPU check) or --cpu-compare")
+    compile = not (args.eager or args.smoke)  # the smoke check stays quick
     if args.smoke:
         worlds, steps, ppo_cfg, sac_cfg = [8, 16], 3, (16, 8, 16 * 8 * 2, 1), (16, 3, 64)
+    elif args.short:
+        worlds, steps, ppo_cfg, sac_cfg = [1024, 4096, 16384], 40, (4096, 16, 6_000_000, 5), (4096, 40, 8192)
     else:
-        worlds, steps, ppo_cfg, sac_cfg = [1024, 4096, 16384], 200, (4096, 16, args.ppo_steps, 5), (4096, 200, 8192)
+        worlds, steps, ppo_cfg, sac_cfg = [1024, 4096, 16384], 200, (4096, 16, 30_000_000, 5), (4096, 200, 8192)
+    if args.ppo_steps is not None:
+        ppo_cfg = (*ppo_cfg[:2], args.ppo_steps, ppo_cfg[3])
     start = time.perf_counter()
     title = "## GPU (smoke run on the CPU: tiny settings, not a measurement)" if args.smoke else "## GPU"
+    title += " (short budgets)" if args.short and not args.smoke else ""
     lines = [title, "", f"`{command}` on {machine(device)}.", ""]
     # Each part rewrites the section as it ends, so that a run stopped part-way keeps what it measured.
     lines += [f"Physics: env steps/s of the warp backend, {steps} steps of random actions (frame skip 5).", ""]
     lines += bench_physics(device, worlds, steps)
     write_section("gpu", lines)
-    lines += ["", "PPO on HalfCheetah-v5 (many envs, short rollouts; 32 minibatches, 4 epochs, 256-256 nets):", ""]
-    lines += bench_ppo(device, *ppo_cfg)
+    losses = "losses compiled with torch.compile" if compile else "eager losses"
+    settings = f"many envs, short rollouts; 32 minibatches, 4 epochs, 256-256 nets, {losses}"
+    lines += ["", f"PPO on HalfCheetah-v5 ({settings}):", ""]
+    lines += bench_ppo(device, compile, *ppo_cfg)
     write_section("gpu", lines)
-    lines += ["", "SAC on HalfCheetah-v5 (two updates per env step over all envs):", ""]
-    lines += bench_sac(device, *sac_cfg)
+    lines += ["", f"SAC on HalfCheetah-v5 (two updates per env step over all envs, {losses}):", ""]
+    lines += bench_sac(device, compile, *sac_cfg)
     lines += ["", f"{time.perf_counter() - start:.0f} s in all, kernel compilation included."]
     write_section("gpu", lines)
 

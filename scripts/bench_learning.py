@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from mixrl.sweep import SweepArgs, Trial, plot_curves, run_sweep, summarize, table_lines, trial_records
+from mixrl.sweep import SweepArgs, Trial, plot_curves, run_sweep, shown_command, summarize, table_lines, trial_records
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
-SWEEPS = RESULTS.parent / "runs" / "sweeps"
+ROOT = Path(__file__).resolve().parent.parent  # results/ record paths relative to it
+RESULTS = ROOT / "results"
+SWEEPS = ROOT / "runs" / "sweeps"
 
 # variant -> (agent module or "sb3-sac" / "sb3-ppo", Args overrides). Shared hyperparameters follow SB3's SAC
 # defaults except learning_starts (5000, as in CleanRL), so that both libraries run the same algorithm. The
@@ -192,15 +192,15 @@ def cmd_run(opts: argparse.Namespace) -> None:
     """Run the missing trials as the sweep runs/sweeps/<name>, then record the finished ones in results/raw/<name>/."""
     todo = trials(opts)
     sweep = SweepArgs(name=opts.name, root=str(SWEEPS), max_concurrent=opts.max_concurrent, address=opts.address)
-    command = "python scripts/bench_learning.py " + shlex.join(sys.argv[1:])
+    command = shown_command(["python", "scripts/bench_learning.py", *sys.argv[1:]], ROOT)
     try:
         run_sweep(sweep, todo, command)
     finally:  # record what finished, also when some trials failed
         out = RESULTS / "raw" / opts.name
         out.mkdir(parents=True, exist_ok=True)
         by_name = {t.name: t for t in todo}
-        for record in trial_records(SWEEPS / opts.name):
-            trial = by_name.get(Path(record["run_dir"]).relative_to(SWEEPS / opts.name).parts[0])
+        for record in trial_records(SWEEPS / opts.name, ROOT):  # run_dir and command relative to ROOT
+            trial = by_name.get((ROOT / record["run_dir"]).relative_to(SWEEPS / opts.name).parts[0])
             path = out / f"{record['env_id']}__{record['variant']}__{record['seed']}.json"
             if trial is None or path.exists():
                 continue

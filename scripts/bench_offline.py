@@ -28,7 +28,6 @@ import itertools
 import json
 import os
 import platform
-import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -41,12 +40,12 @@ import tyro
 from bench_learning import findings_link
 
 from mixrl.agents import a2pr, sac, td3_bc
+from mixrl.checkpoints import atomic_write
 from mixrl.datasets import CollectArgs, collect, dataset_info, datasets_root, normalized_score
 from mixrl.evaluation import evaluate_checkpoint
-from mixrl.runs import atomic_write
-from mixrl.sweep import SweepArgs, Trial, run_sweep
+from mixrl.sweep import SweepArgs, Trial, run_sweep, shown_command, shown_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # records name run directories relative to it
 
 # (alpha, bc_weight, vae_recon_weight, gamma) of the A2PR authors per D4RL dataset: README, or draft README where
 # the README gives none (reference/a2pr.md, section 3).
@@ -210,7 +209,7 @@ def score_run(args: Args, algo: str, env_id: str, kind: str, seed: int, run_dir:
         "env_id": env_id,
         "kind": kind,
         "seed": seed,
-        "run_dir": str(run_dir),
+        "run_dir": shown_path(run_dir, ROOT),
         "gradient_steps": args.gradient_steps,
         "final_return": float(np.mean(returns)),
         "final_score": float(np.mean(scores)),
@@ -234,9 +233,9 @@ def mean_std(values: list[float]) -> str:
 
 def evaluation_curve(record: dict[str, Any]) -> list[tuple[int, float]]:
     """[(gradient step, normalised score)] of a run's periodic evaluations; empty when its run dir is gone."""
-    evaluations = Path(record["run_dir"]) / "evaluations.jsonl"
+    evaluations = ROOT / record["run_dir"] / "evaluations.jsonl"
     lines = [json.loads(line) for line in evaluations.read_text().splitlines()] if evaluations.exists() else []
-    return [(line["step"], line.get("eval/normalized_score", float("nan"))) for line in lines]
+    return [(line["step"], line.get("normalized_score", float("nan"))) for line in lines]
 
 
 def plot_curves(args: Args, records: list[dict[str, Any]], path: Path) -> None:
@@ -370,7 +369,7 @@ def report(args: Args, records: list[dict[str, Any]], command: str) -> None:
 
 def main(args: Args) -> None:
     torch.set_num_threads(1)
-    command = "python scripts/bench_offline.py " + shlex.join(sys.argv[1:])
+    command = shown_command(["python", "scripts/bench_offline.py", *sys.argv[1:]], ROOT)
     log = Path(args.work_dir) / "runs.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     if args.stage != "report":

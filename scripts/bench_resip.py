@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+ROOT = Path(__file__).resolve().parent.parent  # resip.json names run directories relative to it
+RESULTS = ROOT / "results"
 ENV_ID = "mixrl/PegInsertion-v0"
 METHODS = ("resip", "residual_sac", "finetune", "ppo")
 TABLE_START, TABLE_END = "<!-- table -->", "<!-- /table -->"
@@ -59,9 +60,10 @@ def prepare_level(opts, level: str, results: dict) -> dict:
     from mixrl.agents import bc
     from mixrl.datasets import CollectArgs, collect, datasets_root
     from mixrl.evaluation import evaluate_checkpoint
+    from mixrl.sweep import shown_path
 
     recorded = results["levels"].get(level)
-    if recorded is not None and Path(recorded["base_run"]).exists():
+    if recorded is not None and (ROOT / recorded["base_run"]).exists():
         return recorded
     dataset_id = f"mixrl/peginsertion-{level}/expert-v0"
     if not (datasets_root() / dataset_id).exists():
@@ -96,14 +98,14 @@ def prepare_level(opts, level: str, results: dict) -> dict:
                 f"The {level} base made again succeeds in {base['success_rate']:.2f}, not the recorded "
                 f"{recorded['base_success']:.2f}: its runs would not be comparable."
             )
-        recorded["base_run"] = str(base_dir)
+        recorded["base_run"] = shown_path(base_dir, ROOT)
         return recorded
     results["levels"][level] = {
         "dataset_id": dataset_id,
         "demos": opts.demos,
         "horizon": opts.horizon,
         "execute": opts.execute,
-        "base_run": str(base_dir),
+        "base_run": shown_path(base_dir, ROOT),
         "base_success": base["success_rate"],
         "base_episodes": opts.final_episodes,
     }
@@ -160,8 +162,10 @@ def run(opts) -> None:
     os.environ.setdefault("MINARI_DATASETS_PATH", str(Path(opts.work).resolve() / "minari"))
     path = RESULTS / "resip.json"
     results = load_results(path)
-    results["command"] = "python scripts/bench_resip.py run " + " ".join(opts.argv)
     from mixrl.evaluation import evaluate_checkpoint
+    from mixrl.sweep import shown_command, shown_path
+
+    results["command"] = shown_command(["python", "scripts/bench_resip.py", "run", *opts.argv], ROOT)
 
     for level in opts.levels:
         info = prepare_level(opts, level, results)
@@ -172,7 +176,7 @@ def run(opts) -> None:
                 if (level, method, seed, opts.steps) in done:
                     continue
                 start = time.time()
-                run_dir = train(opts, level, method, seed, info["base_run"], info["execute"])
+                run_dir = train(opts, level, method, seed, str(ROOT / info["base_run"]), info["execute"])
                 final = evaluate_checkpoint(run_dir, episodes=opts.final_episodes, seed=20_000)
                 scale = info["execute"] if method == "finetune" else 1  # env steps per learner step
                 results["runs"].append(
@@ -181,7 +185,7 @@ def run(opts) -> None:
                         "method": method,
                         "seed": seed,
                         "steps": opts.steps,
-                        "run_dir": str(run_dir),
+                        "run_dir": shown_path(run_dir, ROOT),
                         "curve": [[step * scale, success] for step, success in curve(run_dir)],
                         "final_success": final["success_rate"],
                         "final_episodes": opts.final_episodes,
@@ -278,9 +282,9 @@ def report(opts) -> None:
     fig.tight_layout()
     fig.savefig(RESULTS / "resip.png", dpi=110)
     resip_runs = [r for r in results["runs"] if (r["level"], r["method"]) == ("low", "resip")]
-    kept = [r for r in resip_runs if Path(r["run_dir"]).exists()]  # run directories are not kept in git
+    kept = [r for r in resip_runs if (ROOT / r["run_dir"]).exists()]  # run directories are not kept in git
     if kept:
-        seed = video_still(kept[0]["run_dir"], "low", RESULTS / "resip_still.png")
+        seed = video_still(str(ROOT / kept[0]["run_dir"]), "low", RESULTS / "resip_still.png")
         print(f"results/resip_still.png: episode seed {seed}")
     elif resip_runs:
         print("results/resip_still.png kept as it was: no low-level ResiP run directory is left")

@@ -1,15 +1,16 @@
 """RLIF against DAgger and HG-DAgger with the same simulated experts and the same environment-step budget.
 
-    python scripts/make_experts.py train|levels|demos --env-id Hopper-v5 ...       # experts and demonstrations first
+    python scripts/make_experts.py reference-q|bc-levels|demos --env-id Hopper-v5 ...  # experts and demos first
     python scripts/bench_rlif.py run --env-ids Hopper-v5 --levels 0 1 2 --seeds 1 2 3 --total-timesteps 100000
     python scripts/bench_rlif.py report
 
 run: one sweep trial (`mixrl rlif` or `mixrl dagger`, on mixrl sweep) per (env, expert level, method, seed) in
-runs/sweeps/<name>. An expert level is an entry of results/raw/rlif/experts_<env>.json (a checkpoint and action
-noise, measured there over 50 episodes); every method gets the same expert, the same demonstrations
-(mixrl/<env>/rlif-demos-v0) and --total-timesteps environment steps, the expert's steps included.
+runs/sweeps/<name>. An expert level is an entry of results/raw/rlif/experts_<env>.json (a policy folder or
+checkpoint and an action noise, 0 for the BC experts, with its return measured there); every method gets the same
+expert, the same demonstrations (mixrl/<env>/rlif-demos-v0) and --total-timesteps environment steps, the expert's
+steps included.
 
-    rlif-value   mixrl rlif --intervention value   (reference Q: the reference SAC's critics; a_cmp: the expert's)
+    rlif-value   mixrl rlif --intervention value   (reference Q: the reference folder's critic; a_cmp: the expert's)
     rlif-random  mixrl rlif --intervention random  (p = 0.5 per step, as the released Hopper runs)
     hg-dagger    mixrl dagger --method hg-dagger   (gated takeovers, expert labels only)
     dagger       mixrl dagger --method dagger      (half of the visited states relabelled by the expert)
@@ -23,14 +24,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 from make_experts import RAW, demos_id, experts_file
 
-from mixrl.sweep import SweepArgs, Trial, cpu_name, run_sweep, trial_records
+from mixrl.sweep import SweepArgs, Trial, cpu_name, run_sweep, shown_command, trial_records
 
 SWEEPS = Path("runs/sweeps")
 METHODS = {
@@ -44,7 +44,7 @@ METHODS = {
 def experts(env_id: str) -> dict:
     path = experts_file(env_id)
     if not path.is_file():
-        sys.exit(f"No {path}: make the experts first (python scripts/make_experts.py levels --env-id {env_id} ...).")
+        sys.exit(f"No {path}: make the experts first (python scripts/make_experts.py bc-levels --env-id {env_id} ...).")
     return json.loads(path.read_text())
 
 
@@ -83,7 +83,7 @@ def cmd_run(opts: argparse.Namespace) -> None:
     run_sweep(sweep, trials(opts))
     RAW.mkdir(parents=True, exist_ok=True)
     with open(RAW / f"{opts.name}_commands.txt", "a") as f:
-        f.write("python scripts/bench_rlif.py " + shlex.join(sys.argv[1:]) + "\n")
+        f.write(shown_command(["python", "scripts/bench_rlif.py", *sys.argv[1:]]) + "\n")
 
 
 def interventions_curve(run_dir: str) -> list[tuple[int, int, float, int | None]]:

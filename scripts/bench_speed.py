@@ -221,9 +221,9 @@ def mixrl_resip(iterations: int, compile: bool, minibatch: int) -> float:
     warm-up iteration; the base is an untrained chunked BC network (its speed, not its skill, matters here)."""
     import gymnasium as gym
 
-    from mixrl.evaluation import policy_spec
+    from mixrl.checkpoints import CHECKPOINT_FORMAT, atomic_torch_save
     from mixrl.policies.chunked import ChunkedActor
-    from mixrl.runs import CHECKPOINT_FORMAT, atomic_torch_save
+    from mixrl.policies.loading import policy_spec
 
     env = gym.make("mixrl/PegInsertion-v0")
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -368,9 +368,10 @@ def main() -> None:
                 results[name].append(measure())
                 print(f"round {rnd}: {name:5s} {results[name][-1]:.1f} {unit}", flush=True)
     mean = {name: float(np.mean(values)) for name, values in results.items()}
-    if opts.json is not None:
+    if opts.json is not None:  # the settings without --json: where this machine kept the file is none of them
+        settings = {k: v for k, v in vars(opts).items() if k != "json"}
         opts.json.write_text(
-            json.dumps({"algo": opts.algo, "rounds": results, **extra, "settings": vars(opts)}, indent=2, default=str)
+            json.dumps({"algo": opts.algo, "rounds": results, **extra, "settings": settings}, indent=2, default=str)
         )
     if opts.algo in ("sac", "ppo", "resip"):
         mixrl_rate, sb3_rate = mean["mixrl"], mean["sb3"]

@@ -43,9 +43,9 @@ def train_multigoal(seed: int, steps: int) -> Path:
 
 def load_mixture_policy(run: Path):
     """The deterministic policy of a PMOE-SAC run or checkpoint (its head is `policy.actor`) and the checkpoint."""
+    from mixrl.checkpoints import load_checkpoint
     from mixrl.evaluation import policy_from_checkpoint
     from mixrl.policies.mixture import GaussianMixtureHead
-    from mixrl.runs import load_checkpoint
 
     ckpt = load_checkpoint(run)
     policy = policy_from_checkpoint(ckpt)
@@ -134,7 +134,7 @@ def shown(path: Path) -> str:
 def training_command(run: Path) -> str:
     """The `mixrl sac` command that trains a run like `run`: its saved Args that differ from the defaults."""
     from mixrl.agents.sac import Args
-    from mixrl.runs import load_checkpoint
+    from mixrl.checkpoints import load_checkpoint
 
     flags = []
     for name, value in load_checkpoint(run)["args"].items():

@@ -35,10 +35,9 @@ import numpy as np
 import torch
 import tyro
 
-from mixrl.agents.ppo import q_values
+from mixrl.checkpoints import load_checkpoint
 from mixrl.evaluation import policy_from_checkpoint
-from mixrl.policies.nets import mlp
-from mixrl.runs import load_checkpoint
+from mixrl.policies.mixture import auxiliary_q, q_values
 
 
 @dataclass
@@ -80,7 +79,7 @@ def probe(path: str, args: Args) -> dict[str, float]:
     obs = visited_states(ckpt, args.states, args.seed)
     actor = policy_from_checkpoint(ckpt).actor
     action_dim = ckpt["policy"]["kwargs"]["action_dim"]
-    qf = mlp(obs.shape[-1] + action_dim, tuple(ckpt["args"]["q_hidden_sizes"]), 1)
+    qf = auxiliary_q(obs.shape[-1], action_dim, tuple(ckpt["args"]["q_hidden_sizes"]))
     qf.load_state_dict(ckpt["state"]["qf"])
 
     logits, mean, log_std = actor.distribution_params(obs)  # (N, K), (N, K, A), (N, K, A)

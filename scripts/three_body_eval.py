@@ -266,7 +266,7 @@ def measure_speed() -> dict[str, float]:
 
 def training_command(path: str) -> str:
     """The agent command that reproduces the checkpoint's run: its Args that differ from today's defaults."""
-    from mixrl.runs import find_checkpoint, load_checkpoint
+    from mixrl.checkpoints import find_checkpoint, load_checkpoint
 
     file = find_checkpoint(path)
     ckpt = load_checkpoint(file)

@@ -4,6 +4,7 @@ demonstrations in Minari, a BC run that load_policy and `mixrl eval` replay."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -107,8 +108,11 @@ def test_bc_run_trains_evaluates_and_replays(demos, tmp_path, monkeypatch):
         run_root=str(tmp_path / "runs"),
     )
     run_dir = bc.main(args)
-    evaluation = (run_dir / "evaluations.jsonl").read_text().splitlines()
-    assert len(evaluation) == 1 and "eval/success_rate" in evaluation[0]
+    evaluation = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    assert len(evaluation) == 1 and 0.0 <= evaluation[0]["success_rate"] <= 1.0
+    refs = open_dataset(DEMOS).storage.metadata
+    low, high = refs["ref_min_score"], refs["ref_max_score"]
+    assert evaluation[0]["normalized_score"] == pytest.approx(100 * (evaluation[0]["mean_return"] - low) / (high - low))
     policy = load_policy(run_dir)
     assert isinstance(policy.actor, ChunkedActor) and policy.actor.execute == 4
     obs = np.zeros((3, 14), np.float32)

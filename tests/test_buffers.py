@@ -8,7 +8,8 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers.vector import NormalizeReward
 
 from mixrl.buffers import ReplayBuffer
-from mixrl.envs.factory import RunningMeanStd, make_vec_env
+from mixrl.envs.factory import make_vec_env
+from mixrl.envs.normalizers import RunningMeanStd
 from mixrl.evaluation import Policy
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import mixrl
+from mixrl.checkpoints import load_checkpoint
 from mixrl.cli import main as cli_main
 from mixrl.envs.factory import check_env_id, parse_env_kwargs
 from mixrl.evaluation import evaluate
-from mixrl.runs import load_checkpoint
 
 ENV_ID = "byo_pkg:byo_pkg/Reach-v0"
 KWARGS = {"goal": [0.3, 0.9], "speed": 0.2}

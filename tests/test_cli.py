@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from mixrl.runs import load_checkpoint
+from mixrl.checkpoints import load_checkpoint
 
 
 def mixrl(*args: str) -> subprocess.CompletedProcess:

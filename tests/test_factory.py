@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mixrl.envs.factory import (
-    DeviceObsNormalizer,
-    ObsNormalizer,
-    RewardScaler,
-    RunningMeanStd,
-    check_env_id,
-    make_vec_env,
-    parse_env_kwargs,
-)
+from mixrl.envs.factory import check_env_id, make_vec_env, parse_env_kwargs
+from mixrl.envs.normalizers import DeviceObsNormalizer, ObsNormalizer, RewardScaler, RunningMeanStd
 from mixrl.errors import UsageError
 
 BATCH_SIZES = (1, 5, 17, 4)

@@ -15,18 +15,20 @@ import time
 
 import pytest
 import torch
-from tiny import a2pr_args, dataset_root, datasets, dqn_args, ppo_args, sac_args, td3_bc_args  # noqa: F401
+from tiny import a2pr_args, dataset_root, datasets, dqn_args, ppo_args, rlpd_args, sac_args, td3_bc_args  # noqa: F401
 
 import mixrl
-from mixrl.agents import a2pr, dqn, ppo, sac, td3_bc
+from mixrl.agents import a2pr, dqn, ppo, rlif, sac, td3_bc
 from mixrl.buffers import ReplayBuffer
+from mixrl.checkpoints import load_checkpoint
 from mixrl.envs.factory import TorchVecEnv
 from mixrl.optim import FlatAdam
-from mixrl.runs import Interrupted, load_checkpoint
+from mixrl.runs import Interrupted
 
 AGENTS = {
     "sac": (sac, sac_args, "total_timesteps"),
     "ppo": (ppo, ppo_args, "total_timesteps"),
+    "rlif": (rlif, rlpd_args, "total_timesteps"),
     "dqn": (dqn, dqn_args, "total_timesteps"),
     "td3_bc": (td3_bc, td3_bc_args, "total_steps"),
     "a2pr": (a2pr, a2pr_args, "total_steps"),
@@ -37,6 +39,8 @@ POINTS = [
     ("sac", FlatAdam, "step", 7),  # the actor's step of the 4th update: after its critic step
     ("sac", TorchVecEnv, "step", 130),
     ("sac", ReplayBuffer, "sample", 5),
+    ("rlif", FlatAdam, "step", 11),  # the actor's step of the 3rd RLPD update: after its 2 critic steps
+    ("rlif", TorchVecEnv, "step", 90),
     ("ppo", FlatAdam, "step", 6),  # the 2nd epoch of the 2nd iteration
     ("ppo", TorchVecEnv, "step", 40),
     ("dqn", torch.optim.AdamW, "step", 30),

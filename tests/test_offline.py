@@ -18,8 +18,10 @@ import torch
 from helpers import recording
 
 import mixrl
+from mixrl import runs
 from mixrl.agents import a2pr, sac, td3_bc
 from mixrl.buffers import Batch, ReplayBuffer
+from mixrl.checkpoints import load_checkpoint
 from mixrl.cli import main as cli_main
 from mixrl.datasets import CollectArgs, collect, load_dataset, normalized_score, replay_episodes
 from mixrl.evaluation import evaluate_checkpoint
@@ -27,7 +29,6 @@ from mixrl.optim import FlatAdam, flatten_parameters
 from mixrl.policies.critics import QEnsemble, ValueNetwork
 from mixrl.policies.deterministic import DeterministicActor
 from mixrl.policies.vae import ConditionalVAE
-from mixrl.runs import load_checkpoint
 
 RANDOM_ID = "mixrl/pendulum-v1/random-v0"
 REFS = {"ref_min_score": -1200.0, "ref_max_score": -100.0}
@@ -356,16 +357,16 @@ def test_compiled_bfloat16_a2pr_and_td3_bc_runs_evaluate_in_float32(root, tmp_pa
     for agent, used in gradient_precisions.items():
         monkeypatch.setattr(agent, "loss_gradient", recording(agent.loss_gradient, used))
     precisions = []
-    evaluate = a2pr.evaluate
+    evaluate = runs.evaluate  # the run's evaluation
 
     def recording_evaluate(*args, **kwargs):
         precisions.append(torch.get_float32_matmul_precision())
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(a2pr, "evaluate", recording_evaluate)
+    monkeypatch.setattr(runs, "evaluate", recording_evaluate)
     run = a2pr.main(tiny_a2pr(tmp_path, compile=True, matmul_precision="medium", eval_every=3))
     lines = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [3, 6] and all(np.isfinite(line["eval/return"]) for line in lines)
+    assert [line["step"] for line in lines] == [3, 6] and all(np.isfinite(line["mean_return"]) for line in lines)
     assert precisions == ["highest", "highest"] and torch.get_float32_matmul_precision() == "highest"
     state = load_checkpoint(td3_bc.main(tiny_td3_bc(tmp_path, compile=True, matmul_precision="medium")))["state"]
     assert all(torch.isfinite(v).all() for v in state["actor"].values())
@@ -509,8 +510,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(root, tmp_path, monkeyp
 def test_offline_runs_evaluate_load_and_resume(root, tmp_path):
     run = a2pr.main(tiny_a2pr(tmp_path, total_steps=8, eval_every=4, checkpoint_every=4))
     lines = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [4, 8] and "eval/normalized_score" in lines[-1]
-    assert lines[-1]["eval/normalized_score"] == pytest.approx(100 * (lines[-1]["eval/return"] + 1200.0) / 1100.0)
+    assert [line["step"] for line in lines] == [4, 8] and "normalized_score" in lines[-1]
+    assert lines[-1]["normalized_score"] == pytest.approx(100 * (lines[-1]["mean_return"] + 1200.0) / 1100.0)
     policy = mixrl.load_policy(run)
     obs = np.array([[1.0, 0.0, 0.5], [-0.3, 0.9, -4.0]], np.float32)
     # The trained actor on the dataset-normalised observation, rescaled from [-1, 1] to Pendulum's [-2, 2].

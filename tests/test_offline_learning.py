@@ -48,7 +48,7 @@ def common(pd_dataset, tmp_path, monkeypatch) -> dict:
 
 
 def final_return(run_dir) -> float:
-    return json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])["eval/return"]
+    return json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])["mean_return"]
 
 
 def test_td3_bc_learns_to_balance_from_pd_data(common):

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
+from mixrl import optim
+from mixrl.optim import FlatAdam, compile_options, flatten_parameters, loss_gradient, matmul_precision
 
 
 class Objective(nn.Module):
@@ -40,6 +41,22 @@ def test_compiled_gradient_equals_autograd_and_overwrites_the_flat_gradient():
     torch.testing.assert_close(aux["mean"], eager_aux["mean"])
     assert frozen.weight.grad is None
     assert trained[0].weight.grad.data_ptr() == flat.grad.data_ptr()  # the views survive
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda", 0)])
+def test_inductor_cpp_wrapper_only_on_the_cpu(device):
+    """cpp_wrapper on a GPU compiles a C++ wrapper against the CUDA toolkit's headers, absent with pip's CUDA wheels."""
+    assert compile_options("cpu") == {"cpp_wrapper": True}
+    assert "cpp_wrapper" not in compile_options(device)
+
+
+def test_compiled_loss_gets_the_options_of_the_flat_tensors_device(monkeypatch):
+    seen = []
+    monkeypatch.setattr(optim, "compile_options", lambda device: seen.append(torch.device(device)) or {"x": 1})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs["options"]) or fn)
+    trained, frozen = networks()
+    loss_gradient(Objective(trained, frozen), flatten_parameters([trained]), compile=True)
+    assert seen == [torch.device("cpu"), {"x": 1}]
 
 
 def test_compiled_gradient_refuses_networks_outside_the_flat_tensor():

@@ -9,10 +9,10 @@ from torch.nn import functional as F
 
 import mixrl
 from mixrl.agents import sac
+from mixrl.checkpoints import load_checkpoint
 from mixrl.envs.multigoal import PMOE_SAC_SETTINGS, follow_policy
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.mixture import GaussianMixtureHead, frequency_loss, sample_experts
-from mixrl.runs import load_checkpoint
 
 
 def tiny_args(tmp_path, **overrides) -> sac.Args:

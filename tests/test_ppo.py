@@ -16,12 +16,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import mixrl
 from mixrl.agents import ppo
 from mixrl.buffers import RolloutBuffer, compute_gae
+from mixrl.checkpoints import load_checkpoint
 from mixrl.envs.factory import TorchVecEnv, make_vec_env
 from mixrl.evaluation import evaluate, evaluate_checkpoint
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient
 from mixrl.policies.gaussian import DiagonalGaussianActor
-from mixrl.policies.mixture import DiagonalGaussianMixtureActor
-from mixrl.runs import NonFiniteLossError, load_checkpoint
+from mixrl.policies.mixture import DiagonalGaussianMixtureActor, auxiliary_q
+from mixrl.runs import NonFiniteLossError
 
 
 def tiny_args(tmp_path, **overrides):
@@ -48,7 +49,7 @@ def collect(args: ppo.Args, seed: int = 0):
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
     if args.policy == "gmm":
         actor = DiagonalGaussianMixtureActor(obs_dim, action_dim, args.num_experts, args.hidden_sizes)
-        qf = ppo.mlp(obs_dim + action_dim, args.q_hidden_sizes, 1)
+        qf = auxiliary_q(obs_dim, action_dim, args.q_hidden_sizes)
     else:
         actor, qf = DiagonalGaussianActor(obs_dim, action_dim, args.hidden_sizes), None
     critic = ppo.make_critic(obs_dim, args.hidden_sizes)
@@ -339,7 +340,8 @@ def test_smoke_run_logs_cleanrl_tags_and_writes_checkpoints(tmp_path, policy):
     extra = {"policy": "gmm", "num_experts": 3} if policy.startswith("gmm") else {}
     if policy == "gmm-ratio":
         extra["gmm_grad"] = "ratio"
-    run_dir = ppo.main(tiny_args(tmp_path, total_timesteps=512, **extra))  # Pendulum episodes last 200 steps
+    # Pendulum episodes last 200 steps; losses logged after every iteration of 128 steps
+    run_dir = ppo.main(tiny_args(tmp_path, total_timesteps=512, log_every=128, **extra))
     ckpt = load_checkpoint(run_dir)
     assert ckpt["algo"] == ("ppo" if policy == "gaussian" else "pmoe_ppo") and ckpt["global_step"] == 512
     tags = scalars(run_dir)

@@ -16,18 +16,14 @@ from conftest import CounterEnv
 from torch import nn
 
 from mixrl.agents import ppo, sac
+from mixrl.checkpoints import CHECKPOINT_FORMAT, atomic_torch_save
 from mixrl.envs.factory import make_vec_env
-from mixrl.evaluation import Policy, evaluate, evaluate_checkpoint, load_base, load_policy, policy_spec
+from mixrl.envs.residual import ChunkVecEnv, ResidualVecEnv
+from mixrl.evaluation import Policy, evaluate, evaluate_checkpoint, load_policy
 from mixrl.policies.chunked import ChunkedActor, ExecuteChunk
-from mixrl.policies.residual import (
-    ChunkGaussianActor,
-    ChunkVecEnv,
-    FrozenBase,
-    ResidualGaussianActor,
-    ResidualPolicy,
-    ResidualVecEnv,
-)
-from mixrl.runs import CHECKPOINT_FORMAT, atomic_torch_save
+from mixrl.policies.loading import policy_spec
+from mixrl.policies.residual import ChunkGaussianActor, FrozenBase, ResidualGaussianActor, ResidualPolicy
+from mixrl.pretrained import load_base
 
 GOAL, TOLERANCE, BIAS = 0.5, 0.02, 0.06
 
@@ -56,7 +52,8 @@ if "mixrl_test/Reach1D-v0" not in gym.registry:
 
 
 class BiasedController(nn.Module):
-    """a = clip(2 (GOAL - x), -1, 1) - BIAS: settles BIAS / 2 short of the goal, outside the tolerance."""
+    """a = clip(2 (GOAL - x), -1, 1) - BIAS: settles BIAS / 2 short of the goal, outside the tolerance. A class of
+    the user's own (not one of mixrl's policy modules), so its files load only when trusted (--trust-pickle)."""
 
     def __init__(self):
         super().__init__()
@@ -95,7 +92,7 @@ def counter_base(normalizer: dict | None = None, execute: int = 3) -> FrozenBase
 
 
 def test_zero_initialised_residual_reproduces_the_base_exactly(tmp_path):
-    base = load_base(save_base(tmp_path / "base.pt", BiasedController()))
+    base = load_base(save_base(tmp_path / "base.pt", BiasedController()), trusted=True)
     head = ResidualGaussianActor(2, 1, (16, 16))
     residual = ResidualPolicy(base, head, obs_dim=1, alpha=0.1)
     obs = torch.linspace(-1.0, 1.0, 9)[:, None]
@@ -193,6 +190,7 @@ def test_base_policy_runs_save_reload_and_evaluate_base_and_combined(tmp_path):
         total_timesteps=80,
         eval_episodes=2,
         base_policy=base_path,
+        trust_pickle=True,  # BiasedController is a class of the test's own
         run_root=str(tmp_path / "runs"),
     )
     runs = [
@@ -200,9 +198,9 @@ def test_base_policy_runs_save_reload_and_evaluate_base_and_combined(tmp_path):
         sac.main(sac.Args(learning_starts=20, batch_size=16, hidden_sizes=(16, 16), **common)),
     ]
     for run_dir in runs:
-        policy = load_policy(run_dir)
+        policy = load_policy(run_dir, trusted=True)
         assert isinstance(policy.actor, ResidualPolicy) and isinstance(policy.actor.base, FrozenBase)
-        result = evaluate_checkpoint(run_dir, episodes=3)
+        result = evaluate_checkpoint(run_dir, episodes=3, trusted=True)
         assert result["base"]["success_rate"] == 0.0 and "success_rate" in result
     with pytest.raises(ValueError, match="does not fit Pendulum-v1"):  # a base made for another task
         ppo.main(ppo.Args(**{**common, "env_id": "Pendulum-v1"}, num_steps=20, num_minibatches=2))
@@ -216,6 +214,7 @@ def test_ppo_residual_fixes_a_biased_base(tmp_path):
         ppo.Args(
             env_id="mixrl_test/Reach1D-v0",
             base_policy=base_path,
+            trust_pickle=True,
             seed=0,
             num_envs=8,
             num_steps=20,
@@ -231,7 +230,7 @@ def test_ppo_residual_fixes_a_biased_base(tmp_path):
             run_root=str(tmp_path / "runs"),
         )
     )
-    result = evaluate_checkpoint(run_dir, episodes=20)
+    result = evaluate_checkpoint(run_dir, episodes=20, trusted=True)
     assert result["base"]["success_rate"] == 0.0
     assert result["success_rate"] >= 0.9
 
@@ -295,7 +294,8 @@ def test_finetune_base_starts_as_the_base_and_trains_the_whole_network(tmp_path)
     with pytest.raises(ValueError, match="chunked BC network"):  # a base that is no chunked network
         ppo.main(
             ppo.Args(
-                **{**common, "base_policy": save_base(tmp_path / "c.pt", BiasedController(), "mixrl/PegInsertion-v0")}
+                **{**common, "base_policy": save_base(tmp_path / "c.pt", BiasedController(), "mixrl/PegInsertion-v0")},
+                trust_pickle=True,
             )
         )
 
@@ -411,3 +411,56 @@ def test_stateless_bases_save_no_queues_and_other_bases_are_named_in_the_finetun
 
     with pytest.raises(ValueError, match=r"\(this base is NoNetwork\)"):
         ChunkVecEnv(make_vec_env("mixrl_test/Counter-v0", 1), NoNetwork())
+
+
+# The residual envs on an accelerator. 'meta' stands in for a GPU on a CPU-only machine: an operation that mixes
+# a meta tensor with a CPU tensor fails, as one that mixes CUDA and CPU tensors does.
+
+
+def chunked_base(device: str = "cpu") -> FrozenBase:
+    """A FrozenBase for Counter-v0 around a real (randomly initialised) chunked network, on `device`."""
+    torch.manual_seed(0)
+    return FrozenBase(ChunkedActor(2, 1, (4,), horizon=4, execute=3), 2, COUNTER_NORMALIZER).to(device)
+
+
+def test_residual_envs_build_their_policy_on_the_envs_device():
+    """The base's fit check, the residual policy (base, normaliser buffers) and x use the env's device, whether the
+    base arrives on it already (load_base) or on the CPU."""
+    for base_device in ("meta", "cpu"):
+        envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 2, device="meta"), chunked_base(base_device))
+        tensors = [*envs.policy.parameters(), *envs.policy.buffers(), envs.x, envs.reset()]
+        assert {t.device.type for t in tensors} == {"meta"}, base_device
+    chunk_envs = ChunkVecEnv(
+        make_vec_env("mixrl_test/Counter-v0", 1, device="meta", wrapper=partial(ExecuteChunk, steps=3)), chunked_base()
+    )
+    assert {t.device.type for t in [*chunk_envs.base.buffers(), chunk_envs.reset()]} == {"meta"}
+
+
+def test_residual_env_state_loads_onto_the_envs_device():
+    """A checkpoint is read onto the CPU: restoring it puts x and the base's chunk queues back on the env's device."""
+    envs = ResidualVecEnv(make_vec_env("mixrl_test/Counter-v0", 2, device="meta"), chunked_base("meta"))
+    envs.reset()
+    state = envs.state_dict()
+    assert {state["x"].device.type} | {t.device.type for t in state["queues"].values()} == {"meta"}
+    on_cpu = {
+        **state,
+        "x": torch.zeros(state["x"].shape),
+        "queues": {name: torch.zeros(t.shape, dtype=t.dtype) for name, t in state["queues"].items()},
+    }
+    envs.load_state_dict(on_cpu)
+    model = envs.policy.base.model
+    assert {t.device.type for t in (envs.x, model.queue, model.position)} == {"meta"}
+
+
+def test_steps_that_do_not_read_done_on_the_host_give_the_same_values():
+    """On an accelerator every step takes the masked path (no host synchronisation); it equals the CPU's shortcut
+    for steps without an episode end, across staggered episode ends and replans."""
+    host, masked = (ResidualVecEnv(make_vec_env("mixrl_test/StaggeredCounter-v0", 2), counter_base()) for _ in "ab")
+    assert host.read_done_on_host
+    masked.read_done_on_host = False
+    torch.testing.assert_close(host.reset(), masked.reset())
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(9):
+        delta = torch.randn(2, 1, generator=generator)
+        for a, b in zip(host.step(delta), masked.step(delta)):
+            torch.testing.assert_close(a, b)

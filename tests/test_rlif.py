@@ -1,21 +1,29 @@
 """RLIF / RLPD: the LayerNorm ensemble, the subset-min target, symmetric sampling, runs from saved experts, and a
-short learning test from interventions alone (InvertedPendulum-v5, scripted expert and critic)."""
+short learning test from interventions alone (InvertedPendulum-v5, scripted expert and critic); RLIF and DAgger
+on the shared run loop: exact resume after SIGTERM (labeller, counters, the aggregate), --env-kwargs and
+--normalize-obs in training and evaluation, --backend warp refused where the expert wraps the env."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from mixrl.agents import rlif, sac
+import mixrl
+from mixrl.agents import dagger, rlif, sac
 from mixrl.buffers import Batch, ReplayBuffer
+from mixrl.envs.factory import TorchVecEnv
+from mixrl.envs.interventions import InterventionLabeller
+from mixrl.evaluation import evaluate
 from mixrl.optim import FlatAdam, flatten_parameters
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.gaussian import TanhGaussianActor, tanh_gaussian_log_prob
-from mixrl.runs import UsageError
+from mixrl.runs import Interrupted, UsageError, load_checkpoint
 
 
 def test_layer_norm_makes_each_critic_invariant_to_the_scale_of_its_first_layer():
@@ -134,7 +142,7 @@ def tiny(**kwargs) -> rlif.Args:
 def test_value_interventions_from_a_saved_sac_run_and_resume(tmp_path):
     expert = sac.main(sac.Args(env_id="InvertedPendulum-v5", total_timesteps=80, learning_starts=40, batch_size=16,
                                hidden_sizes=(8,), eval_every=0, eval_episodes=1, run_root=str(tmp_path)))  # fmt: skip
-    run = rlif.main(tiny(expert=str(expert), run_root=str(tmp_path), total_timesteps=60))
+    run = rlif.main(tiny(expert=str(expert), run_root=str(tmp_path), total_timesteps=90))  # above learning_starts
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
     assert ckpt["algo"] == "rlif" and ckpt["buffer"]["size"] > 0
     resumed = rlif.main(rlif.Args(resume=str(run), total_timesteps=120))
@@ -185,8 +193,6 @@ def test_dagger_labels():
 
 
 def dagger_args(tmp_path, method, **kwargs):
-    from mixrl.agents import dagger
-
     options = dict(
         env_id="InvertedPendulum-v5", method=method, total_timesteps=600, episodes_per_iteration=1, pretrain_steps=0,
         train_steps=300, batch_size=64, hidden_sizes=(32, 32), eval_every=0, eval_episodes=2, checkpoint_every=0,
@@ -196,8 +202,6 @@ def dagger_args(tmp_path, method, **kwargs):
 
 
 def test_dagger_learns_the_pd_expert(tmp_path):
-    from mixrl.agents import dagger
-
     run = dagger.main(dagger_args(tmp_path, "dagger"), expert=pd_expert)
     final = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
     assert final["mean_return"] >= 200 and final["expert_labels"] > 0, final
@@ -205,14 +209,124 @@ def test_dagger_learns_the_pd_expert(tmp_path):
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_hg_dagger_aggregates_the_takeovers(tmp_path, keep):
-    from mixrl.agents import dagger
-
     args = dagger_args(tmp_path, "hg-dagger", total_timesteps=300, gate_threshold=0.5, keep_learner_actions=keep)
     run = dagger.main(args, expert=pd_expert)
     ckpt = torch.load(run / "checkpoints" / "final.pt", weights_only=False)
-    obs, actions = ckpt["state"]["data_obs"].double().numpy(), ckpt["state"]["data_actions"].numpy()
+    obs, actions = ckpt["data_obs"].double().numpy(), ckpt["data_actions"].numpy()  # the aggregate D
     expert_actions = np.clip(obs @ PD_GAINS, -3, 3) / 3
     is_expert = np.isclose(actions[:, 0], expert_actions, atol=1e-5)
     takeovers = ckpt["interventions"]  # k = 4 steps each; the budget may cut the last one short
     assert takeovers > 0 and is_expert.sum() == ckpt["expert_labels"] and 0 <= 4 * takeovers - is_expert.sum() < 4
     assert len(obs) == (300 if keep else ckpt["expert_labels"])  # learner actions kept only with --keep-...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RLIF and DAgger on the shared run loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def saved_tensors(run) -> dict[str, torch.Tensor]:
+    """Every tensor of a run's final checkpoint: the state dicts' entries and the loop variables' (DAgger's D)."""
+    ckpt = load_checkpoint(run)
+    tensors = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor) and k != "obs"}
+    for name, state in ckpt["state"].items():
+        items = state.items() if isinstance(state, dict) else [("", state)]
+        tensors.update({f"{name}.{key}": value for key, value in items if isinstance(value, torch.Tensor)})
+    return tensors
+
+
+def sigterm_at(monkeypatch, owner, method: str, call: int) -> None:
+    original, calls = getattr(owner, method), []
+
+    def terminated_at_call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, terminated_at_call)
+
+
+def resumes_exactly(tmp_path, monkeypatch, train, resume, owner, method: str, call: int, budget: int) -> None:
+    """A run stopped by SIGTERM at `call` of owner.method and resumed ends where the straight run ends: the same
+    tensors, counters and evaluations."""
+    straight = train(tmp_path / "straight")
+    sigterm_at(monkeypatch, owner, method, call)
+    with pytest.raises(Interrupted):
+        train(tmp_path / "stopped")
+    monkeypatch.undo()
+    (run,) = (tmp_path / "stopped").iterdir()
+    assert 0 < load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] < budget
+    resumed = resume(run)
+    expected, got = saved_tensors(straight), saved_tensors(resumed)
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(value, got[name]), name
+    for name in ("interventions", "expert_labels", "task_returns", "task_return", "iteration"):
+        assert np.array_equal(load_checkpoint(straight).get(name), load_checkpoint(resumed).get(name)), name
+    lines = [[json.loads(line)["mean_return"] for line in (r / "evaluations.jsonl").read_text().splitlines()]
+             for r in (straight, resumed)]  # fmt: skip
+    assert lines[0] == lines[1]
+
+
+def test_rlif_resumes_exactly_after_sigterm_with_its_labeller_and_interventions(tmp_path, monkeypatch):
+    scripted = {"expert": pd_expert, "reference_q": pd_critic}
+
+    def train(root):
+        return rlif.main(tiny(run_root=str(root), eval_every=100, checkpoint_every=0), **scripted)
+
+    def resume(run):
+        return rlif.main(rlif.Args(resume=str(run)), **scripted)
+
+    resumes_exactly(tmp_path, monkeypatch, train, resume, InterventionLabeller, "step", 90, 120)
+
+
+def test_dagger_resumes_exactly_after_sigterm_with_its_aggregate(tmp_path, monkeypatch):
+    def train(root):
+        args = dagger_args(root, "dagger", total_timesteps=120, train_steps=20, eval_every=50, run_root=str(root))
+        return dagger.main(args, expert=pd_expert)
+
+    def resume(run):
+        return dagger.main(dagger.Args(resume=str(run)), expert=pd_expert)
+
+    resumes_exactly(tmp_path, monkeypatch, train, resume, TorchVecEnv, "step", 40, 120)
+
+
+REACH, GOAL = "byo_pkg:byo_pkg/Reach-v0", {"goal": [0.3, 0.9], "speed": 0.2}  # tests/byo_pkg: obs = (x, y, goal)
+
+
+def reach_expert(obs: np.ndarray) -> np.ndarray:
+    return np.clip(5.0 * (obs[2:] - obs[:2]), -2.0, 2.0).astype(np.float32)
+
+
+def evaluated_with_env_kwargs(run) -> dict:
+    """The run's latest checkpoint, after checking that its last evaluation was on the env with --env-kwargs (the
+    same return as by hand with them, not without) and that final.pt records them."""
+    policy, final = mixrl.load_policy(run), json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
+    assert final["mean_return"] == pytest.approx(
+        evaluate(policy, REACH, 2, seed=10_001, env_kwargs=GOAL)["mean_return"]
+    )
+    assert final["mean_return"] != pytest.approx(evaluate(policy, REACH, 2, seed=10_001)["mean_return"])
+    assert load_checkpoint(run)["env_kwargs"] == GOAL
+    return load_checkpoint(run / "checkpoints" / "latest.pt")
+
+
+def test_rlif_env_kwargs_and_normalize_obs_reach_training_and_evaluation(tmp_path):
+    args = tiny(env_id=REACH, env_kwargs=("goal=[0.3, 0.9]", "speed=0.2"), intervention="random", normalize_obs=True,
+                eval_episodes=2, run_root=str(tmp_path))  # fmt: skip
+    ckpt = evaluated_with_env_kwargs(rlif.main(args, expert=reach_expert))
+    obs = ckpt["buffer"]["data"][: ckpt["buffer"]["size"], :4]
+    assert torch.equal(obs[:, 2:], torch.tensor([[0.3, 0.9]]).expand(len(obs), 2))  # raw observations stored
+    norm = ckpt["obs_normalizer"]
+    assert norm["count"] > 100 and norm["mean"][2:] == pytest.approx([0.3, 0.9]) and norm["var"][0] > 0.01
+    assert "obs_normalizer" in ckpt["state"] and ckpt["interventions"] > 0
+    with pytest.raises(UsageError, match="--backend warp has no Gymnasium envs for the intervening expert"):
+        rlif.main(tiny(backend="warp", intervention="random", run_root=str(tmp_path)), expert=reach_expert)
+
+
+def test_dagger_env_kwargs_reach_training_and_evaluation(tmp_path):
+    args = dagger_args(tmp_path, "hg-dagger", env_id=REACH, env_kwargs=(json.dumps(GOAL),), total_timesteps=60,
+                       train_steps=20, gate_threshold=0.1)  # fmt: skip
+    ckpt = evaluated_with_env_kwargs(dagger.main(args, expert=reach_expert))
+    goals = ckpt["data_obs"][:, 2:]  # the aggregate D's observations: (x, y, goal)
+    assert len(goals) > 0 and torch.equal(goals, torch.tensor([[0.3, 0.9]]).expand(len(goals), 2))

@@ -14,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -23,18 +24,18 @@ from tiny import a2pr_args, dataset_root, datasets, dqn_args, ppo_args, sac_args
 import mixrl
 from mixrl import cli
 from mixrl.agents import a2pr, dqn, ppo, sac, td3_bc
+from mixrl.checkpoints import CHECKPOINT_FORMAT, atomic_write, find_checkpoint, load_checkpoint
 from mixrl.envs.factory import TorchVecEnv
 from mixrl.evaluation import evaluate_checkpoint
 from mixrl.runs import (
-    CHECKPOINT_FORMAT,
+    Parts,
     Run,
+    RunFinished,
+    RunPolicy,
     UsageError,
     agent_name,
-    atomic_write,
-    find_checkpoint,
     given_fields,
     given_flags,
-    load_checkpoint,
     parse_args,
     resume_args,
     set_cpu_math,
@@ -103,7 +104,11 @@ def test_utd_below_one_zero_steps_and_resuming_a_finished_offline_run(tmp_path, 
     zero = td3_bc.main(td3_bc_args(tmp_path, total_steps=0))
     assert load_checkpoint(zero)["global_step"] == 0
     finished = td3_bc.main(td3_bc_args(tmp_path))
-    assert load_checkpoint(td3_bc.main(td3_bc.Args(resume=str(finished))))["global_step"] == 6
+    before = {p: p.stat().st_mtime_ns for p in finished.rglob("*")}
+    with pytest.raises(RunFinished, match=r"finished at step 6 \(--total-steps 6\)"):
+        td3_bc.main(td3_bc.Args(resume=str(finished)))
+    assert {p: p.stat().st_mtime_ns for p in finished.rglob("*")} == before  # nothing written
+    assert load_checkpoint(finished)["global_step"] == 6
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,8 +120,10 @@ def test_resume_takes_a_given_budget_even_when_it_equals_the_default(tmp_path, m
     run = str(sac.main(sac_args(tmp_path)))
     args, _ = resume_args(sac.Args(resume=run, total_timesteps=1_000_000), "total_timesteps")
     assert args.total_timesteps == 1_000_000
-    args, _ = resume_args(sac.Args(resume=run), "total_timesteps")
-    assert args.total_timesteps == 200 and args.hidden_sizes == (16, 16)
+    args, _ = resume_args(sac.Args(resume=run, total_timesteps=300), "total_timesteps")
+    assert args.total_timesteps == 300 and args.hidden_sizes == (16, 16)
+    with pytest.raises(RunFinished):  # the saved budget, reached
+        resume_args(sac.Args(resume=run), "total_timesteps")
 
     seen = []
 
@@ -138,7 +145,7 @@ def test_resume_refuses_flags_it_would_ignore_and_writes_nothing(tmp_path):
             sac.main(sac.Args(resume=str(run), **{flag: value}))
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     # a flag that repeats the saved value is no conflict
-    args, _ = resume_args(sac.Args(resume=str(run), hidden_sizes=(16, 16)), "total_timesteps")
+    args, _ = resume_args(sac.Args(resume=str(run), hidden_sizes=(16, 16), total_timesteps=300), "total_timesteps")
     assert args.hidden_sizes == (16, 16)
 
 
@@ -182,8 +189,7 @@ def test_rewind_forgets_events_evaluations_and_temporary_files_after_the_checkpo
         (run.checkpoint_dir / ".latest.pt.1234.tmp").write_text("cut")
     with open(run.dir / "evaluations.jsonl", "a") as f:
         f.write('{"step": 3')
-    with Run(args, "sac", "Pendulum-v1", resume=run.dir) as resumed:
-        resumed.rewind(3)
+    with Run(dataclasses.replace(args, resume=str(run.dir)), "sac", "Pendulum-v1", {"global_step": 3}) as resumed:
         for step in (4, 5):
             resumed.log_scalars(step, {"x": 10 * step})
     events = EventAccumulator(str(run.dir))
@@ -265,10 +271,12 @@ def test_small_run_helpers(tmp_path, monkeypatch):
         "mujoco": mujoco.__version__,
     }
     with runs.Run(sac.Args(run_root=str(tmp_path)), "sac", "Pendulum-v1") as run:
-        monkeypatch.setattr(runs.time, "time", lambda: 1000.0)
+        monkeypatch.setattr(runs.time, "perf_counter", lambda: 1000.0)
         run.progress(1000, initial=100).close()
-        monkeypatch.setattr(runs.time, "time", lambda: 1004.0)
+        monkeypatch.setattr(runs.time, "perf_counter", lambda: 1004.0)
         assert run.steps_per_second(300) == 50.0  # (300 - 100) steps in 4 s
+        run._eval_seconds = 2.0
+        assert run.steps_per_second(300) == 100.0  # evaluations do not count
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,7 +355,7 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
 
     with Run(Plain(), "plain", "Pendulum-v1", root=tmp_path / "other") as run:
         assert run.dir.parent == tmp_path / "other"
-        run.end_iteration(5, lambda: pytest.fail("no checkpoint_every: no checkpoint"))
+        run.end_iteration(5)  # no checkpoint_every, no parts: nothing to save
     with Run(Plain(resume=str(run.dir)), "plain", "Pendulum-v1") as new:
         assert new.dir.parent == tmp_path / "runs"
 
@@ -355,6 +363,8 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("mixrl.runs.time.time", lambda: 1000.0)
     args = sac.Args(env_id="mixrl/MultiGoal-v0", checkpoint_every=1)
+    box = gym.spaces.Box(-1.0, 1.0, (1,))
+    policy = RunPolicy(lambda: torch.nn.Linear(1, 1), lambda: {"class": "Linear"}, box, box, args.env_id)
     dirs = []
     for _ in range(3):
         with Run(args, "sac", args.env_id) as run:
@@ -362,10 +372,11 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
             bar = run.progress(10)
             assert (bar.total, bar.n, run.steps_per_second(0)) == (10, 0, 0.0)
             bar.close()
-            run.end_iteration(1, lambda: {"step": 1})  # checkpoint_every 1: step 1 ends an interval
+            run.track(Parts({"net": torch.nn.Linear(1, 1)}), policy, global_step=0)
+            run.end_iteration(1)  # checkpoint_every 1: step 1 ends an interval
             run.log_episodes(7, [1.5, 2.5], [10, 20])
             run.log_episodes(8, [], [])
-            assert "ret=2.0" in bar.postfix and "sps=" in bar.postfix
+            assert "ret=2.0" in run.bar.postfix and "sps=" in run.bar.postfix
             dirs.append(run.dir)
     assert [d.name for d in dirs] == [f"mixrl-MultiGoal-v0__sac__{args.seed}__1000{s}" for s in ("", "_1", "_2")]
     assert all(d.parent == Path("runs") and (d / "checkpoints" / "latest.pt").is_file() for d in dirs)
@@ -375,7 +386,13 @@ def test_run_directory_root_resume_and_agent_name(tmp_path, monkeypatch):
     assert {k: config[k] for k in ("algo", "agent", "env_id")} == {"algo": "sac", "agent": "sac", "env_id": args.env_id}
     assert config["args"]["checkpoint_every"] == 1 and config["versions"]["torch"] == torch.__version__
     saved = load_checkpoint(dirs[0] / "checkpoints" / "latest.pt")
-    assert (saved["agent"], saved["algo"], saved["step"], saved["versions"]) == ("sac", "sac", 1, config["versions"])
+    assert (saved["agent"], saved["algo"], saved["global_step"], saved["versions"]) == (
+        "sac",
+        "sac",
+        1,
+        config["versions"],
+    )
+    assert saved["state"]["net"].keys() == {"weight", "bias"} and saved["policy"] == {"class": "Linear"}
     events = EventAccumulator(str(dirs[0]))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("charts/episodic_return")] == [(7, 1.5), (7, 2.5)]
@@ -462,7 +479,7 @@ def test_final_checkpoint_has_no_replay_buffer_and_latest_has_it(tmp_path):
 
 
 def test_ppo_learning_rate_anneals_on_without_jumping_when_a_resume_extends_the_budget(tmp_path):
-    run = ppo.main(ppo_args(tmp_path, total_timesteps=96))  # 3 iterations
+    run = ppo.main(ppo_args(tmp_path, total_timesteps=96, log_every=32))  # 3 iterations, each logged
     ppo.main(ppo.Args(resume=str(run), total_timesteps=192))  # 3 more
     events = EventAccumulator(str(run))
     events.Reload()
@@ -470,8 +487,9 @@ def test_ppo_learning_rate_anneals_on_without_jumping_when_a_resume_extends_the_
     assert len(rates) == 6 and rates[:3] == pytest.approx([3e-4, 2e-4, 1e-4])
     assert all(later < earlier for earlier, later in zip(rates, rates[1:])) and rates[-1] > 0
     straight = ppo.main(ppo_args(tmp_path / "b", total_timesteps=96))
-    resumed = load_checkpoint(ppo.main(ppo.Args(resume=str(straight))))  # the same budget: the same schedule
-    assert resumed["global_step"] == 96
+    with pytest.raises(RunFinished, match=r"finished at step 96 \(--total-timesteps 96\)"):  # the same budget
+        ppo.main(ppo.Args(resume=str(straight)))
+    assert load_checkpoint(straight)["global_step"] == 96
 
 
 def test_a_crash_that_is_no_interrupt_closes_the_run_and_restores_the_signal_handlers(tmp_path, monkeypatch):

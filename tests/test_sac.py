@@ -10,9 +10,10 @@ from helpers import recording
 
 import mixrl
 from mixrl.agents import sac
+from mixrl.checkpoints import load_checkpoint
 from mixrl.evaluation import evaluate, evaluate_checkpoint
 from mixrl.optim import FlatAdam, flatten_parameters
-from mixrl.runs import NonFiniteLossError, load_checkpoint
+from mixrl.runs import NonFiniteLossError
 
 
 def tiny_args(tmp_path, **overrides):
@@ -213,7 +214,8 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     spec = gym.spec("mixrl_test/Counter-v0")
     spec.kwargs["nan_reward_after"] = 250
     try:
-        with pytest.raises(NonFiniteLossError, match=r"Loss 'losses/qf_loss' became nan at step 2\d\d"):
+        # The losses are checked at log points and before each checkpoint (no host sync per step): here at 300.
+        with pytest.raises(NonFiniteLossError, match=r"Loss 'losses/qf_loss' became nan at step 300"):
             sac.main(args)
     finally:
         spec.kwargs.pop("nan_reward_after")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,9 +17,9 @@ import numpy as np
 import pytest
 
 from mixrl.agents import sac
+from mixrl.checkpoints import load_checkpoint
 from mixrl.cli import main as cli_main
-from mixrl.runs import load_checkpoint
-from mixrl.sweep import SweepArgs, Trial, load_config, make_trials, run_directories
+from mixrl.sweep import SweepArgs, Trial, load_config, make_trials, record_trial, run_directories, save_manifest
 
 FLAGS = {
     "total-timesteps": "1500",
@@ -114,3 +116,34 @@ def test_trials_from_a_toml_file_and_the_command_line(tmp_path, capsys):
         make_trials(SweepArgs(name="x", agents=("sac",), env_ids=("Pendulum-v1",), flags=("seed=3",)))
     with pytest.raises(SystemExit, match="Unknown agent 'sca'"):
         cli_main(["sweep", "--name", "x", "--agents", "sca", "--env-ids", "Pendulum-v1"])
+
+
+def absolute_paths(text: str) -> list[str]:
+    """The words of `text` that are absolute paths."""
+    return [word for word in re.findall(r"[^\s\"'`(),|=]+", text) if word.startswith("/")]
+
+
+def test_report_names_commands_and_paths_as_a_reader_types_them(tmp_path, capsys):
+    """A finished trial as the sweep records it (the interpreter's path, the resolved trial folder), reported with
+    absolute paths on the command line: the report names no folder of this machine, and its commands read as typed
+    in the working directory (`mixrl sac ... --run-root sweeps/...`)."""
+    sweep_dir = tmp_path / "sweeps" / "small"
+    trial = Trial("sac", "Pendulum-v1", 1, tuple(FLAGS.items()))
+    folder = (sweep_dir / trial.name).resolve()  # as Ray's task receives it
+    run_dir = folder / "Pendulum-v1__sac__1__1796199002"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "evaluations.jsonl").write_text("".join(f'{{"step": {s}, "mean_return": {-s}}}\n' for s in (500, 1500)))
+    save_manifest(sweep_dir, [trial], shlex.join(["mixrl", *SWEEP]))
+    command = shlex.join(trial.argv(folder, None))
+    assert command.startswith(sys.executable) and str(tmp_path) in command  # what the trial really ran
+    record_trial(trial, folder, command, wall_seconds=60.0, resumed=False)
+
+    cli_main(["sweep", "report", str(sweep_dir), "--output", str(tmp_path / "results" / "small")])
+    md, js = (tmp_path / "results" / "small.md").read_text(), (tmp_path / "results" / "small.json").read_text()
+    for text in (md, js):
+        assert str(tmp_path) not in text and sys.executable not in text and not absolute_paths(text)
+    typed = ["mixrl", *trial.argv(Path("sweeps/small") / trial.name, None)[3:]]  # mixrl sac ... --run-root sweeps/...
+    assert f"    {shlex.join(typed)}" in md and typed[:2] == ["mixrl", "sac"]
+    assert "    mixrl sweep report sweeps/small --output results/small" in md and "trials in sweeps/small," in md
+    assert json.loads(js)["trials"][0]["run_dir"] == f"sweeps/small/{trial.name}/{run_dir.name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from tiny import CountingEnv
 
 import mixrl
 from mixrl.agents import dqn
+from mixrl.checkpoints import load_checkpoint
 from mixrl.envs.three_body import (
     MONOTONE_TERMINAL_REWARD,
     MU_VALUES,
@@ -31,7 +34,6 @@ from mixrl.envs.three_body import (
 )
 from mixrl.evaluation import evaluate
 from mixrl.policies.discrete import QNetwork
-from mixrl.runs import load_checkpoint
 
 ENV_IDS = ["mixrl/ThreeBodyTimestep-v0", "mixrl/ThreeBodyTimestepContinuous-v0"]
 
@@ -324,6 +326,41 @@ def test_dqn_update_by_hand(double_dqn):
 def test_dqn_refuses_continuous_actions(tmp_path):
     with pytest.raises(ValueError, match="Discrete action space.*ThreeBodyTimestepContinuous"):
         dqn.main(tiny_dqn_args(tmp_path, env_id="mixrl/ThreeBodyTimestepContinuous-v0"))
+    with pytest.raises(ValueError, match="--backend warp .*discrete action space"):
+        dqn.main(tiny_dqn_args(tmp_path, backend="warp"))
+    assert not (tmp_path / "runs").exists()
+
+
+class DiscreteCountingEnv(CountingEnv):
+    """tests/tiny.py's CountingEnv (obs = (time step, episode count), integers that normalisation would turn into
+    fractions) with actions in {0, 1}, reward = action."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t, self.episode], np.float32), float(action), False, False, {}
+
+
+def test_dqn_normalize_obs_stores_raw_observations_and_best_pt_holds_the_best_evaluation(tmp_path):
+    if "mixrl_test/DiscreteCounting-v0" not in gym.registry:
+        gym.register(id="mixrl_test/DiscreteCounting-v0", entry_point=DiscreteCountingEnv, max_episode_steps=5)
+    args = tiny_dqn_args(tmp_path, env_id="mixrl_test/DiscreteCounting-v0", normalize_obs=True, eval_every=100)
+    run_dir = dqn.main(args)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    obs = ckpt["buffer"]["data"][:, :2]
+    assert torch.equal(obs, obs.round()) and obs[:, 0].max() == 4  # (time step, episode count), as the env gave
+    norm = ckpt["obs_normalizer"]
+    assert norm["count"] > 300 and norm["mean"][0] == pytest.approx(2.0, abs=0.1)
+    np.testing.assert_array_equal(norm["mean"], ckpt["state"]["obs_normalizer"]["mean"])  # resumed from there
+    assert mixrl.load_policy(run_dir)(np.array([1.0, 3.0], np.float32)) in (0, 1)
+
+    evaluations = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in evaluations] == [100, 200, 300]
+    best = max(evaluations, key=lambda line: line["mean_return"])  # the first of equal returns
+    best_ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best_ckpt["global_step"] == best["step"] and "buffer" not in best_ckpt
+    assert best_ckpt["best_return"] == ckpt["best_return"] == best["mean_return"]
 
 
 class MatchSignEnv(gym.Env):

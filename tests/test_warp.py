@@ -25,15 +25,18 @@ NUM_WORLDS = 64
 NUM_STATES = 8  # distinct synchronised states per task; world i holds state i % NUM_STATES
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+
+
 @pytest.fixture(scope="session")
 def warp_env():
-    """One WarpVecEnv of NUM_WORLDS worlds per task, built on first request and shared by the session."""
+    """One WarpVecEnv of NUM_WORLDS worlds per task and device, built on first request and shared by the session."""
     envs = {}
 
-    def get(env_id: str):
-        if env_id not in envs:
-            envs[env_id] = make_vec_env(env_id, NUM_WORLDS, seed=0, backend="warp")
-        return envs[env_id]
+    def get(env_id: str, device: str = "cpu"):
+        if (env_id, device) not in envs:
+            envs[env_id, device] = make_vec_env(env_id, NUM_WORLDS, seed=0, device=device, backend="warp")
+        return envs[env_id, device]
 
     return get
 
@@ -71,12 +74,16 @@ def load_states(warp, envs: list[gym.Env], elapsed: list[int]) -> None:
     warp._position = warp.task.position(v)
 
 
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("env_id", SUPPORTED_IDS)
-def test_one_step_matches_gymnasium(warp_env, env_id):
-    tol = 1e-4
+def test_one_step_matches_gymnasium(warp_env, env_id, device):
+    """On CUDA through the captured CUDA graph (a GPU's float32 sums round otherwise: a looser tolerance)."""
+    tol = 1e-4 if device == "cpu" else 1e-3
     rng = np.random.default_rng(0)
     envs = gym_states(env_id, rng)
-    warp = warp_env(env_id)
+    warp = warp_env(env_id, device)
+    if device == "cuda":
+        assert warp.cuda_graph and warp.step_mode.startswith("one CUDA graph per step"), warp.step_mode
     warp.reset()
     # Two envs one step before the time limit: truncated in both backends.
     elapsed = [env._elapsed_steps for env in envs]
@@ -85,10 +92,12 @@ def test_one_step_matches_gymnasium(warp_env, env_id):
         env._elapsed_steps = steps
     load_states(warp, envs, elapsed)
     actions = rng.uniform(-1.0, 1.0, (NUM_STATES, warp.single_action_space.shape[0])).astype(np.float32)
-    warp_actions = torch.from_numpy(actions[np.arange(NUM_WORLDS) % NUM_STATES])
+    warp_actions = torch.from_numpy(actions[np.arange(NUM_WORLDS) % NUM_STATES]).to(device)
     env_actions = warp.to_env_action(warp_actions)[:NUM_STATES]
     expected = [env.step(a) for env, a in zip(envs, env_actions)]
-    obs, reward, terminated, truncated, final_obs = warp.step(warp_actions)
+    out = warp.step(warp_actions)
+    assert all(x.device.type == device for x in out)
+    obs, reward, terminated, truncated, final_obs = (x.cpu() for x in out)
     for w in range(NUM_WORLDS):
         e_obs, e_reward, e_terminated, e_truncated, _ = expected[w % NUM_STATES]
         got = final_obs[w].numpy()
@@ -222,3 +231,132 @@ def test_ppo_learns_inverted_pendulum_through_warp(tmp_path):
     final = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
     # A random policy drops the pole after about 5-10 steps (return = steps); 1000 is the episode cap.
     assert final["mean_return"] > 300, final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA paths: what a CPU can check (the driver check, the capture fallbacks, the episode read-back), and the CUDA
+# graph itself where a GPU is present (`make gpu-check` runs the tests named *cuda*)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "driver, match",
+    [
+        (None, r"driver for CUDA 13\.0 or newer \(found no NVIDIA driver\)"),
+        ((12, 8), r"found a driver for CUDA 12\.8\)"),
+    ],
+)
+def test_cuda_without_a_usable_driver_is_one_line_naming_the_driver(monkeypatch, driver, match):
+    from mixrl.envs.warp import vec_env
+    from mixrl.errors import UsageError
+
+    monkeypatch.setattr(vec_env.wp, "get_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(vec_env.wp, "get_cuda_toolkit_version", lambda: (13, 4))
+    monkeypatch.setattr(vec_env.wp, "get_cuda_driver_version", lambda: driver)
+    with pytest.raises(UsageError, match=match) as error:
+        make_vec_env("InvertedPendulum-v5", 4, device="cuda", backend="warp")
+    assert "\n" not in str(error.value) and "--device cpu" in str(error.value)
+    vec_env.check_cuda_driver(torch.device("cpu"))  # the CPU needs no driver
+
+
+class FakeCapture:
+    """wp.ScopedCapture that fails while `opt.graph_conditional` is in `fails_with`; records what it captured."""
+
+    def __init__(self, opt, fails_with, log):
+        self.opt, self.fails_with, self.log = opt, fails_with, log
+
+    def __call__(self, device):
+        self.graph = None
+        return self
+
+    def __enter__(self):
+        self.log.append("begin")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            if self.opt.graph_conditional in self.fails_with:
+                raise RuntimeError(f"capture failed (conditional={self.opt.graph_conditional})\nmore lines")
+            self.graph = f"graph(conditional={self.opt.graph_conditional})"
+
+
+@pytest.mark.parametrize(
+    "mempool, conditional_nodes, fails_with, graph, steps",
+    [
+        ((True, True), True, (), "graph(conditional=True)", [True, True]),
+        ((True, True), True, (True,), "graph(conditional=False)", [True, True, False, False]),
+        ((True, True), False, (), "graph(conditional=False)", [False, False]),  # CUDA < 12.4: never tried
+        ((True, False), True, (), "graph(conditional=True)", [True, True]),  # the pool is switched on first
+        ((True, True), True, (True, False), None, [True, True, False, False]),
+        ((False, False), True, (), None, []),  # no pool: no capture is tried
+    ],
+)
+def test_graph_capture_retries_without_conditional_nodes_before_falling_back(
+    monkeypatch, mempool, conditional_nodes, fails_with, graph, steps
+):
+    from types import SimpleNamespace
+
+    from mixrl.envs.warp import vec_env
+
+    opt, log, enabled = SimpleNamespace(graph_conditional=True), [], []
+    monkeypatch.setattr(vec_env.wp, "is_mempool_supported", lambda device: mempool[0])
+    monkeypatch.setattr(vec_env.wp, "is_mempool_enabled", lambda device: mempool[1])
+    monkeypatch.setattr(vec_env.wp, "set_mempool_enabled", lambda device, on: enabled.append(on))
+    monkeypatch.setattr(vec_env.wp, "is_conditional_graph_supported", lambda: conditional_nodes)
+    monkeypatch.setattr(vec_env.wp, "ScopedCapture", FakeCapture(opt, fails_with, log))
+    captured, mode = vec_env.capture_physics(lambda: log.append(opt.graph_conditional), "cuda:0", opt)
+    assert captured == graph
+    assert [entry for entry in log if entry != "begin"] == steps  # a warm-up step before each capture
+    assert enabled == ([True] if mempool == (True, False) else [])
+    if graph is None:
+        assert mode.startswith("kernels launched one by one") and opt.graph_conditional  # MuJoCo Warp's default
+    else:
+        assert mode.startswith("one CUDA graph per step") and opt.graph_conditional == ("True" in graph)
+        assert ("without conditional graph nodes" in mode) == ("False" in graph)
+    assert "\n" not in mode and ("failed: capture failed" in mode) == bool(fails_with)
+
+
+def test_finished_episodes_survive_state_dict_load_and_close(warp_env):
+    """Episodes that ended since the last pop_episodes are in the state (a resumed run logs them) and are not lost
+    by close."""
+    warp = warp_env("Hopper-v5")
+    warp.reset()
+    warp.pop_episodes()
+    warp._views.qpos[0, 1] = 0.5  # world 0 falls
+    _, reward, terminated, *_ = warp.step(torch.zeros(NUM_WORLDS, 3))
+    assert terminated[0]
+    warp.step(torch.zeros(NUM_WORLDS, 3))  # a second unread step
+    state = warp.state_dict()
+    episode = ([pytest.approx(reward[0].item())], [1])
+    assert (state["episodes"]["returns"], state["episodes"]["lengths"]) == episode
+    assert warp.pop_episodes() == episode  # state_dict pops nothing
+    warp.load_state_dict(state)
+    assert warp.pop_episodes() == episode  # carried by the state
+    assert warp.pop_episodes() == ([], [])
+    warp._views.qpos[3, 1] = 0.5
+    warp.step(torch.zeros(NUM_WORLDS, 3))
+    warp.close()
+    assert warp.pop_episodes()[1] == [3]  # read at close, popped after it (world 3 ran for 3 steps)
+    assert warp.pop_episodes(wait=False) == ([], [])
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_episodes_are_returned_at_once_and_without_waiting():
+    envs = make_vec_env("Hopper-v5", NUM_WORLDS, seed=0, device="cuda", backend="warp")
+    envs.reset()
+    envs._views.qpos[:2, 1] = 0.5  # worlds 0 and 1 fall at the next step
+    envs.step(torch.zeros(NUM_WORLDS, 3, device="cuda"))
+    assert envs.pop_episodes(wait=True)[1] == [1, 1]  # the step that ended them, not 15 steps later
+    envs._views.qpos[2, 1] = 0.5
+    envs.step(torch.zeros(NUM_WORLDS, 3, device="cuda"))
+    torch.cuda.set_sync_debug_mode("error")  # pop_episodes(wait=False) must not synchronise
+    try:
+        early = envs.pop_episodes(wait=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert early[1] + envs.pop_episodes(wait=False)[1] == [1]
+    envs.close()

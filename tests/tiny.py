@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from mixrl.agents import a2pr, dqn, ppo, sac, td3_bc
+from mixrl.agents import a2pr, dqn, ppo, rlif, sac, td3_bc
 from mixrl.datasets import CollectArgs, collect
 
 DATASET_ID = "mixrl/pendulum-v1/random-v0"
@@ -21,6 +21,12 @@ def sac_args(tmp_path, **kw) -> sac.Args:
 def ppo_args(tmp_path, **kw) -> ppo.Args:
     base = dict(env_id="Pendulum-v1", total_timesteps=128, num_steps=32, num_minibatches=2, update_epochs=2)
     return ppo.Args(**{**base, "hidden_sizes": (16, 16), "eval_every": 0, "eval_episodes": 1, **_root(tmp_path), **kw})
+
+
+def rlpd_args(tmp_path, **kw) -> rlif.Args:
+    base = dict(env_id="Pendulum-v1", intervention="none", total_timesteps=120, learning_starts=60, utd_ratio=2)
+    base.update(batch_size=16, hidden_sizes=(16, 16), num_critics=4, log_every=50)
+    return rlif.Args(**{**base, "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 60, **_root(tmp_path), **kw})
 
 
 def dqn_args(tmp_path, **kw) -> dqn.Args:

@@ -9,6 +9,9 @@ tanh-Gaussian behaviour-cloning learner, on the same simulated experts as RLIF (
                 probability 1 - eps, eps otherwise; eps = eps0 exp(-decay episode)); its actions join D
     then --train-steps BC steps on D and the demonstrations.
 
+Evaluations and checkpoints fall at the end of an iteration. The learner acts in one Gymnasium env (episodes are
+collected and labelled whole, one after another, with the expert wrapped around the env): no --num-envs or --backend.
+
 By default only expert labels join the aggregate (textbook DAgger and HG-DAgger); --keep-learner-actions also
 keeps the learner's own actions on the states the expert did not label, as the RLIF authors' code does.
 
@@ -17,41 +20,28 @@ Run `python -m mixrl.agents.dagger --help` (or `mixrl dagger --help`) for every 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from mixrl.agents.rlif import intervention_wrapper
-from mixrl.envs.factory import make_vec_env
+from mixrl.envs.factory import TorchVecEnv, make_vec_env, parse_env_kwargs
 from mixrl.envs.interventions import unit_actions, vector_info
-from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.flags import EnvFlags, RunFlags
 from mixrl.policies.gaussian import TanhGaussianActor
-from mixrl.runs import (
-    Run,
-    UsageError,
-    check_finite,
-    crossed,
-    parse_args,
-    record_given,
-    resume_args,
-    rng_state,
-    seed_everything,
-    set_cpu_math,
-    set_rng_state,
-)
+from mixrl.policies.loading import policy_spec
+from mixrl.pretrained import intervention_wrapper
+from mixrl.runs import Parts, Run, RunPolicy, UsageError, check_finite, parse_args, record_given, start
 
 
 @record_given
 @dataclass
-class Args:
+class Args(RunFlags, EnvFlags):
     env_id: str = "Hopper-v5"
-    """Gymnasium id of a task with a continuous (Box) action space"""
-    seed: int = 1
-    """seed of the env, the expert's decisions, torch, NumPy and Python"""
+    """Gymnasium id of a task with a continuous (Box) action space; module:id for a task your own package registers"""
     method: Literal["dagger", "hg-dagger"] = "hg-dagger"
     """DAgger (expert labels on the learner's states) or HG-DAgger (the expert takes over when unhappy)"""
     total_timesteps: int = 100_000
@@ -89,22 +79,6 @@ class Args:
     """AdamW weight decay"""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """hidden layer widths of the learner"""
-    eval_every: int = 10_000
-    """environment steps between deterministic evaluations, checked after each iteration (0: only at the end)"""
-    eval_episodes: int = 5
-    """episodes per evaluation"""
-    checkpoint_every: int = 10_000
-    """environment steps between checkpoints/latest.pt writes, checked after each iteration"""
-    device: str = "cpu"
-    """torch device, e.g. cpu or cuda"""
-    threads: int = 1
-    """torch CPU threads"""
-    torch_deterministic: bool = True
-    """use deterministic torch kernels"""
-    run_root: str = "runs"
-    """parent folder of run directories"""
-    resume: str | None = None
-    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
 def check_args(args: Args, has_expert: bool) -> None:
@@ -130,19 +104,77 @@ def expert_labels(method: str, intervened: torch.Tensor, fraction: float, keep_l
     return torch.where(expert, 1, 0 if keep_learner else -1)
 
 
+def load_demos(args: Args, obs_dim: int, action_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The demonstrations' observations and actions in [-1, 1] (none without --demos)."""
+    if args.demos is None:
+        return torch.zeros(0, obs_dim, device=device), torch.zeros(0, action_dim, device=device)
+    from mixrl.datasets import load_dataset
+
+    buffer = load_dataset(args.demos, device, normalize_obs=False).buffer
+    if (buffer.obs_dim, buffer.action_dim) != (obs_dim, action_dim):
+        raise UsageError(f"--demos {args.demos} does not fit {args.env_id}'s observations and actions.")
+    return buffer.stored()[:2]
+
+
+def train(
+    actor: TanhGaussianActor, optimizer, data_obs: torch.Tensor, data_actions: torch.Tensor, batch_size: int, steps: int
+) -> dict[str, torch.Tensor]:
+    """`steps` BC steps on batches drawn uniformly from the aggregate D (none while it is empty) -> the last loss."""
+    loss = torch.zeros(())
+    for _ in range(steps if len(data_obs) else 0):
+        idx = torch.randint(0, len(data_obs), (batch_size,), device=data_obs.device)
+        loss = bc_loss(actor, data_obs[idx], data_actions[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {"losses/bc_loss": loss.detach()}
+
+
+def rollout(
+    run: Run, envs: TorchVecEnv, actor: TanhGaussianActor, obs: torch.Tensor, step: int, task_return: float, budget: int
+) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor, int, float]:
+    """One episode of the learner's mean action with the expert watching, cut at the step `budget`: its steps (obs,
+    learner action, expert action, intervened) and the loop state after it (obs, step, task return of the running
+    episode). Counts the takeovers in run.extra["interventions"]; logs the episode's task return (the env's reward
+    is the intervention signal)."""
+    steps = []
+    done = False
+    while not done and step < budget:
+        with torch.no_grad():
+            action = actor.deterministic(obs)
+        next_obs, _, terminated, truncated, _ = envs.step(action)
+        info = envs.info
+        expert_action = torch.as_tensor(unit_actions(info, "expert_action", envs.env_action_space), device=obs.device)
+        intervened = bool(vector_info(info, "intervened")[0])
+        run.extra["interventions"] += int(vector_info(info, "takeover_start")[0])
+        task_return += float(vector_info(info, "task_reward")[0])
+        _, length = envs.pop_episodes()
+        run.log_episodes(step + 1, [task_return] if length else [], length)
+        task_return = 0.0 if length else task_return
+        steps.append((obs[0], action[0], expert_action[0], torch.tensor(intervened)))
+        obs, step, done = next_obs, step + 1, bool(terminated[0] or truncated[0])
+    return steps, obs, step, task_return
+
+
+def aggregate(run: Run, args: Args, steps: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (observations, actions) of an episode's steps that join D: the expert's label where expert_labels says
+    so (counted in run.extra["expert_labels"]), the learner's own action where it keeps it."""
+    states, learner, expert_actions, intervened = (torch.stack(x) for x in zip(*steps))
+    which = expert_labels(args.method, intervened, args.relabel_fraction, args.keep_learner_actions)
+    which = which.to(states.device)
+    run.extra["expert_labels"] += int((which == 1).sum())
+    return states[which >= 0], torch.where((which == 1).unsqueeze(1), expert_actions, learner)[which >= 0]
+
+
 def main(args: Args, expert: Callable | None = None) -> Path:
     """Train DAgger or HG-DAgger; returns the run directory. `expert` (obs -> env action) replaces --expert."""
-    saved = None
-    if args.resume is not None:
-        args, saved = resume_args(args, "total_timesteps")
-    check_args(args, expert is not None)
-    set_cpu_math(args.threads)
-    seed_everything(args.seed, args.torch_deterministic)
+    args, saved = start(args, partial(check_args, has_expert=expert is not None))
     device = torch.device(args.device)
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
     mode = "gated" if args.method == "hg-dagger" else "none"
     options = {"gate_threshold": args.gate_threshold, "gate_epsilon": args.gate_epsilon, "gate_decay": args.gate_decay}
     wrapper = intervention_wrapper(args, mode, device, expert, **options)
-    envs = make_vec_env(args.env_id, 1, args.seed, device, wrapper=wrapper)
+    envs = make_vec_env(args.env_id, 1, args.seed, device, env_kwargs=env_kwargs, wrapper=wrapper)
     if not envs.continuous:
         raise UsageError(
             f"DAgger needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}."
@@ -152,122 +184,57 @@ def main(args: Args, expert: Callable | None = None) -> Path:
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     actor = TanhGaussianActor(**actor_kwargs).to(device)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    demo_obs = torch.zeros(0, obs_dim, device=device)
-    demo_actions = torch.zeros(0, action_dim, device=device)
-    if args.demos is not None:
-        from mixrl.datasets import load_dataset
-
-        demo_buffer = load_dataset(args.demos, device, normalize_obs=False).buffer
-        if (demo_buffer.obs_dim, demo_buffer.action_dim) != (obs_dim, action_dim):
-            raise UsageError(f"--demos {args.demos} does not fit {args.env_id}'s observations and actions.")
-        demo_obs, demo_actions = demo_buffer.stored()[:2]
-    data_obs, data_actions = demo_obs, demo_actions  # the aggregate D, demonstrations first
-
-    def train(steps: int) -> dict[str, torch.Tensor]:
-        loss = torch.zeros(())
-        for _ in range(steps if len(data_obs) else 0):
-            idx = torch.randint(0, len(data_obs), (args.batch_size,), device=device)
-            loss = bc_loss(actor, data_obs[idx], data_actions[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return {"losses/bc_loss": loss.detach()}
+    data_obs, data_actions = load_demos(args, obs_dim, action_dim, device)  # the aggregate D, demonstrations first
+    policy = RunPolicy.of(actor, partial(policy_spec, actor, **actor_kwargs), envs, args.env_id, env_kwargs)
 
     obs = envs.reset()
-    global_step, iteration, interventions, labels, task_return = 0, 0, 0, 0, 0.0
-    if saved is not None:
-        state = saved["state"]
-        actor.load_state_dict(state["actor"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_obs, data_actions = state["data_obs"].to(device), state["data_actions"].to(device)
-        envs.load_state_dict(saved["env_state"])
-        obs, global_step, iteration = saved["obs"].to(device), saved["global_step"], saved["iteration"]
-        interventions, labels, task_return = saved["interventions"], saved["expert_labels"], saved["task_return"]
-        set_rng_state(saved["rng"])
-
-    def checkpoint() -> dict:
-        return {
-            "args": dataclasses.asdict(args),
-            "env_kwargs": {},
-            "observation_space": envs.single_observation_space,
-            "action_space": envs.env_action_space,
-            "obs_normalizer": None,
-            "policy": policy_spec(actor, **actor_kwargs),
-            "state": {
-                "actor": actor.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "data_obs": data_obs,
-                "data_actions": data_actions,
-            },
-            "global_step": global_step,
-            "iteration": iteration,
-            "interventions": interventions,
-            "expert_labels": labels,
-            "task_return": task_return,
-            "obs": obs,
-            "rng": rng_state(),
-            "env_state": envs.state_dict(),
-        }
-
-    def run_evaluation(run: Run) -> dict:
-        policy = Policy(actor, envs.single_observation_space, envs.env_action_space, None, device)
-        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
-        mean, std = result["mean_return"], result["std_return"]
-        line = {"step": global_step, "mean_return": mean, "std_return": std, "interventions": interventions,
-                "expert_labels": labels}  # fmt: skip
-        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std, "eval/interventions": interventions})
-        return result
-
-    with Run(args, args.method.replace("-", "_"), args.env_id, saved=saved) as run:
-        bar = run.progress(args.total_timesteps, initial=global_step)
+    with Run(args, args.method.replace("-", "_"), args.env_id, saved) as run:
+        run.extra.update(interventions=0, expert_labels=0)  # takeovers and expert labels so far
+        global_step, obs, iteration, task_return, data_obs, data_actions = run.track(
+            Parts({"actor": actor, "optimizer": optimizer}, envs),
+            policy,
+            global_step=0,
+            obs=obs,
+            iteration=0,
+            task_return=0.0,
+            data_obs=data_obs,
+            data_actions=data_actions,
+        )
         if saved is None:
-            check_finite(train(args.pretrain_steps), 0)
+            check_finite(train(actor, optimizer, data_obs, data_actions, args.batch_size, args.pretrain_steps), 0)
         while global_step < args.total_timesteps:
-            previous_step = global_step
             new_obs, new_actions = [], []
             for _ in range(args.episodes_per_iteration):
-                steps: list[tuple[torch.Tensor, ...]] = []  # (obs, learner action, expert action, intervened)
-                done = False
-                while not done and global_step < args.total_timesteps:
-                    with torch.no_grad():
-                        action = actor.deterministic(obs)
-                    next_obs, _, terminated, truncated, _ = envs.step(action)
-                    info = envs.info
-                    expert_action = torch.as_tensor(
-                        unit_actions(info, "expert_action", envs.env_action_space), device=device
-                    )
-                    intervened = bool(vector_info(info, "intervened")[0])
-                    interventions += int(vector_info(info, "takeover_start")[0])
-                    task_return += float(vector_info(info, "task_reward")[0])
-                    _, length = envs.pop_episodes()  # the env's reward is the intervention signal: log the task's
-                    run.log_episodes(global_step + 1, [task_return] if length else [], length)
-                    task_return = 0.0 if length else task_return
-                    steps.append((obs[0], action[0], expert_action[0], torch.tensor(intervened)))
-                    obs, global_step, done = next_obs, global_step + 1, bool(terminated[0] or truncated[0])
-                    bar.update(1)
+                steps, obs, global_step, task_return = rollout(
+                    run, envs, actor, obs, global_step, task_return, args.total_timesteps
+                )
                 if not steps:
                     break
-                states, learner, expert_actions, intervened = (torch.stack(x) for x in zip(*steps))
-                which = expert_labels(args.method, intervened, args.relabel_fraction, args.keep_learner_actions)
-                which = which.to(device)
-                labels += int((which == 1).sum())
-                new_obs.append(states[which >= 0])
-                new_actions.append(torch.where((which == 1).unsqueeze(1), expert_actions, learner)[which >= 0])
+                states, actions = aggregate(run, args, steps)
+                new_obs.append(states)
+                new_actions.append(actions)
             data_obs = torch.cat([data_obs, *new_obs])
             data_actions = torch.cat([data_actions, *new_actions])
             iteration += 1
-            metrics = train(args.train_steps)
-            check_finite(metrics, global_step)
-            counts = {"charts/aggregate_size": len(data_obs), "charts/interventions": interventions}
-            run.log_scalars(global_step, {**metrics, **counts, "charts/expert_labels": labels})
-            if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
-                run_evaluation(run)
-            run.end_iteration(global_step, checkpoint)
-        final = run_evaluation(run)
-        run.save_final(checkpoint())
-        bar.write(
-            f"final deterministic return over {args.eval_episodes} episodes: {final['mean_return']:.1f} +- "
-            f"{final['std_return']:.1f}; expert labels: {labels}, takeovers: {interventions}"
+            metrics = train(actor, optimizer, data_obs, data_actions, args.batch_size, args.train_steps)
+            metrics.update({f"charts/{name}": count for name, count in run.extra.items()})
+            metrics["charts/aggregate_size"] = len(data_obs)
+            run.end_iteration(
+                global_step,
+                metrics,
+                obs=obs,
+                iteration=iteration,
+                task_return=task_return,
+                data_obs=data_obs,
+                data_actions=data_actions,
+            )
+        run.finish(
+            global_step,
+            obs=obs,
+            iteration=iteration,
+            task_return=task_return,
+            data_obs=data_obs,
+            data_actions=data_actions,
         )
     envs.close()
     return run.dir

@@ -16,50 +16,41 @@ learning. Run `python -m mixrl.agents.dqn --help` (or `mixrl dqn --help`) for ev
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mixrl.buffers import Batch, ReplayBuffer
 from mixrl.envs.factory import make_vec_env, parse_env_kwargs
-from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.envs.normalizers import DeviceObsNormalizer
+from mixrl.flags import EnvFlags, ReplayFlags, RunFlags, SpeedFlags, VecEnvFlags
+from mixrl.optim import flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.discrete import QNetwork
-from mixrl.runs import (
-    Run,
-    UsageError,
-    check_finite,
-    check_range,
-    crossed,
-    parse_args,
-    record_given,
-    resume_args,
-    rng_state,
-    seed_everything,
-    set_cpu_math,
-    set_rng_state,
-)
+from mixrl.policies.loading import policy_spec
+from mixrl.runs import Parts, Run, RunPolicy, UsageError, check_range, parse_args, record_given, start
 
 
 @record_given
 @dataclass
-class Args:
+class Args(RunFlags, SpeedFlags, ReplayFlags, VecEnvFlags, EnvFlags):
     env_id: str = "mixrl/ThreeBodyTimestep-v0"
     """Gymnasium id of a task with a discrete action space; module:id for a task your own package registers"""
-    env_kwargs: tuple[str, ...] = ()
-    """keyword arguments of the env constructor: one JSON object, or key=value pairs (e.g. frame_skip=2 sparse=1)"""
-    seed: int = 1
-    """seed of the envs, torch, NumPy and Python"""
-    total_timesteps: int = 200_000
-    """environment steps to train for (summed over envs); on --resume, a new value extends the run"""
-    num_envs: int = 1
-    """parallel environments (synchronous); each loop iteration collects one transition per env"""
     buffer_size: int = 10_000
     """replay buffer capacity in transitions"""
+    learning_starts: int = 128
+    """epsilon-greedy environment steps before the first update (the buffer must hold at least one batch; the budget
+    must exceed it)"""
+    eval_every: int = 5_000
+    """environment steps between deterministic evaluations (0: only at the end); the best one is kept in
+    checkpoints/best.pt"""
+    eval_episodes: int = 10
+    """episodes per evaluation (reset seeds 10000 + seed + i: systems drawn apart from the training stream)"""
+    total_timesteps: int = 200_000
+    """environment steps to train for (summed over envs); on --resume, a new value extends the run"""
     gamma: float = 0.99
     """discount factor"""
     reward_scale: float = 0.01
@@ -70,8 +61,6 @@ class Args:
     """Polyak rate of the target network: Qbar <- (1 - tau) Qbar + tau Q, after every update"""
     batch_size: int = 128
     """transitions per gradient update"""
-    learning_starts: int = 128
-    """environment steps before the first update (the buffer must hold at least one batch)"""
     learning_rate: float = 1e-3
     """AdamW learning rate"""
     amsgrad: bool = True
@@ -97,29 +86,21 @@ class Args:
     step counter"""
     truncation_is_terminal: bool = False
     """treat time limits as terminal (no bootstrap; the original code's behaviour)"""
-    normalize_obs: bool = False
-    """z-score observations with running statistics (saved in checkpoints)"""
-    eval_every: int = 5_000
-    """environment steps between deterministic evaluations (0: only at the end); the best one is kept in
-    checkpoints/best.pt"""
-    eval_episodes: int = 10
-    """episodes per evaluation (seeds 10000 + seed, ...: systems drawn apart from the training stream)"""
-    checkpoint_every: int = 10_000
-    """environment steps between checkpoints/latest.pt writes"""
-    save_buffer: bool = True
-    """include the replay buffer in checkpoints, so that --resume continues exactly"""
-    log_every: int = 1000
-    """environment steps between loss/SPS logs"""
-    device: str = "cpu"
-    """torch device, e.g. cpu or cuda"""
-    threads: int = 1
-    """torch CPU threads (more than one thrashes on small machines)"""
-    torch_deterministic: bool = True
-    """use deterministic torch kernels"""
-    run_root: str = "runs"
-    """parent folder of run directories"""
-    resume: str | None = None
-    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
+
+
+def check_args(args: Args) -> None:
+    """Refuse options that do not fit together, naming the fix."""
+    check_range(args, "num_envs buffer_size batch_size hidden_sizes train_frequency eval_episodes threads", 1)
+    check_range(args, "total_timesteps learning_starts learning_rate grad_clip_value eps_decay reward_scale", 0)
+    check_range(args, "eval_every checkpoint_every log_every", 0)
+    check_range(args, "gamma tau eps_start eps_end", 0, 1)
+    if args.learning_starts < args.batch_size:
+        raise UsageError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
+    if args.backend == "warp":
+        raise UsageError(
+            "--backend warp runs MuJoCo's continuous-control tasks, but DQN needs a discrete action space: "
+            "use --backend gymnasium."
+        )
 
 
 def epsilon(args: Args, steps: torch.Tensor) -> torch.Tensor:
@@ -127,173 +108,115 @@ def epsilon(args: Args, steps: torch.Tensor) -> torch.Tensor:
     return args.eps_end + (args.eps_start - args.eps_end) * torch.exp(-steps / args.eps_decay)
 
 
-def make_update(args: Args, q_network: QNetwork, q_target: QNetwork, optimizer: torch.optim.Optimizer):
-    """The DQN gradient step as a function of a batch -> detached metrics."""
-    params, target_params = list(q_network.parameters()), list(q_target.parameters())
+class TDObjective(nn.Module):
+    """The TD loss as a module of the online network: batch -> (L = mean Huber(Q(s, a) - y), mean Q(s, a)). The
+    target y is computed without gradient."""
 
-    def update(batch: Batch) -> dict[str, torch.Tensor]:
+    def __init__(self, args: Args, q_network: nn.Module, q_target: nn.Module):
+        super().__init__()
+        self.args, self.q_network, self.q_target = args, q_network, q_target
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            next_q_target = q_target(batch.next_obs)
-            if args.double_dqn:
-                next_action = q_network(batch.next_obs).argmax(1, keepdim=True)
+            next_q_target = self.q_target(batch.next_obs)
+            if self.args.double_dqn:
+                next_action = self.q_network(batch.next_obs).argmax(1, keepdim=True)
                 next_q = next_q_target.gather(1, next_action).squeeze(1)
             else:
                 next_q = next_q_target.max(1).values
-            target = batch.rewards + args.gamma * (1.0 - batch.terminated) * next_q
-        q = q_network(batch.obs).gather(1, batch.actions.long()).squeeze(1)
-        loss = F.smooth_l1_loss(q, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            target = batch.rewards + self.args.gamma * (1.0 - batch.terminated) * next_q
+        q = self.q_network(batch.obs).gather(1, batch.actions.long()).squeeze(1)
+        return F.smooth_l1_loss(q, target), q.detach().mean()
+
+
+def make_update(args: Args, q_network: nn.Module, q_target: nn.Module, optimizer: torch.optim.Optimizer):
+    """The DQN gradient step as a function of a batch -> detached metrics. The online network's parameters become
+    views into one flat tensor (flatten_parameters), whose gradient the loss writes (compiled with --compile) and
+    `optimizer` (over those parameters) applies."""
+    params, target_params = list(q_network.parameters()), list(q_target.parameters())
+    flat = flatten_parameters([q_network])
+    gradient = loss_gradient(TDObjective(args, q_network, q_target), flat, args.compile)
+
+    @matmul_precision(args.matmul_precision)
+    def update(batch: Batch) -> dict[str, torch.Tensor]:
+        loss, q_mean = gradient(batch)
         if args.grad_clip_value > 0:
-            torch.nn.utils.clip_grad_value_(params, args.grad_clip_value)
+            flat.grad.clamp_(-args.grad_clip_value, args.grad_clip_value)
         optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(target_params, params, args.tau)
-        return {"losses/td_loss": loss.detach(), "losses/q_values": q.detach().mean()}
+        return {"losses/td_loss": loss, "losses/q_values": q_mean}
 
     return update
 
 
 def main(args: Args) -> Path:
     """Train DQN; returns the run directory."""
-    saved = None
-    if args.resume is not None:
-        args, saved = resume_args(args, "total_timesteps")
-    check_range(args, "num_envs buffer_size batch_size hidden_sizes train_frequency eval_episodes threads", 1)
-    check_range(args, "total_timesteps learning_starts learning_rate grad_clip_value eps_decay reward_scale", 0)
-    check_range(args, "eval_every checkpoint_every log_every", 0)
-    check_range(args, "gamma tau eps_start eps_end", 0, 1)
-    if args.learning_starts < args.batch_size:
-        raise UsageError(f"learning_starts ({args.learning_starts}) must be at least batch_size ({args.batch_size}).")
-    set_cpu_math(args.threads)
-    seed_everything(args.seed, args.torch_deterministic)
+    args, saved = start(args, check_args)
     device = torch.device(args.device)
     env_kwargs = parse_env_kwargs(args.env_kwargs)
-    envs = make_vec_env(
-        args.env_id, args.num_envs, args.seed, device, normalize_obs=args.normalize_obs, env_kwargs=env_kwargs
-    )
+    envs = make_vec_env(args.env_id, args.num_envs, args.seed, device, env_kwargs=env_kwargs, backend=args.backend)
     if envs.continuous or envs.env_action_space.shape != ():
         raise UsageError(
             f"DQN needs a Discrete action space, but {args.env_id} has {envs.env_action_space}. "
             "Use `mixrl sac` or `mixrl ppo` for continuous actions."
         )
     obs_dim, num_actions = envs.obs_dim, int(envs.env_action_space.n)
+    # --normalize-obs: the buffer stores raw observations; acting and every sampled batch are z-scored with the
+    # running statistics of that moment (as in SAC), so old rows never keep old statistics.
+    normalizer = DeviceObsNormalizer(envs.single_observation_space.shape, device) if args.normalize_obs else None
+    normalize = (lambda obs: obs) if normalizer is None else partial(normalizer, update=False)
 
-    q_network = QNetwork(obs_dim, num_actions, args.hidden_sizes, args.shared_hidden).to(device)
+    q_kwargs = {"obs_dim": obs_dim, "num_actions": num_actions, "hidden_sizes": args.hidden_sizes}
+    q_kwargs["shared_hidden"] = args.shared_hidden
+    q_network = QNetwork(**q_kwargs).to(device)
     q_target = copy.deepcopy(q_network).requires_grad_(False)
     optimizer = torch.optim.AdamW(q_network.parameters(), lr=args.learning_rate, amsgrad=args.amsgrad)
     update = make_update(args, q_network, q_target, optimizer)
     # Actions are stored as a float column of width 1 and cast back to indices in the update.
     rb = ReplayBuffer(args.buffer_size, obs_dim, 1, device)
+    spec = partial(policy_spec, q_network, **q_kwargs)
+    policy = RunPolicy.of(q_network, spec, envs, args.env_id, env_kwargs, normalizer)
+    state = {"q_network": q_network, "q_target": q_target, "optimizer": optimizer}
+    if normalizer is not None:
+        state["obs_normalizer"] = normalizer
 
-    modules = {"q_network": q_network, "q_target": q_target}
-    obs = envs.reset()
-    global_step, best_return = 0, -math.inf
-    episode_steps = torch.zeros(args.num_envs, device=device)
-    if saved is not None:
-        if "buffer" not in saved:
-            raise UsageError(
-                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
-            )
-        state = saved["state"]
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        optimizer.load_state_dict(state["optimizer"])
-        rb.load_state_dict(saved["buffer"])
-        envs.load_state_dict(saved["env_state"])
-        obs, global_step = saved["obs"].to(device), saved["global_step"]
-        episode_steps, best_return = saved["episode_steps"].to(device), saved["best_return"]
-        set_rng_state(saved["rng"])
-
-    def checkpoint() -> dict:
-        payload = {
-            "args": dataclasses.asdict(args),
-            "env_kwargs": env_kwargs,
-            "observation_space": envs.single_observation_space,
-            "action_space": envs.env_action_space,
-            "obs_normalizer": envs.normalizer_state(),
-            "policy": policy_spec(
-                q_network,
-                obs_dim=obs_dim,
-                num_actions=num_actions,
-                hidden_sizes=args.hidden_sizes,
-                shared_hidden=args.shared_hidden,
-            ),
-            "state": {
-                **{name: m.state_dict() for name, m in modules.items()},
-                "optimizer": optimizer.state_dict(),
-            },
-            "global_step": global_step,
-            "episode_steps": episode_steps.clone(),
-            "best_return": best_return,
-            "obs": obs,
-            "rng": rng_state(),
-            "env_state": envs.state_dict(),
-        }
-        if args.save_buffer:
-            payload["buffer"] = rb.state_dict()
-        return payload
-
-    def run_evaluation() -> dict:
-        nonlocal best_return
-        policy = Policy(
-            q_network, envs.single_observation_space, envs.env_action_space, envs.normalizer_state(), device
+    obs, episode_steps = envs.reset(), torch.zeros(args.num_envs, device=device)
+    with Run(args, "dqn", args.env_id, saved, keep_best=True) as run:
+        global_step, obs, episode_steps = run.track(
+            Parts(state, envs, rb), policy, global_step=0, obs=obs, episode_steps=episode_steps
         )
-        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
-        mean, std = result["mean_return"], result["std_return"]
-        line = {"step": global_step, "mean_return": mean, "std_return": std}
-        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std})
-        if mean > best_return:
-            best_return = mean
-            run.save_checkpoint({k: v for k, v in checkpoint().items() if k != "buffer"}, "best")
-        return result
-
-    with Run(args, "dqn", args.env_id, saved=saved) as run:
-        bar = run.progress(args.total_timesteps, initial=global_step)
-        last_log_time, last_log_step = time.time(), global_step
+        if normalizer is not None and saved is None:
+            normalizer.rms.update(obs)  # running statistics of every observation the agent acts on
+        metrics: dict[str, torch.Tensor] = {}
         while global_step < args.total_timesteps:
             if args.eps_per_episode:
                 eps = epsilon(args, episode_steps)
             else:
                 eps = epsilon(args, torch.full_like(episode_steps, global_step / args.num_envs))
             with torch.no_grad():
-                greedy = q_network(obs).argmax(1)
+                greedy = q_network(normalize(obs)).argmax(1)
             explore = torch.rand(args.num_envs, device=device) < eps
             random_actions = torch.randint(0, num_actions, (args.num_envs,), device=device)
             actions = torch.where(explore, random_actions, greedy)
 
             next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
             done = terminated | truncated
-            rb.add(
-                obs,
-                actions,
-                rewards * args.reward_scale,
-                final_obs,
-                done if args.truncation_is_terminal else terminated,
-            )
+            stored_done = done if args.truncation_is_terminal else terminated
+            rb.add(obs, actions, rewards * args.reward_scale, final_obs, stored_done)
             obs = next_obs
+            if normalizer is not None:
+                normalizer.rms.update(obs)
             episode_steps = torch.where(done, torch.zeros_like(episode_steps), episode_steps + 1)
-            previous_step, global_step = global_step, global_step + args.num_envs
-            bar.update(args.num_envs)
+            global_step += args.num_envs
             run.log_episodes(global_step, *envs.pop_episodes())
 
-            env_steps = global_step // args.num_envs
-            if global_step >= args.learning_starts and env_steps % args.train_frequency == 0:
-                metrics = update(rb.sample(args.batch_size))
-                check_finite(metrics, global_step)
-                if crossed(global_step, previous_step, args.log_every):
-                    sps = (global_step - last_log_step) / max(time.time() - last_log_time, 1e-9)
-                    last_log_time, last_log_step = time.time(), global_step
-                    run.log_scalars(global_step, {**metrics, "charts/epsilon": eps.mean(), "charts/SPS": sps})
-            if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
-                run_evaluation()
-            run.end_iteration(global_step, checkpoint)
-        final = run_evaluation()
-        run.save_final(checkpoint())
-        bar.write(
-            f"final deterministic return over {args.eval_episodes} episodes: "
-            f"{final['mean_return']:.1f} +- {final['std_return']:.1f} (best {best_return:.1f})"
-        )
+            if global_step >= args.learning_starts and (global_step // args.num_envs) % args.train_frequency == 0:
+                batch = rb.sample(args.batch_size)
+                metrics = update(batch._replace(obs=normalize(batch.obs), next_obs=normalize(batch.next_obs)))
+                metrics["charts/epsilon"] = eps.mean()
+            run.end_iteration(global_step, metrics, obs=obs, episode_steps=episode_steps)
+        run.finish(global_step, obs=obs, episode_steps=episode_steps)
     envs.close()
     return run.dir
 

@@ -24,7 +24,12 @@ alone, the score-ratio estimator (Gumbel-softmax does not apply: PPO never diffe
 
 V_old and log pi_old are computed after each rollout in one batched pass (the parameters do not change during a
 rollout) with the same function the update uses, so the ratio is exactly 1 on the first minibatch.
-`losses/entropy` is the Monte-Carlo estimate -mean log pi_old(a|s) over the rollout, for both policies.
+`losses/entropy` is the Monte-Carlo estimate -mean log pi_old(a|s) over the rollout, for both policies; it, the
+explained variance of V_old and the learning rate are logged with the losses every --log-every steps (an iteration
+is num_envs * num_steps steps).
+
+ResiP (`--base-policy`) and whole-network fine-tuning (`--finetune-base`) change the actor and the envs' view of
+the task, not the update (mixrl/policies/residual.py, mixrl/envs/residual.py).
 
 Run `python -m mixrl.agents.ppo --help` (or `mixrl ppo --help`) for every option.
 """
@@ -32,8 +37,6 @@ Run `python -m mixrl.agents.ppo --help` (or `mixrl ppo --help`) for every option
 from __future__ import annotations
 
 import copy
-import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -46,53 +49,31 @@ from torch.nn import functional as F
 
 from mixrl.buffers import RolloutBuffer, compute_gae
 from mixrl.envs.factory import make_vec_env, parse_env_kwargs
-from mixrl.evaluation import Policy, evaluate, load_base, policy_spec, residual_spec
-from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient
+from mixrl.envs.residual import ChunkVecEnv, ResidualVecEnv
+from mixrl.flags import EnvFlags, RunFlags, SpeedFlags, VecEnvFlags
+from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision, skip_guards_after_first_call
 from mixrl.policies.chunked import ExecuteChunk
 from mixrl.policies.critics import ValueNetwork
 from mixrl.policies.gaussian import DiagonalGaussianActor
-from mixrl.policies.mixture import ACTOR_EVAL_RULES, DiagonalGaussianMixtureActor, frequency_loss, gmm_log_prob
-from mixrl.policies.nets import mlp, orthogonal_init
-from mixrl.policies.residual import (
-    ChunkGaussianActor,
-    ChunkVecEnv,
-    FrozenBase,
-    ResidualGaussianActor,
-    ResidualVecEnv,
-    chunked_model,
+from mixrl.policies.loading import policy_spec, residual_spec
+from mixrl.policies.mixture import (
+    ACTOR_EVAL_RULES,
+    DiagonalGaussianMixtureActor,
+    auxiliary_q,
+    gmm_log_prob,
+    pmoe_ppo_losses,
 )
-from mixrl.runs import (
-    Run,
-    UsageError,
-    check_finite,
-    check_range,
-    crossed,
-    parse_args,
-    record_given,
-    resume_args,
-    rng_state,
-    seed_everything,
-    set_cpu_math,
-    set_rng_state,
-)
+from mixrl.policies.nets import orthogonal_init
+from mixrl.policies.residual import ChunkGaussianActor, FrozenBase, ResidualGaussianActor, chunked_model
+from mixrl.pretrained import load_base
+from mixrl.runs import Parts, Run, RunPolicy, UsageError, check_range, parse_args, record_given, start
 
 
 @record_given
 @dataclass
-class Args:
-    env_id: str = "HalfCheetah-v5"
-    """Gymnasium id of a task with a continuous (Box) action space; module:id for a task your own package registers"""
-    env_kwargs: tuple[str, ...] = ()
-    """keyword arguments of the env constructor: one JSON object, or key=value pairs (e.g. frame_skip=2 sparse=1)"""
-    backend: Literal["gymnasium", "warp"] = "gymnasium"
-    """simulator: Gymnasium envs stepped one by one on the CPU, or all envs at once on MuJoCo Warp (GPU-batched
-    MuJoCo, with --device cuda; supports InvertedPendulum, HalfCheetah, Hopper, Walker2d and Ant v5)"""
-    seed: int = 1
-    """seed of the envs, torch, NumPy and Python"""
+class Args(RunFlags, SpeedFlags, VecEnvFlags, EnvFlags):
     total_timesteps: int = 1_000_000
     """environment steps to train for (summed over envs, rounded down to whole rollouts); --resume may extend it"""
-    num_envs: int = 1
-    """parallel environments (synchronous)"""
     num_steps: int = 2048
     """steps per env in each rollout; a rollout holds num_envs * num_steps transitions"""
     num_minibatches: int = 32
@@ -136,12 +117,13 @@ class Args:
     """gmm: evaluation action: mean of argmax_k w_k, the mixture's mean sum_k w_k mu_k, mean of k ~ Cat(w), or a
     sample of the mixture (`mixrl eval --eval-rule` overrides it)"""
     normalize_obs: bool = True
-    """z-score observations with running statistics, clipped to +-10 (saved in checkpoints, used by load_policy)"""
+    """z-score observations with running statistics, clipped to +-10 (saved with the policy); with --base-policy the
+    base's own statistics normalise them instead"""
     normalize_reward: bool = True
     """divide rewards by the running std of the discounted return, clipped to +-10 (saved in checkpoints)"""
     base_policy: str | None = None
     """ResiP: a frozen base (mixrl run directory or checkpoint, or a Stable-Baselines3 .zip); the actor then learns
-    a residual a = a_base + alpha Delta on x = [norm(obs), a_base] (mixrl/policies/residual.py; no --normalize-obs)"""
+    a residual a = a_base + alpha Delta on x = [norm(obs), a_base] (mixrl/policies/residual.py)"""
     residual_alpha: float = 0.1
     """ResiP: alpha, the scale of the residual Delta in the base's normalised action space [-1, 1]"""
     residual_log_std: float = -1.0
@@ -153,24 +135,9 @@ class Args:
     finetune_log_std: float = -3.3
     """--finetune-base: fixed log-std of each action of the chunk (-3.3: std 0.037, ResiP's exploration std)"""
     eval_every: int = 50_000
-    """environment steps between deterministic evaluations, checked after each iteration (0: only at the end)"""
-    eval_episodes: int = 5
-    """episodes per evaluation"""
+    """training steps between deterministic evaluations, checked after each iteration (0: only at the end)"""
     checkpoint_every: int = 50_000
-    """environment steps between checkpoints/latest.pt writes, checked after each iteration"""
-    compile: bool = False
-    """torch.compile the minibatch loss with its gradient into one graph (about 2x faster updates on CPU, after a
-    compile of about 15 s; PMOE-PPO's random candidates then differ from an eager run's)"""
-    device: str = "cpu"
-    """torch device, e.g. cpu or cuda"""
-    threads: int = 1
-    """torch CPU threads (more than one thrashes on small machines)"""
-    torch_deterministic: bool = True
-    """use deterministic torch kernels"""
-    run_root: str = "runs"
-    """parent folder of run directories"""
-    resume: str | None = None
-    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
+    """training steps between checkpoints/latest.pt writes, checked after each iteration"""
 
 
 GMM_OPTIONS = ("num_experts", "q_hidden_sizes", "gmm_grad", "gmm_eval_rule")
@@ -191,7 +158,7 @@ def check_args(args: Args) -> None:
     """Refuse options that do not fit together, naming the fix."""
     check_range(args, "num_envs num_steps update_epochs hidden_sizes q_hidden_sizes eval_episodes threads", 1)
     check_range(args, "total_timesteps learning_rate adam_eps clip_coef ent_coef vf_coef max_grad_norm", 0)
-    check_range(args, "eval_every checkpoint_every", 0)
+    check_range(args, "eval_every checkpoint_every log_every", 0)
     check_range(args, "gamma gae_lambda", 0, 1)
     if args.finetune_base and args.base_policy is None:
         raise UsageError("--finetune-base fine-tunes a base policy: give it with --base-policy PATH.")
@@ -202,6 +169,8 @@ def check_args(args: Args) -> None:
         if changed:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
             raise UsageError(f"{flags} only apply to the mixture policy: add --policy gmm.")
+    elif args.base_policy is not None:
+        raise UsageError("--base-policy trains a Gaussian residual: drop --policy gmm.")
     elif args.num_experts < 1:
         raise UsageError(f"--num-experts must be at least 1, got {args.num_experts}.")
     elif args.gmm_grad not in ("frequency", "ratio"):
@@ -225,6 +194,57 @@ def check_args(args: Args) -> None:
         )
 
 
+def make_envs(args: Args, base: nn.Module | None, env_kwargs: dict, device: torch.device):
+    """The training envs, observations and rewards normalised as the flags ask. ResiP: observations become
+    x = [norm(obs), a_base], actions Delta; --finetune-base: observations norm(obs), actions whole chunks (each
+    sub-env executes a chunk per step)."""
+    envs = make_vec_env(
+        args.env_id,
+        args.num_envs,
+        args.seed,
+        device,
+        normalize_obs=args.normalize_obs and base is None,
+        normalize_reward_gamma=args.gamma if args.normalize_reward else None,
+        env_kwargs=env_kwargs,
+        backend=args.backend,
+        wrapper=partial(ExecuteChunk, steps=chunked_model(base).execute) if args.finetune_base else None,
+    )
+    if not envs.continuous:
+        raise UsageError(
+            f"PPO needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
+            "Use `mixrl dqn` for discrete actions."
+        )
+    if args.finetune_base:
+        return ChunkVecEnv(envs, base)
+    return envs if base is None else ResidualVecEnv(envs, base, args.residual_alpha)
+
+
+def make_actor(args: Args, envs, base: nn.Module | None) -> tuple[nn.Module, dict]:
+    """(actor on the envs' observations, the kwargs that rebuild it): PPO's diagonal Gaussian, PMOE-PPO's mixture,
+    ResiP's residual Gaussian (the head of the envs' residual policy), or --finetune-base's Gaussian whose mean is the
+    BC network itself, trainable."""
+    kwargs = {
+        "obs_dim": envs.obs_dim,
+        "action_dim": envs.single_action_space.shape[0],
+        "hidden_sizes": args.hidden_sizes,
+    }
+    if args.finetune_base:
+        head = ChunkGaussianActor
+        kwargs = {"model": copy.deepcopy(base.model).requires_grad_(True), "log_std": args.finetune_log_std}
+    elif base is not None:
+        head = ResidualGaussianActor
+        kwargs.update(log_std=args.residual_log_std)
+    elif args.policy == "gmm":
+        head = DiagonalGaussianMixtureActor
+        kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
+    else:
+        head = DiagonalGaussianActor
+    actor = head(**kwargs).to(args.device)
+    if isinstance(envs, ResidualVecEnv):
+        envs.policy.head = actor
+    return actor, kwargs
+
+
 def make_critic(obs_dim: int, hidden_sizes: tuple[int, ...]) -> ValueNetwork:
     """V(s): a tanh MLP with PPO's orthogonal init (hidden layers gain sqrt 2, output gain 1)."""
     critic = ValueNetwork(obs_dim, hidden_sizes, nn.Tanh)
@@ -235,9 +255,25 @@ def make_critic(obs_dim: int, hidden_sizes: tuple[int, ...]) -> ValueNetwork:
     return critic
 
 
-def q_values(qf: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Q(s, a) on [s, a]: obs (..., S) and actions (..., A) -> (...,)."""
-    return qf(torch.cat([obs, actions], -1)).squeeze(-1)
+def run_policy(args: Args, envs, actor: nn.Module, actor_kwargs: dict, base, env_kwargs: dict) -> RunPolicy:
+    """The deterministic policy on raw observations that evaluations and checkpoints see: the actor; ResiP's
+    base + alpha Delta (a copy, with its own action queues); --finetune-base's network as a chunked base, saved as
+    the base's spec with the fine-tuned weights."""
+
+    def acting() -> nn.Module:
+        if args.finetune_base:
+            return FrozenBase(copy.deepcopy(actor.trunk), base.obs_dim, base.obs_normalizer).to(args.device)
+        return actor if base is None else copy.deepcopy(envs.policy)
+
+    def spec() -> dict:
+        if args.finetune_base:
+            kwargs = base.spec["kwargs"]
+            return policy_spec(acting(), **{**kwargs, "model": policy_spec(actor.trunk, **kwargs["model"]["kwargs"])})
+        head = policy_spec(actor, **actor_kwargs)
+        return head if base is None else residual_spec(envs.policy, head)
+
+    spaces = envs.single_observation_space, envs.env_action_space
+    return RunPolicy(acting, spec, *spaces, args.env_id, env_kwargs, obs_normalizer=envs.normalizer_state)
 
 
 def rollout_batch(args: Args, rollout: RolloutBuffer, actor: nn.Module, critic: nn.Module) -> Batch:
@@ -250,6 +286,14 @@ def rollout_batch(args: Args, rollout: RolloutBuffer, actor: nn.Module, critic: 
     )
     obs, actions = rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1)
     return Batch(obs, actions, actor.log_prob(obs, actions), advantages.flatten(), returns.flatten(), values.flatten())
+
+
+def rollout_metrics(batch: Batch) -> dict[str, torch.Tensor]:
+    """The explained variance 1 - Var[R - V_old] / Var[R] of the returns (1 where both vanish) and the Monte-Carlo
+    entropy -mean log pi_old(a|s) of the rollout."""
+    residual_var = (batch.returns - batch.values).var(correction=0)
+    explained = 1.0 - residual_var / batch.returns.var(correction=0).clamp_min(1e-12)
+    return {"losses/explained_variance": explained, "losses/entropy": -batch.log_probs.mean()}
 
 
 def ppo_loss(
@@ -276,13 +320,8 @@ def ppo_loss(
     terms = {"losses/policy_loss": policy_loss, "losses/value_loss": value_loss}
     if args.ent_coef:
         loss = loss - args.ent_coef * actor.entropy(mb.obs).mean()
-    if qf is not None:
-        with torch.no_grad():
-            candidates = mean + log_std.exp() * torch.randn_like(mean)  # a_k ~ N(mu_k, sigma_k): (B, K, A)
-            tiled = mb.obs.unsqueeze(-2).expand(*candidates.shape[:-1], mb.obs.shape[-1])
-            expert_q = q_values(qf, tiled, candidates)
-        freq_loss = frequency_loss(logits.softmax(-1), expert_q)
-        q_loss = F.mse_loss(q_values(qf, mb.obs, mb.actions), mb.returns)
+    if qf is not None:  # PMOE-PPO: L + L_freq + L_Q
+        freq_loss, q_loss = pmoe_ppo_losses(qf, mb.obs, mb.actions, mb.returns, logits, mean, log_std)
         loss = loss + freq_loss + q_loss
         terms.update({"losses/frequency_loss": freq_loss, "losses/q_loss": q_loss})
     return loss, log_ratio.detach(), terms
@@ -300,6 +339,18 @@ class Objective(nn.Module):
         return loss, (log_ratio, terms)
 
 
+def minibatches(args: Args, batch: Batch) -> list[Batch]:
+    """One epoch's minibatches: the rows shuffled (one gather per field), cut into contiguous blocks, and with
+    --norm-adv the advantages of every minibatch z-scored on their own, all at once."""
+    num_mb = args.num_minibatches
+    perm = torch.randperm(batch.obs.shape[0], device=batch.obs.device)
+    shuffled = Batch(*(field[perm].unflatten(0, (num_mb, -1)) for field in batch))
+    if args.norm_adv:
+        adv = shuffled.advantages
+        shuffled = shuffled._replace(advantages=(adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8))
+    return [Batch(*mb) for mb in zip(*(field.unbind(0) for field in shuffled))]
+
+
 def make_update(
     args: Args,
     actor: nn.Module,
@@ -307,43 +358,24 @@ def make_update(
     qf: nn.Module | None,
     optimizer: FlatAdam,
 ) -> Callable[[Batch], dict[str, torch.Tensor]]:
-    """The PPO update of one rollout -> detached metrics, without host synchronisation. The optimiser steps the
-    flat tensor of all parameters (flatten_parameters)."""
+    """The PPO update of one rollout -> detached metrics, without host synchronisation: update_epochs epochs of
+    minibatch steps L -> gradient (norm clipped) -> Adam. The optimiser steps the flat tensor of all parameters
+    (flatten_parameters); with --compile each loss is compiled with its gradient (loss_gradient)."""
     params = optimizer.params
-    batch_size = args.num_envs * args.num_steps
-    num_mb, mb_size = args.num_minibatches, batch_size // args.num_minibatches
     gradient = loss_gradient(Objective(args, actor, critic, qf), params, compile=args.compile)
     # Gradient-norm clipping groups: the agent's (actor and critic) and the auxiliary Q network's (stored last in
     # params), each clipped on its own, so that large Q gradients never shrink the PPO step.
     num_agent = sum(p.numel() for module in (actor, critic) for p in module.parameters())
     clip_groups = [g.view(1, -1) for g in params.grad.split([num_agent, params.numel() - num_agent]) if g.numel()]
 
-    skip_guards = False  # set once the first update has compiled the loss
-
+    @matmul_precision(args.matmul_precision)
+    @skip_guards_after_first_call(args.compile)  # every update has the same shapes, networks and settings
     def update(batch: Batch) -> dict[str, torch.Tensor]:
-        # After the first compiled update, TorchDynamo's guard checks are skipped (4% of a ResiP iteration with
-        # minibatches of 64): every later call has the same shapes, dtypes, networks and settings by construction,
-        # so the guards could never fail.
-        nonlocal skip_guards
-        with torch.compiler.set_stance(skip_guard_eval_unsafe=skip_guards):
-            metrics = epochs(batch)
-        skip_guards = args.compile
-        return metrics
-
-    def epochs(batch: Batch) -> dict[str, torch.Tensor]:
         log_ratios = []
         for _ in range(args.update_epochs):
-            # One gather per field and epoch; the minibatches are then contiguous row blocks of the shuffled rows.
-            perm = torch.randperm(batch_size, device=params.device)
-            shuffled = Batch(*(field[perm].unflatten(0, (num_mb, mb_size)) for field in batch))
-            if args.norm_adv:  # every minibatch z-scored on its own, all at once
-                adv = shuffled.advantages
-                adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
-                shuffled = shuffled._replace(advantages=adv)
-            for mb in zip(*(field.unbind(0) for field in shuffled)):
-                _, (log_ratio, terms) = gradient(Batch(*mb))  # fills params.grad
-                # g <- g max_norm / ||g|| where ||g|| > max_norm, per group (the agent's, the Q network's)
-                for group in clip_groups:
+            for mb in minibatches(args, batch):
+                _, (log_ratio, terms) = gradient(mb)  # fills params.grad
+                for group in clip_groups:  # g <- g max_norm / ||g|| where ||g|| > max_norm, per group
                     group.renorm_(2, 0, args.max_grad_norm)
                 optimizer.step()
                 log_ratios.append(log_ratio)
@@ -366,137 +398,39 @@ def annealed_lr(iteration: int, anchor: tuple[int, float, int]) -> float:
 
 
 def main(args: Args) -> Path:
-    """Train PPO or PMOE-PPO; returns the run directory."""
-    saved = None
-    if args.resume is not None:
-        args, saved = resume_args(args, "total_timesteps")
-    check_args(args)
-    set_cpu_math(args.threads)
-    seed_everything(args.seed, args.torch_deterministic)
+    """Train PPO or PMOE-PPO (ResiP with --base-policy); returns the run directory."""
+    args, saved = start(args, check_args)
     device = torch.device(args.device)
     env_kwargs = parse_env_kwargs(args.env_kwargs)
-    base = None if args.base_policy is None else load_base(args.base_policy, device)
-    if base is not None and args.policy != "gaussian":
-        raise UsageError("--base-policy trains a Gaussian residual: drop --policy gmm.")
-    envs = make_vec_env(
-        args.env_id,
-        args.num_envs,
-        args.seed,
-        device,
-        normalize_obs=args.normalize_obs and args.base_policy is None,
-        normalize_reward_gamma=args.gamma if args.normalize_reward else None,
-        env_kwargs=env_kwargs,
-        backend=args.backend,
-        # --finetune-base: each sub-env executes a whole chunk per step
-        wrapper=partial(ExecuteChunk, steps=chunked_model(base).execute) if args.finetune_base else None,
-    )
-    if not envs.continuous:
-        raise UsageError(
-            f"PPO needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}. "
-            "Use `mixrl dqn` for discrete actions."
-        )
-    if args.finetune_base:  # observations become norm(obs), actions whole chunks
-        envs = ChunkVecEnv(envs, base)
-    elif base is not None:  # ResiP: observations become x = [norm(obs), a_base], actions Delta
-        envs = ResidualVecEnv(envs, base, args.residual_alpha)
+    base = None if args.base_policy is None else load_base(args.base_policy, device, args.trust_pickle)
+    envs = make_envs(args, base, env_kwargs, device)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
-
-    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
-    if args.finetune_base:  # the BC network itself, trainable, as the Gaussian's mean
-        head = ChunkGaussianActor
-        actor_kwargs = {"model": copy.deepcopy(base.model).requires_grad_(True), "log_std": args.finetune_log_std}
-    elif base is not None:
-        head = ResidualGaussianActor
-        actor_kwargs.update(log_std=args.residual_log_std)
-    elif args.policy == "gmm":
-        head = DiagonalGaussianMixtureActor
-        actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
-    else:
-        head = DiagonalGaussianActor
-    actor = head(**actor_kwargs).to(device)
-    if isinstance(envs, ResidualVecEnv):
-        envs.policy.head = actor
+    actor, actor_kwargs = make_actor(args, envs, base)
     critic = make_critic(obs_dim, args.hidden_sizes).to(device)
     modules: dict[str, nn.Module] = {"actor": actor, "critic": critic}
     qf = None
     if args.policy == "gmm" and args.gmm_grad == "frequency":
-        qf = modules["qf"] = mlp(obs_dim + action_dim, args.q_hidden_sizes, 1).to(device)
+        qf = modules["qf"] = auxiliary_q(obs_dim, action_dim, args.q_hidden_sizes).to(device)
     optimizer = FlatAdam(flatten_parameters(list(modules.values())), lr=args.learning_rate, eps=args.adam_eps)
-    if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
-        torch.compiler.reset()
     update = make_update(args, actor, critic, qf, optimizer)
     rollout = RolloutBuffer(args.num_steps, args.num_envs, obs_dim, action_dim, device)
     batch_size = args.num_envs * args.num_steps
     num_iterations = args.total_timesteps // batch_size
+    policy = run_policy(args, envs, actor, actor_kwargs, base, env_kwargs)
 
     obs = envs.reset()
-    global_step, lr_anchor = 0, (1, args.learning_rate, num_iterations)
-    if saved is not None:
-        state = saved["state"]
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        optimizer.load_state_dict(state["optimizer"])
-        envs.load_state_dict(saved["env_state"])
-        obs, global_step = saved["obs"].to(device), saved["global_step"]
-        lr_anchor = saved.get("lr_anchor", (1, args.learning_rate, saved["args"]["total_timesteps"] // batch_size))
-        if lr_anchor[2] != num_iterations:  # an extended budget: anneal on from the last rate
+    with Run(args, "ppo" if args.policy == "gaussian" else "pmoe_ppo", args.env_id, saved) as run:
+        global_step, obs, lr_anchor = run.track(
+            Parts({**modules, "optimizer": optimizer}, envs),
+            policy,
+            total=num_iterations * batch_size,  # whole rollouts
+            global_step=0,
+            obs=obs,
+            lr_anchor=(1, args.learning_rate, num_iterations),
+        )
+        if lr_anchor[2] != num_iterations:  # a resume that extends the budget: anneal on from the last rate
             done = global_step // batch_size
             lr_anchor = (done, annealed_lr(done, lr_anchor), num_iterations)
-        set_rng_state(saved["rng"])
-
-    def frozen_actor() -> nn.Module:
-        """The deterministic policy on raw observations: --finetune-base: the fine-tuned network as a chunked base."""
-        if args.finetune_base:
-            return FrozenBase(copy.deepcopy(actor.trunk), base.obs_dim, base.obs_normalizer).to(device)
-        return actor if base is None else copy.deepcopy(envs.policy)  # a residual: its own action queues
-
-    def saved_policy() -> dict:
-        if args.finetune_base:  # the base's spec with the fine-tuned weights
-            kwargs = base.spec["kwargs"]
-            return policy_spec(
-                frozen_actor(), **{**kwargs, "model": policy_spec(actor.trunk, **kwargs["model"]["kwargs"])}
-            )
-        if base is not None:
-            return residual_spec(envs.policy, policy_spec(actor, **actor_kwargs))
-        return policy_spec(actor, **actor_kwargs)
-
-    def checkpoint() -> dict:
-        return {
-            "args": dataclasses.asdict(args),
-            "env_kwargs": env_kwargs,
-            "observation_space": envs.single_observation_space,
-            "action_space": envs.env_action_space,
-            "obs_normalizer": envs.normalizer_state(),
-            "policy": saved_policy(),
-            "state": {
-                **{name: module.state_dict() for name, module in modules.items()},
-                "optimizer": optimizer.state_dict(),
-            },
-            "global_step": global_step,
-            "lr_anchor": lr_anchor,
-            "obs": obs,
-            "rng": rng_state(),
-            "env_state": envs.state_dict(),
-        }
-
-    def run_evaluation() -> dict:
-        spaces = envs.single_observation_space, envs.env_action_space
-        policy = Policy(frozen_actor(), *spaces, envs.normalizer_state(), device)
-        # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
-        mean, std = result["mean_return"], result["std_return"]
-        line = {"step": global_step, "mean_return": mean, "std_return": std}
-        scalars = {"eval/return": mean, "eval/return_std": std}
-        if "success_rate" in result:
-            line["success_rate"] = scalars["eval/success_rate"] = result["success_rate"]
-        run.log_evaluation(line, scalars)
-        return result
-
-    algo = "ppo" if args.policy == "gaussian" else "pmoe_ppo"
-    with Run(args, algo, args.env_id, saved=saved) as run:
-        bar = run.progress(num_iterations * batch_size, initial=global_step)
-        last_time = time.time()
         for iteration in range(global_step // batch_size + 1, num_iterations + 1):
             if args.anneal_lr:
                 optimizer.lr = annealed_lr(iteration, lr_anchor)
@@ -507,32 +441,11 @@ def main(args: Args) -> Path:
                     rollout.add(t, obs, actions, rewards, final_obs, terminated, truncated)
                     obs = next_obs
                     global_step += args.num_envs
-                    bar.update(args.num_envs)
                     run.log_episodes(global_step, *envs.pop_episodes())
                 batch = rollout_batch(args, rollout, actor, critic)
-            metrics = update(batch)
-            check_finite(metrics, global_step)
-            sps = batch_size / max(time.time() - last_time, 1e-9)
-            residual_var = (batch.returns - batch.values).var(correction=0)
-            metrics.update(
-                {
-                    "losses/explained_variance": 1.0 - residual_var / batch.returns.var(correction=0),
-                    "losses/entropy": -batch.log_probs.mean(),
-                    "charts/learning_rate": optimizer.lr,
-                    "charts/SPS": sps,
-                }
-            )
-            run.log_scalars(global_step, metrics)
-            if iteration < num_iterations and crossed(global_step, global_step - batch_size, args.eval_every):
-                run_evaluation()
-            run.end_iteration(global_step, checkpoint)
-            last_time = time.time()
-        final = run_evaluation()
-        run.save_final(checkpoint())
-        bar.write(
-            f"final deterministic return over {args.eval_episodes} episodes: "
-            f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
-        )
+            metrics = {**update(batch), **rollout_metrics(batch), "charts/learning_rate": optimizer.lr}
+            run.end_iteration(global_step, metrics, obs=obs, lr_anchor=lr_anchor)
+        run.finish(global_step, obs=obs, lr_anchor=lr_anchor)
     envs.close()
     return run.dir
 

@@ -15,6 +15,7 @@ demonstrations sampled beside the online data. With `--intervention none` it is 
     batch:   --offline-ratio of it from the demonstrations, the rest online (RLPD's symmetric sampling is 0.5); at 0
              the demonstrations simply sit in the replay buffer beside the online data (RLIF's released runs)
 
+For its first --learning-starts steps the agent acts uniformly at random; the expert intervenes as usual.
 Demonstrations are a Minari dataset (`mixrl dataset collect expert ...`); with interventions their rewards are
 set to 0, as the intervention signal is the only reward. The expert is any mixrl run or checkpoint
 (`--expert`, optionally weakened by `--expert-noise`), the reference Q of value-based interventions that run's
@@ -26,11 +27,10 @@ Run `python -m mixrl.agents.rlif --help` (or `mixrl rlif --help`) for every opti
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -40,39 +40,25 @@ import torch
 from torch import nn
 
 from mixrl.buffers import Batch, ReplayBuffer
-from mixrl.envs.factory import make_vec_env
-from mixrl.envs.interventions import InterventionLabeller, InterventionWrapper, unit_actions, vector_info
-from mixrl.evaluation import Policy, evaluate, load_policy, policy_spec
+from mixrl.envs.factory import TorchVecEnv, make_vec_env, parse_env_kwargs
+from mixrl.envs.interventions import InterventionLabeller, unit_actions, vector_info
+from mixrl.envs.normalizers import DeviceObsNormalizer
+from mixrl.flags import EnvFlags, ReplayFlags, RunFlags, SpeedFlags, VecEnvFlags
 from mixrl.optim import FlatAdam, flatten_parameters, keep_freed_memory, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.gaussian import TanhGaussianActor
-from mixrl.runs import (
-    Run,
-    UsageError,
-    check_finite,
-    crossed,
-    load_checkpoint,
-    parse_args,
-    record_given,
-    resume_args,
-    rng_state,
-    seed_everything,
-    set_cpu_math,
-    set_rng_state,
-)
+from mixrl.policies.loading import policy_spec
+from mixrl.pretrained import intervention_wrapper
+from mixrl.runs import Parts, Run, RunPolicy, UsageError, parse_args, record_given, start
 
 
 @record_given
 @dataclass
-class Args:
+class Args(RunFlags, SpeedFlags, ReplayFlags, VecEnvFlags, EnvFlags):
     env_id: str = "Hopper-v5"
-    """Gymnasium id of a task with a continuous (Box) action space"""
-    seed: int = 1
-    """seed of the envs, the interventions, torch, NumPy and Python"""
+    """Gymnasium id of a task with a continuous (Box) action space; module:id for a task your own package registers"""
     total_timesteps: int = 1_000_000
     """environment steps to train for (summed over envs); on --resume, a new value extends the run"""
-    num_envs: int = 1
-    """parallel environments (synchronous); each loop iteration collects one transition per env"""
     intervention: Literal["value", "random", "none"] = "value"
     """reward: the intervention signal of a value-based or a random expert, or (none) the task reward (RLPD)"""
     expert: str | None = None
@@ -98,16 +84,12 @@ class Args:
     """Minari dataset id of demonstrations that join the replay data (none: online data alone)"""
     offline_ratio: float = 0.0
     """fraction of each batch drawn from the demonstrations (0: they sit in one buffer with the online data)"""
-    buffer_size: int = 1_000_000
-    """replay buffer capacity (online transitions)"""
     gamma: float = 0.99
     """discount factor"""
     tau: float = 0.005
     """Polyak rate of the target critics: Qbar <- (1 - tau) Qbar + tau Q after every critic step"""
     batch_size: int = 256
     """transitions per gradient step"""
-    learning_starts: int = 5000
-    """steps with uniform-random agent actions before learning starts (the expert intervenes as usual)"""
     utd_ratio: int = 5
     """critic steps per environment step (G); one actor step follows them"""
     policy_lr: float = 3e-4
@@ -130,31 +112,6 @@ class Args:
     """initial entropy temperature"""
     target_entropy_scale: float = 0.5
     """target entropy = -|A| * this"""
-    eval_every: int = 10_000
-    """environment steps between deterministic evaluations on the task reward (0: only at the end)"""
-    eval_episodes: int = 5
-    """episodes per evaluation"""
-    checkpoint_every: int = 10_000
-    """environment steps between checkpoints/latest.pt writes"""
-    save_buffer: bool = True
-    """include the replay buffer in checkpoints, so that --resume continues exactly"""
-    log_every: int = 1000
-    """environment steps between loss/SPS logs"""
-    matmul_precision: Literal["highest", "high", "medium"] = "highest"
-    """matrix products of the gradient updates: highest = float32; high = TF32 on GPUs; medium = bfloat16 products
-    with float32 accumulation (AMX CPUs, GPUs); acting and evaluation stay float32"""
-    compile: bool = False
-    """torch.compile each loss with its gradient into one graph (random draws inside then differ from eager)"""
-    device: str = "cpu"
-    """torch device, e.g. cpu or cuda"""
-    threads: int = 1
-    """torch CPU threads (more than one thrashes on small machines)"""
-    torch_deterministic: bool = True
-    """use deterministic torch kernels"""
-    run_root: str = "runs"
-    """parent folder of run directories"""
-    resume: str | None = None
-    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
 def check_args(args: Args, has_expert: bool = False) -> None:
@@ -175,73 +132,11 @@ def check_args(args: Args, has_expert: bool = False) -> None:
         raise UsageError(f"--utd-ratio must be at least 1, got {args.utd_ratio}.")
     if args.learning_starts < 1:
         raise UsageError("--learning-starts must be at least 1 (the online buffer must hold a transition).")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The expert and the reference Q, loaded from mixrl runs (the wrapper takes them as callables)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def load_reference_q(path: str, device: str | torch.device = "cpu") -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """(obs, env actions (M, A)) -> Q_ref (M,) from the critics of a mixrl SAC or RLIF run: the mean over an
-    ensemble of more than 2 critics (RLPD), else the minimum (SAC's twin critics), as the RLIF code."""
-    ckpt = load_checkpoint(path, map_location=device)
-    state, saved = ckpt.get("state", {}), ckpt["args"]
-    if "qf" not in state or "num_critics" not in saved:
-        raise UsageError(f"{path}: no Q ensemble in this checkpoint ({ckpt.get('algo')}); use a sac or rlif run.")
-    if saved.get("normalize_obs"):
-        raise UsageError(f"{path} was trained with --normalize-obs; the reference Q needs a run without it.")
-    space = ckpt["action_space"]
-    layer_norm = any(".norms." in name for name in state["qf"])
-    obs_dim = int(np.prod(ckpt["observation_space"].shape))
-    qf = QEnsemble(obs_dim, space.shape[0], saved["num_critics"], tuple(saved["hidden_sizes"]), layer_norm)
-    qf.load_state_dict(state["qf"])
-    qf.to(device).eval()
-    low, high = space.low, space.high
-
-    def q_value(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        actions = 2.0 * (np.asarray(actions) - low) / (high - low) - 1.0
-        with torch.no_grad():
-            o = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(1, obs_dim).expand(len(actions), -1)
-            q = qf(o, torch.as_tensor(actions, dtype=torch.float32, device=device))
-            return (q.mean(0) if len(q) > 2 else q.min(0).values).cpu().numpy()
-
-    return q_value
-
-
-def intervention_wrapper(
-    args, mode: str, device: torch.device, expert: Callable | None = None, q_value: Callable | None = None, **options
-) -> Callable[[gym.Env], gym.Env]:
-    """A function that wraps an env in an InterventionWrapper driven by the expert (a callable, else loaded from
-    `args.expert`), weakened by `args.expert_noise`, and in value mode by the reference Q (a callable, else the
-    critics of `args.reference`, default the expert's run)."""
-    expert = expert or load_policy(args.expert, device)
-    compare = None
-    if mode == "value":
-        reference = args.reference or args.expert  # only rlif's Args, which has --reference, asks for value mode
-        if q_value is None and reference is None:
-            raise UsageError("--intervention value needs --reference RUN (or --expert RUN) for its critics.")
-        if q_value is None:
-            q_value = load_reference_q(reference, device)
-        if args.compare == "reference":
-            compare = load_policy(reference, device)
-
-    def wrap(env: gym.Env) -> gym.Env:
-        space = getattr(expert, "action_space", env.action_space)
-        if space.shape != env.action_space.shape:
-            raise UsageError(f"--expert {args.expert} acts in {space}, which does not fit {env.action_space}.")
-        return InterventionWrapper(
-            env,
-            expert,
-            mode,
-            q_value,
-            compare,
-            takeover_steps=args.takeover_steps,
-            expert_noise=args.expert_noise,
-            **options,
+    if args.backend == "warp" and args.intervention != "none":
+        raise UsageError(
+            "--backend warp has no Gymnasium envs for the intervening expert to wrap: use --backend gymnasium, or "
+            "--intervention none (RLPD on the task reward)."
         )
-
-    return wrap
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,35 +272,25 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main(args: Args, expert: Callable | None = None, reference_q: Callable | None = None) -> Path:
-    """Train RLIF (or RLPD with --intervention none); returns the run directory. `expert` (obs -> env action) and
-    `reference_q` ((obs, actions) -> Q) replace --expert and the reference's critics, e.g. by scripted ones; pass
-    them again to --resume such a run."""
-    saved = None
-    if args.resume is not None:
-        args, saved = resume_args(args, "total_timesteps")
-    check_args(args, expert is not None)
-    set_cpu_math(args.threads)
-    keep_freed_memory()
-    seed_everything(args.seed, args.torch_deterministic)
-    device = torch.device(args.device)
-    intervening = args.intervention != "none"
+def make_wrapper(
+    args: Args, device: torch.device, expert: Callable | None, reference_q: Callable | None
+) -> Callable[[gym.Env], gym.Env] | None:
+    """The wrapper that puts the intervening expert around each env (None with --intervention none)."""
+    if args.intervention == "none":
+        return None
     options = {
         "beta": args.beta,
         "delta": args.delta,
         "relative": args.relative_margin,
         "probability": args.intervention_probability,
     }
-    wrapper = (
-        intervention_wrapper(args, args.intervention, device, expert, reference_q, **options) if intervening else None
-    )
-    envs = make_vec_env(args.env_id, args.num_envs, args.seed, device, wrapper=wrapper)
-    if not envs.continuous:
-        raise UsageError(f"RLIF needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}.")
-    obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
+    return intervention_wrapper(args, args.intervention, device, expert, reference_q, **options)
 
-    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
+
+def make_networks(args: Args, actor_kwargs: dict, device: torch.device) -> tuple[dict, dict[str, FlatAdam]]:
+    """The actor, the LayerNorm critic ensemble, its target copy and log alpha (by name), and their flat Adams."""
     actor = TanhGaussianActor(**actor_kwargs).to(device)
+    obs_dim, action_dim = actor_kwargs["obs_dim"], actor_kwargs["action_dim"]
     qf = QEnsemble(obs_dim, action_dim, args.num_critics, args.hidden_sizes, args.critic_layer_norm).to(device)
     qf_target = copy.deepcopy(qf).requires_grad_(False)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
@@ -414,132 +299,121 @@ def main(args: Args, expert: Callable | None = None, reference_q: Callable | Non
         "q": FlatAdam(flatten_parameters([qf]), lr=args.q_lr),
         "alpha": FlatAdam(log_alpha, lr=args.alpha_lr),
     }
-    if args.compile:
-        torch.compiler.reset()
-    update = make_update(
-        args, actor, qf, qf_target, log_alpha, optimizers.values(), -action_dim * args.target_entropy_scale
+    return {"actor": actor, "qf": qf, "qf_target": qf_target, "log_alpha": log_alpha}, optimizers
+
+
+def store_labelled(
+    run: Run,
+    envs: TorchVecEnv,
+    labeller: InterventionLabeller,
+    rb: ReplayBuffer,
+    step: int,
+    transition: tuple[torch.Tensor, ...],
+    task_returns: np.ndarray,
+) -> None:
+    """Store what the intervention signal has labelled after an env step (obs, final_obs, terminated, truncated):
+    the InterventionLabeller's rows. Counts the takeovers in run.extra["interventions"] and logs the episodes that
+    ended with their task return (the env's reward is the signal) and their interventions."""
+    obs, final_obs, terminated, truncated = transition
+    info, device = envs.info, obs.device
+    executed = unit_actions(info, "action", envs.env_action_space)
+    takeover_start = vector_info(info, "takeover_start")
+    intervened = vector_info(info, "intervened")
+    rows = labeller.step(
+        obs,
+        torch.as_tensor(executed, device=device),
+        torch.as_tensor(takeover_start, device=device),
+        torch.as_tensor(intervened, device=device),
+        final_obs,
+        terminated,
+        truncated,
     )
+    if len(rows[0]):
+        rb.add(*rows)
+    run.extra["interventions"] += int(takeover_start.sum())  # counted on the host copy: no device synchronisation
+    task_returns += vector_info(info, "task_reward")
+    signal_returns, lengths = envs.pop_episodes()  # the signal's return is minus the takeovers
+    ended = np.flatnonzero((terminated | truncated).cpu().numpy())
+    run.log_episodes(step, task_returns[ended].tolist(), lengths)
+    for signal_return in signal_returns:
+        run.log_scalars(step, {"charts/episode_interventions": -signal_return})
+    task_returns[ended] = 0.0
+
+
+def main(args: Args, expert: Callable | None = None, reference_q: Callable | None = None) -> Path:
+    """Train RLIF (or RLPD with --intervention none); returns the run directory. `expert` (obs -> env action) and
+    `reference_q` ((obs, actions) -> Q) replace --expert and the reference's critics, e.g. by scripted ones; pass
+    them again to --resume such a run."""
+    args, saved = start(args, partial(check_args, has_expert=expert is not None))
+    keep_freed_memory()
+    device = torch.device(args.device)
+    intervening = args.intervention != "none"
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
+    wrapper = make_wrapper(args, device, expert, reference_q)
+    envs = make_vec_env(
+        args.env_id, args.num_envs, args.seed, device, env_kwargs=env_kwargs, backend=args.backend, wrapper=wrapper
+    )
+    if not envs.continuous:
+        raise UsageError(f"RLIF needs a continuous (Box) action space, but {args.env_id} has {envs.env_action_space}.")
+    obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
+    # --normalize-obs: the buffers hold raw observations; acting and every sampled batch (demonstrations too) are
+    # z-scored with the running statistics of that moment, as in SAC. The expert and the reference Q see raw ones.
+    normalizer = DeviceObsNormalizer(envs.single_observation_space.shape, device) if args.normalize_obs else None
+    normalize = (lambda obs: obs) if normalizer is None else partial(normalizer, update=False)
+
+    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
+    modules, optimizers = make_networks(args, actor_kwargs, device)
+    actor = modules["actor"]
+    update = make_update(args, *modules.values(), optimizers.values(), -action_dim * args.target_entropy_scale)
     rb = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
     demos = load_demos(args, obs_dim, action_dim, device)
     labeller = InterventionLabeller(args.num_envs, obs_dim, action_dim, device) if intervening else None
+    spec = partial(policy_spec, actor, **actor_kwargs)
+    policy = RunPolicy.of(actor, spec, envs, args.env_id, env_kwargs, normalizer)
+    state = {**modules, **{f"{name}_optimizer": o for name, o in optimizers.items()}}
+    if normalizer is not None:
+        state["obs_normalizer"] = normalizer
 
-    modules = {"actor": actor, "qf": qf, "qf_target": qf_target}
     obs = envs.reset()
-    global_step, interventions = 0, 0
-    task_returns = np.zeros(args.num_envs)  # task return of the running episodes (the env reward is the signal)
-    if saved is not None:
-        state = saved["state"]
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state[f"{name}_optimizer"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        if "buffer" not in saved:
-            raise UsageError(f"{args.resume}: checkpoint saved without its replay buffer; cannot resume exactly.")
-        rb.load_state_dict(saved["buffer"])
-        if labeller is not None:
-            labeller.load_state_dict(saved["labeller"])
-        envs.load_state_dict(saved["env_state"])
-        obs, global_step, interventions = saved["obs"].to(device), saved["global_step"], saved["interventions"]
-        task_returns = saved["task_returns"].copy()
-        set_rng_state(saved["rng"])
-
-    def checkpoint() -> dict:
-        payload = {
-            "args": dataclasses.asdict(args),
-            "env_kwargs": {},
-            "observation_space": envs.single_observation_space,
-            "action_space": envs.env_action_space,
-            "obs_normalizer": None,
-            "policy": policy_spec(actor, **actor_kwargs),
-            "state": {
-                **{name: m.state_dict() for name, m in modules.items()},
-                **{f"{name}_optimizer": o.state_dict() for name, o in optimizers.items()},
-                "log_alpha": log_alpha.detach().clone(),
-            },
-            "global_step": global_step,
-            "interventions": interventions,
-            "task_returns": task_returns.copy(),
-            "obs": obs,
-            "rng": rng_state(),
-            "env_state": envs.state_dict(),
-        }
-        if labeller is not None:
-            payload["labeller"] = labeller.state_dict()
-        if args.save_buffer:
-            payload["buffer"] = rb.state_dict()
-        return payload
-
-    def run_evaluation(run: Run) -> dict:
-        policy = Policy(actor, envs.single_observation_space, envs.env_action_space, None, device)
-        result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed)
-        mean, std = result["mean_return"], result["std_return"]
-        line = {"step": global_step, "mean_return": mean, "std_return": std, "interventions": interventions}
-        run.log_evaluation(line, {"eval/return": mean, "eval/return_std": std, "eval/interventions": interventions})
-        return result
-
-    with Run(args, "rlif" if intervening else "rlpd", args.env_id, saved=saved) as run:
-        bar = run.progress(args.total_timesteps, initial=global_step)
-        last_log_time, last_log_step = time.time(), global_step
+    with Run(args, "rlif" if intervening else "rlpd", args.env_id, saved) as run:
+        run.extra["interventions"] = 0  # expert takeovers so far, logged with every evaluation
+        # task_returns: the task return of the running episodes (the env's reward is the intervention signal)
+        task_returns = np.zeros(args.num_envs)
+        global_step, obs, task_returns, labeller = run.track(
+            Parts(state, envs, rb), policy, global_step=0, obs=obs, task_returns=task_returns, labeller=labeller
+        )
+        if normalizer is not None and saved is None:
+            normalizer.rms.update(obs)  # running statistics of every observation the agent acts on
         metrics: dict[str, torch.Tensor] = {}
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
                 actions = torch.rand(args.num_envs, action_dim, device=device) * 2.0 - 1.0
             else:
                 with torch.no_grad():
-                    actions, _ = actor.sample(obs)
+                    actions, _ = actor.sample(normalize(obs))
             next_obs, rewards, terminated, truncated, final_obs = envs.step(actions)
-            previous_step, global_step = global_step, global_step + args.num_envs
-            bar.update(args.num_envs)
+            global_step += args.num_envs
             if intervening:
-                info = envs.info
-                executed = unit_actions(info, "action", envs.env_action_space)
-                takeover_start = vector_info(info, "takeover_start")
-                rows = labeller.step(
-                    obs,
-                    torch.as_tensor(executed, device=device),
-                    torch.as_tensor(takeover_start, device=device),
-                    torch.as_tensor(vector_info(info, "intervened"), device=device),
-                    final_obs,
-                    terminated,
-                    truncated,
-                )
-                if len(rows[0]):
-                    rb.add(*rows)
-                interventions += int(takeover_start.sum())  # counted on the host copy: no device synchronisation
-                task_returns += vector_info(info, "task_reward")
-                signal_returns, lengths = envs.pop_episodes()  # the signal's return is minus the takeovers
-                ended = np.flatnonzero((terminated | truncated).cpu().numpy())
-                run.log_episodes(global_step, task_returns[ended].tolist(), lengths)
-                for signal_return in signal_returns:
-                    run.log_scalars(global_step, {"charts/episode_interventions": -signal_return})
-                task_returns[ended] = 0.0
+                transition = (obs, final_obs, terminated, truncated)
+                store_labelled(run, envs, labeller, rb, global_step, transition, task_returns)
             else:
                 rb.add(obs, actions, rewards, final_obs, terminated)
                 run.log_episodes(global_step, *envs.pop_episodes())
             obs = next_obs
+            if normalizer is not None:
+                normalizer.rms.update(obs)
 
             if global_step >= args.learning_starts:
                 for _ in range(args.num_envs):
                     batches = [
                         sample_mixed(rb, demos, args.batch_size, args.offline_ratio) for _ in range(args.utd_ratio)
                     ]
-                    metrics = update(batches)
-                check_finite(metrics, global_step)
-                if crossed(global_step, previous_step, args.log_every):
-                    sps = (global_step - last_log_step) / max(time.time() - last_log_time, 1e-9)
-                    last_log_time, last_log_step = time.time(), global_step
-                    run.log_scalars(global_step, {**metrics, "charts/SPS": sps, "charts/interventions": interventions})
-            if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
-                run_evaluation(run)
-            run.end_iteration(global_step, checkpoint)
-        final = run_evaluation(run)
-        run.save_final(checkpoint())
-        bar.write(
-            f"final deterministic return over {args.eval_episodes} episodes: "
-            f"{final['mean_return']:.1f} +- {final['std_return']:.1f}; expert interventions: {interventions}"
-        )
+                    metrics = update(
+                        [b._replace(obs=normalize(b.obs), next_obs=normalize(b.next_obs)) for b in batches]
+                    )
+                metrics["charts/interventions"] = run.extra["interventions"]
+            run.end_iteration(global_step, metrics, obs=obs, task_returns=task_returns, labeller=labeller)
+        run.finish(global_step, obs=obs, task_returns=task_returns, labeller=labeller)
     envs.close()
     return run.dir
 

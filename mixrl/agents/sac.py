@@ -29,9 +29,7 @@ Run `python -m mixrl.agents.sac --help` (or `mixrl sac --help`) for every option
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -43,11 +41,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from mixrl.buffers import Batch, ReplayBuffer
-from mixrl.envs.factory import DeviceObsNormalizer, make_vec_env, parse_env_kwargs
-from mixrl.evaluation import Policy, evaluate, load_base, policy_spec, residual_spec
+from mixrl.envs.factory import make_vec_env, parse_env_kwargs
+from mixrl.envs.normalizers import DeviceObsNormalizer
+from mixrl.envs.residual import ResidualVecEnv
+from mixrl.flags import EnvFlags, ReplayFlags, RunFlags, SpeedFlags, VecEnvFlags
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.gaussian import TanhGaussianActor
+from mixrl.policies.loading import policy_spec, residual_spec
 from mixrl.policies.mixture import (
     ACTOR_EVAL_RULES,
     ENTROPY_MODES,
@@ -60,49 +61,21 @@ from mixrl.policies.mixture import (
     sample_experts,
     select_expert,
 )
-from mixrl.policies.residual import ResidualVecEnv
-from mixrl.runs import (
-    Run,
-    UsageError,
-    check_finite,
-    check_range,
-    crossed,
-    parse_args,
-    record_given,
-    resume_args,
-    rng_state,
-    seed_everything,
-    set_cpu_math,
-    set_rng_state,
-)
+from mixrl.pretrained import load_base
+from mixrl.runs import Parts, Run, RunPolicy, UsageError, check_range, parse_args, record_given, start
 
 
 @record_given
 @dataclass
-class Args:
-    env_id: str = "HalfCheetah-v5"
-    """Gymnasium id of a task with a continuous (Box) action space; module:id for a task your own package registers"""
-    env_kwargs: tuple[str, ...] = ()
-    """keyword arguments of the env constructor: one JSON object, or key=value pairs (e.g. frame_skip=2 sparse=1)"""
-    backend: Literal["gymnasium", "warp"] = "gymnasium"
-    """simulator: Gymnasium envs stepped one by one on the CPU, or all envs at once on MuJoCo Warp (GPU-batched
-    MuJoCo, with --device cuda; supports InvertedPendulum, HalfCheetah, Hopper, Walker2d and Ant v5)"""
-    seed: int = 1
-    """seed of the envs, torch, NumPy and Python"""
+class Args(RunFlags, SpeedFlags, ReplayFlags, VecEnvFlags, EnvFlags):
     total_timesteps: int = 1_000_000
     """environment steps to train for (summed over envs); on --resume, a new value extends the run"""
-    num_envs: int = 1
-    """parallel environments (synchronous); each loop iteration collects one transition per env"""
-    buffer_size: int = 1_000_000
-    """replay buffer capacity in transitions"""
     gamma: float = 0.99
     """discount factor"""
     tau: float = 0.005
     """Polyak rate of the target critics: Qbar <- (1 - tau) Qbar + tau Q"""
     batch_size: int = 256
     """transitions per gradient update"""
-    learning_starts: int = 5000
-    """uniform-random steps that fill the buffer before learning starts"""
     policy_lr: float = 3e-4
     """Adam learning rate of the actor"""
     q_lr: float = 3e-4
@@ -136,40 +109,11 @@ class Args:
     """gmm with --gmm-grad gumbel: temperature of the Gumbel-softmax relaxation"""
     batch_reward_norm: bool = False
     """z-score rewards within each batch and scale by 10 (a quirk of the PMOE reference code)"""
-    normalize_obs: bool = False
-    """z-score observations with running statistics (saved in checkpoints)"""
     base_policy: str | None = None
     """residual SAC: a frozen base (mixrl run directory or checkpoint, or a Stable-Baselines3 .zip); the actor then
     learns a residual a = a_base + alpha Delta on x = [norm(obs), a_base] (mixrl/policies/residual.py)"""
     residual_alpha: float = 0.1
     """residual SAC: alpha, the scale of the residual Delta in [-1, 1] in the base's normalised action space"""
-    eval_every: int = 10_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 5
-    """episodes per evaluation"""
-    checkpoint_every: int = 10_000
-    """environment steps between checkpoints/latest.pt writes"""
-    save_buffer: bool = True
-    """include the replay buffer in checkpoints, so that --resume continues exactly"""
-    log_every: int = 1000
-    """environment steps between loss/SPS logs"""
-    matmul_precision: Literal["highest", "high", "medium"] = "highest"
-    """matrix products of the gradient updates (torch.set_float32_matmul_precision; acting and evaluation stay
-    float32): highest = float32; high = TF32 on GPUs; medium = bfloat16 products with float32 accumulation (about
-    3x faster products on CPUs with AMX and on GPUs, relative errors near 1e-2)"""
-    compile: bool = False
-    """torch.compile each loss with its gradient into one graph (about 1.2x faster updates on CPU, after a
-    compile of about 20 s; random draws inside the losses then differ from an eager run's)"""
-    device: str = "cpu"
-    """torch device, e.g. cpu or cuda"""
-    threads: int = 1
-    """torch CPU threads (more than one thrashes on small machines)"""
-    torch_deterministic: bool = True
-    """use deterministic torch kernels"""
-    run_root: str = "runs"
-    """parent folder of run directories"""
-    resume: str | None = None
-    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
 GMM_OPTIONS = ("num_experts", "gmm_grad", "gmm_entropy", "gmm_eval_rule", "gumbel_tau")
@@ -361,12 +305,7 @@ def make_update(args: Args, actor, qf, qf_target, log_alpha, optimizers, target_
 
 def main(args: Args) -> Path:
     """Train SAC or PMOE-SAC; returns the run directory."""
-    saved = None
-    if args.resume is not None:
-        args, saved = resume_args(args, "total_timesteps")
-    check_args(args)
-    set_cpu_math(args.threads)
-    seed_everything(args.seed, args.torch_deterministic)
+    args, saved = start(args, check_args)
     device = torch.device(args.device)
     env_kwargs = parse_env_kwargs(args.env_kwargs)
     envs = make_vec_env(args.env_id, args.num_envs, args.seed, device, env_kwargs=env_kwargs, backend=args.backend)
@@ -381,24 +320,17 @@ def main(args: Args) -> Path:
                 "--base-policy trains a tanh-Gaussian residual on normalised inputs: drop --policy gmm "
                 "and --normalize-obs."
             )
-        envs = ResidualVecEnv(envs, load_base(args.base_policy, device), args.residual_alpha)
+        envs = ResidualVecEnv(envs, load_base(args.base_policy, device, args.trust_pickle), args.residual_alpha)
     obs_dim, action_dim = envs.obs_dim, envs.single_action_space.shape[0]
     # --normalize-obs: the buffer stores raw observations; acting and every sampled batch are z-scored with the
     # running statistics of that moment (as Stable-Baselines3's VecNormalize), so old rows never keep old statistics.
     normalizer = DeviceObsNormalizer(envs.single_observation_space.shape, device) if args.normalize_obs else None
-
-    def normalize(obs: torch.Tensor) -> torch.Tensor:
-        return obs if normalizer is None else normalizer(obs, update=False)
-
-    def observe(obs: torch.Tensor) -> None:  # running statistics of every observation the agent acts on
-        if normalizer is not None:
-            normalizer.rms.update(obs)
+    normalize = (lambda obs: obs) if normalizer is None else partial(normalizer, update=False)
 
     actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
     if args.policy == "gmm":
         actor_kwargs.update(num_experts=args.num_experts, eval_rule=args.gmm_eval_rule)
-    head = TanhGaussianActor if args.policy == "gaussian" else GaussianMixtureHead
-    actor = head(**actor_kwargs).to(device)
+    actor = (TanhGaussianActor if args.policy == "gaussian" else GaussianMixtureHead)(**actor_kwargs).to(device)
     if args.base_policy is not None:  # the residual's mean starts at zero: the combined policy starts as the base
         nn.init.zeros_(actor.mean.weight)
         nn.init.zeros_(actor.mean.bias)
@@ -406,84 +338,31 @@ def main(args: Args) -> Path:
     qf = QEnsemble(obs_dim, action_dim, args.num_critics, args.hidden_sizes).to(device)
     qf_target = copy.deepcopy(qf).requires_grad_(False)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
-    actor_optimizer = FlatAdam(flatten_parameters([actor]), lr=args.policy_lr)
-    q_optimizer = FlatAdam(flatten_parameters([qf]), lr=args.q_lr)
-    alpha_optimizer = FlatAdam(log_alpha, lr=args.alpha_lr)
+    optimizers = {
+        "actor": FlatAdam(flatten_parameters([actor]), lr=args.policy_lr),
+        "q": FlatAdam(flatten_parameters([qf]), lr=args.q_lr),
+        "alpha": FlatAdam(log_alpha, lr=args.alpha_lr),
+    }
     target_entropy = -action_dim * args.target_entropy_scale
-    optimizers = {"actor": actor_optimizer, "q": q_optimizer, "alpha": alpha_optimizer}
-    if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
-        torch.compiler.reset()
     update = make_update(args, actor, qf, qf_target, log_alpha, optimizers.values(), target_entropy)
     sample = make_sampler(args, actor)
     rb = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
+    spec = partial(policy_spec, actor, **actor_kwargs)
+    policy = RunPolicy.of(actor, spec, envs, args.env_id, env_kwargs, normalizer)
+    if args.base_policy is not None:  # the residual acts with its base, on its own copy of the action queues
+        policy.acting, policy.spec = lambda: copy.deepcopy(envs.policy), lambda: residual_spec(envs.policy, spec())
+    modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "log_alpha": log_alpha}
+    state = {**modules, **{f"{name}_optimizer": o for name, o in optimizers.items()}}
+    if normalizer is not None:
+        state["obs_normalizer"] = normalizer
 
-    modules = {"actor": actor, "qf": qf, "qf_target": qf_target}
     obs = envs.reset()
-    observe(obs)
-    global_step, updates_due = 0, 0.0
-    if saved is not None:
-        if "buffer" not in saved:
-            raise UsageError(
-                f"{args.resume}: checkpoint saved without its replay buffer (--no-save-buffer); cannot resume exactly."
-            )
-        state = saved["state"]
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state[f"{name}_optimizer"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        rb.load_state_dict(saved["buffer"])
-        envs.load_state_dict(saved["env_state"])
-        if normalizer is not None:
-            normalizer.load_state_dict(saved["obs_normalizer"])
-        obs, global_step, updates_due = saved["obs"].to(device), saved["global_step"], saved["updates_due"]
-        set_rng_state(saved["rng"])
-
-    def checkpoint() -> dict:
-        payload = {
-            "args": dataclasses.asdict(args),
-            "env_kwargs": env_kwargs,
-            "observation_space": envs.single_observation_space,
-            "action_space": envs.env_action_space,
-            "obs_normalizer": None if normalizer is None else normalizer.state_dict(),
-            "policy": policy_spec(actor, **actor_kwargs)
-            if args.base_policy is None
-            else residual_spec(envs.policy, policy_spec(actor, **actor_kwargs)),
-            "state": {
-                **{name: m.state_dict() for name, m in modules.items()},
-                **{f"{name}_optimizer": o.state_dict() for name, o in optimizers.items()},
-                "log_alpha": log_alpha.detach().clone(),
-            },
-            "global_step": global_step,
-            "updates_due": updates_due,
-            "obs": obs,
-            "rng": rng_state(),
-            "env_state": envs.state_dict(),
-        }
-        if args.save_buffer:
-            payload["buffer"] = rb.state_dict()
-        return payload
-
-    def run_evaluation() -> dict:
-        spaces = envs.single_observation_space, envs.env_action_space
-        acting = actor if args.base_policy is None else copy.deepcopy(envs.policy)  # its own action queues
-        policy = Policy(acting, *spaces, None if normalizer is None else normalizer.state_dict(), device)
-        # Stochastic evaluation rules (gmm) draw from a forked stream, so evaluating never shifts training.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            result = evaluate(policy, args.env_id, args.eval_episodes, seed=10_000 + args.seed, env_kwargs=env_kwargs)
-        mean, std = result["mean_return"], result["std_return"]
-        line = {"step": global_step, "mean_return": mean, "std_return": std}
-        scalars = {"eval/return": mean, "eval/return_std": std}
-        if "success_rate" in result:
-            line["success_rate"] = scalars["eval/success_rate"] = result["success_rate"]
-        run.log_evaluation(line, scalars)
-        return result
-
-    algo = "sac" if args.policy == "gaussian" else "pmoe_sac"
-    with Run(args, algo, args.env_id, saved=saved) as run:
-        bar = run.progress(args.total_timesteps, initial=global_step)
-        last_log_time, last_log_step = time.time(), global_step
+    with Run(args, "sac" if args.policy == "gaussian" else "pmoe_sac", args.env_id, saved) as run:
+        global_step, obs, updates_due = run.track(
+            Parts(state, envs, rb), policy, global_step=0, obs=obs, updates_due=0.0
+        )
+        if normalizer is not None and saved is None:
+            normalizer.rms.update(obs)  # running statistics of every observation the agent acts on
         metrics: dict[str, torch.Tensor] = {}
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
@@ -494,9 +373,9 @@ def main(args: Args) -> Path:
             next_obs, rewards, terminated, _, final_obs = envs.step(actions)
             rb.add(obs, actions, rewards, final_obs, terminated)
             obs = next_obs
-            observe(obs)
-            previous_step, global_step = global_step, global_step + args.num_envs
-            bar.update(args.num_envs)
+            if normalizer is not None:
+                normalizer.rms.update(obs)
+            global_step += args.num_envs
             run.log_episodes(global_step, *envs.pop_episodes())
 
             if global_step >= args.learning_starts:
@@ -505,20 +384,8 @@ def main(args: Args) -> Path:
                     batch = rb.sample(args.batch_size)
                     metrics = update(batch._replace(obs=normalize(batch.obs), next_obs=normalize(batch.next_obs)))
                     updates_due -= 1.0
-                check_finite(metrics, global_step)
-                if metrics and crossed(global_step, previous_step, args.log_every):
-                    sps = (global_step - last_log_step) / max(time.time() - last_log_time, 1e-9)
-                    last_log_time, last_log_step = time.time(), global_step
-                    run.log_scalars(global_step, {**metrics, "charts/SPS": sps})
-            if global_step < args.total_timesteps and crossed(global_step, previous_step, args.eval_every):
-                run_evaluation()
-            run.end_iteration(global_step, checkpoint)
-        final = run_evaluation()
-        run.save_final(checkpoint())
-        bar.write(
-            f"final deterministic return over {args.eval_episodes} episodes: "
-            f"{final['mean_return']:.1f} +- {final['std_return']:.1f}"
-        )
+            run.end_iteration(global_step, metrics, obs=obs, updates_due=updates_due)
+        run.finish(global_step, obs=obs, updates_due=updates_due)
     envs.close()
     return run.dir
 

@@ -9,9 +9,10 @@
 
 States are z-scored with the dataset's mean and std (+1e-3), the same transform at evaluation; actions are in
 [-1, 1] (max_action = 1), rescaled from the env's bounds. The budget is gradient steps over a fixed Minari
-dataset (`mixrl dataset collect ...`, see mixrl/datasets/); every --eval-every steps the deterministic actor
-runs --eval-episodes episodes (seeds seed + 100, ...) and logs eval/return and the D4RL score
-eval/normalized_score = 100 (R - ref_min_score) / (ref_max_score - ref_min_score).
+dataset (`mixrl dataset collect ...`, see mixrl/datasets/); every --eval-every steps the run evaluates the
+deterministic actor on the dataset's env over --eval-episodes episodes (reset seeds 10000 + seed + i) and logs
+its mean return and the D4RL score normalized_score = 100 (R - ref_min_score) / (ref_max_score - ref_min_score).
+`train` is the offline loop, which A2PR (a2pr.py) shares.
 
 Run `python -m mixrl.agents.td3_bc --help` (or `mixrl td3_bc --help`) for every option.
 """
@@ -19,46 +20,40 @@ Run `python -m mixrl.agents.td3_bc --help` (or `mixrl td3_bc --help`) for every 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from mixrl.buffers import Batch
-from mixrl.datasets import load_dataset
-from mixrl.evaluation import Policy, evaluate, policy_spec
+from mixrl.datasets import OfflineDataset, load_dataset
+from mixrl.flags import EnvFlags, RunFlags, SpeedFlags
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble
 from mixrl.policies.deterministic import DeterministicActor, smoothed_target_actions
-from mixrl.runs import (
-    Run,
-    check_finite,
-    check_range,
-    parse_args,
-    record_given,
-    resume_args,
-    rng_state,
-    seed_everything,
-    set_cpu_math,
-    set_rng_state,
-)
+from mixrl.policies.loading import policy_spec
+from mixrl.runs import Parts, Run, RunPolicy, check_range, parse_args, record_given, start
 
 
 @record_given
 @dataclass
-class Args:
-    dataset_id: str = "mixrl/hopper-v5/medium-v0"
-    """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
+class Args(RunFlags, SpeedFlags, EnvFlags):
     env_id: str | None = None
-    """evaluation environment (default: the one the dataset records)"""
-    env_kwargs: tuple[str, ...] = ()
-    """keyword arguments of the env constructor (merged over the dataset's): one JSON object, or key=value pairs"""
+    """evaluation environment (default: the one the dataset records; --env-kwargs are merged over its kwargs)"""
     seed: int = 0
     """seed of torch, NumPy, Python and the evaluation episodes"""
+    eval_every: int = 5000
+    """gradient steps between evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """deterministic episodes per evaluation (reset seeds 10000 + seed + i, the same at every evaluation)"""
+    checkpoint_every: int = 50_000
+    """gradient steps between checkpoints/latest.pt writes"""
+    dataset_id: str = "mixrl/hopper-v5/medium-v0"
+    """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
     total_steps: int = 1_000_000
     """gradient steps to train for; on --resume, a new value extends the run"""
     batch_size: int = 256
@@ -87,30 +82,6 @@ class Args:
     """rewards are used as r * reward_scale + reward_shift"""
     reward_shift: float = 0.0
     """rewards are used as r * reward_scale + reward_shift (AntMaze: -1)"""
-    eval_every: int = 5000
-    """gradient steps between evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """deterministic episodes per evaluation"""
-    checkpoint_every: int = 50_000
-    """gradient steps between checkpoints/latest.pt writes"""
-    log_every: int = 1000
-    """gradient steps between loss/SPS logs"""
-    matmul_precision: Literal["highest", "high", "medium"] = "highest"
-    """matrix products of the gradient steps (torch.set_float32_matmul_precision; evaluation stays float32):
-    medium = bfloat16 products with float32 accumulation, faster on CPUs with AMX and on GPUs"""
-    compile: bool = False
-    """torch.compile each loss with its gradient into one graph (faster steps after a compile of about 20 s per
-    loss; random draws inside the losses then differ from an eager run's)"""
-    device: str = "cpu"
-    """torch device, e.g. cpu or cuda (the whole dataset is put there)"""
-    threads: int = 1
-    """torch CPU threads (more than one thrashes on small machines)"""
-    torch_deterministic: bool = True
-    """use deterministic torch kernels"""
-    run_root: str = "runs"
-    """parent folder of run directories"""
-    resume: str | None = None
-    """run directory to continue from its checkpoints/latest.pt (its saved Args are used)"""
 
 
 def check_args(args: Args) -> None:
@@ -213,90 +184,43 @@ def make_update(args: Args, modules: dict[str, nn.Module], optimizers: dict[str,
     return update
 
 
+def train(
+    args: Any,
+    algo: str,
+    saved: dict[str, Any] | None,
+    data: OfflineDataset,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, FlatAdam],
+    make_update: Callable[..., Callable[[Batch], dict[str, torch.Tensor]]],
+    actor_hidden: tuple[int, ...],
+) -> Path:
+    """The offline loop of TD3+BC and A2PR: each step samples one batch uniformly from the dataset and makes one
+    update, built by `make_update(args, modules, optimizers, step)` at the step the run starts from, for
+    --total-steps steps; returns the run directory. The run checkpoints the modules and their optimisers and
+    evaluates modules["actor"] (hidden widths `actor_hidden`) as RunPolicy.of_dataset describes."""
+    dims = {"obs_dim": data.buffer.obs_dim, "action_dim": data.buffer.action_dim}
+    spec = partial(policy_spec, modules["actor"], **dims, hidden_sizes=actor_hidden)
+    policy = RunPolicy.of_dataset(modules["actor"], spec, data, args.env_id, args.env_kwargs)
+    state = {**modules, **{f"{name}_optimizer": optimizer for name, optimizer in optimizers.items()}}
+    with Run(args, algo, policy.env_id, saved, budget="total_steps") as run:
+        global_step = run.track(Parts(state), policy, global_step=0)
+        update = make_update(args, modules, optimizers, global_step)
+        metrics: dict[str, torch.Tensor] = {}
+        while global_step < args.total_steps:
+            metrics.update(update(data.buffer.sample(args.batch_size)))
+            global_step += 1
+            run.end_iteration(global_step, metrics)
+        run.finish(global_step)
+    return run.dir
+
+
 def main(args: Args) -> Path:
     """Train TD3+BC on a Minari dataset; returns the run directory."""
-    saved = None
-    if args.resume is not None:
-        args, saved = resume_args(args, "total_steps")
-    check_args(args)
-    set_cpu_math(args.threads)
-    seed_everything(args.seed, args.torch_deterministic)
-    device = torch.device(args.device)
-    data = load_dataset(args.dataset_id, device, args.normalize_obs)
-    env_id, env_kwargs, obs_space, action_space = data.resolve_env(args.env_id, args.env_kwargs)
-    obs_dim, action_dim = data.buffer.obs_dim, data.buffer.action_dim
-
-    actor_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "hidden_sizes": args.hidden_sizes}
-    modules, optimizers = make_networks(args, obs_dim, action_dim, device, args.hidden_sizes, args.hidden_sizes)
-    actor = modules["actor"]
-
-    global_step = 0
-    if saved is not None:
-        for name, module in modules.items():
-            module.load_state_dict(saved["state"][name])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(saved["state"][f"{name}_optimizer"])
-        global_step = saved["global_step"]
-        set_rng_state(saved["rng"])
-    if args.compile:  # drop the graphs of earlier runs in this process, which would count towards the recompile limit
-        torch.compiler.reset()
-    update = make_update(args, modules, optimizers, global_step)
-
-    def checkpoint() -> dict:
-        check_finite(metrics, global_step)  # never save a state with non-finite losses
-        return {
-            "args": dataclasses.asdict(args),
-            "dataset_id": args.dataset_id,
-            "env_kwargs": env_kwargs,
-            "observation_space": obs_space,
-            "action_space": action_space,
-            "obs_normalizer": data.obs_normalizer,
-            "policy": policy_spec(actor, **actor_kwargs),
-            "state": {
-                **{name: m.state_dict() for name, m in modules.items()},
-                **{f"{name}_optimizer": o.state_dict() for name, o in optimizers.items()},
-            },
-            "global_step": global_step,
-            "rng": rng_state(),
-        }
-
-    def run_evaluation(steps_per_second: float) -> dict:
-        policy = Policy(actor, obs_space, action_space, data.obs_normalizer, device)
-        result = evaluate(policy, env_id, args.eval_episodes, args.seed + 100, env_kwargs)
-        score = data.normalized_score(result["mean_return"])
-        scalars = {"eval/return": result["mean_return"], "eval/return_std": result["std_return"]}
-        if score is not None:
-            scalars["eval/normalized_score"] = score
-            bar.set_postfix(score=f"{score:.1f}")
-        line = {"step": global_step, **scalars, "steps_per_second": steps_per_second}
-        run.log_evaluation(line, scalars)
-        return line
-
-    metrics: dict[str, torch.Tensor] = {}
-    with Run(args, "td3_bc", env_id, saved=saved) as run:
-        bar = run.progress(args.total_steps, initial=global_step)
-        start_step, train_seconds = global_step, 0.0
-        while global_step < args.total_steps:
-            tick = time.perf_counter()
-            metrics.update(update(data.buffer.sample(args.batch_size)))
-            train_seconds += time.perf_counter() - tick
-            global_step += 1
-            bar.update(1)
-            if global_step % args.log_every == 0:
-                check_finite(metrics, global_step)
-                sps = (global_step - start_step) / train_seconds
-                run.log_scalars(global_step, {**metrics, "charts/SPS": sps})
-            if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_steps:
-                run_evaluation((global_step - start_step) / train_seconds)
-            run.end_iteration(global_step, checkpoint)
-        final = run_evaluation((global_step - start_step) / max(train_seconds, 1e-9))
-        run.save_final(checkpoint())
-        score = final.get("eval/normalized_score")
-        bar.write(
-            f"final deterministic return over {args.eval_episodes} episodes: {final['eval/return']:.1f} "
-            f"+- {final['eval/return_std']:.1f}" + (f", normalised score {score:.1f}" if score is not None else "")
-        )
-    return run.dir
+    args, saved = start(args, check_args, budget="total_steps")
+    data = load_dataset(args.dataset_id, torch.device(args.device), args.normalize_obs)
+    obs_dim, action_dim, sizes = data.buffer.obs_dim, data.buffer.action_dim, args.hidden_sizes
+    modules, optimizers = make_networks(args, obs_dim, action_dim, data.buffer.device, sizes, sizes)
+    return train(args, "td3_bc", saved, data, modules, optimizers, make_update, sizes)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
+from mixrl.checkpoints import load_checkpoint
 from mixrl.datasets.storage import (
     check_new,
     default_dataset_id,
@@ -24,7 +25,6 @@ from mixrl.datasets.storage import (
 from mixrl.envs.factory import make_env, parse_env_kwargs
 from mixrl.errors import UsageError
 from mixrl.evaluation import evaluate, load_policy, policy_from_checkpoint
-from mixrl.runs import load_checkpoint
 
 SCRIPTED = "scripted"  # --policy value: the env's scripted expert
 
@@ -241,7 +241,7 @@ def reference_scores(
     if ref_max is None and expert == SCRIPTED:
         ref_max = evaluate(scripted_policy(env, seed), env_id, args.ref_episodes, seed, env_kwargs)["mean_return"]
     if ref_max is None:
-        ckpt = load_checkpoint(expert, map_location=args.device)
+        ckpt = load_checkpoint(expert, map_location="cpu")  # the actor alone moves to args.device
         if ckpt["env_id"] != env_id:
             raise UsageError(f"--expert {expert} was trained on {ckpt['env_id']}, not on {env_id}.")
         policy = policy_from_checkpoint(ckpt, args.device)

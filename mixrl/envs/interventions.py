@@ -198,18 +198,24 @@ class InterventionLabeller:
     ) -> tuple[torch.Tensor, ...]:
         """obs s_t, executed actions a_t, takeover_start (the expert took over at s_t), intervened (the expert
         chose a_t), final_obs s_{t+1} (the true last observation where an episode ended), terminated, truncated."""
-        labelled = self.pending.clone()  # previous agent transitions, now labelled by the signal at s_t
-        rewards = -takeover_start[labelled].float()
-        rows = [(self.obs[labelled], self.actions[labelled], rewards, self.next_obs[labelled])]
+        labelled = self.pending  # previous agent transitions, now labelled by the signal at s_t
         ended = terminated | truncated
         expert_rows = intervened & ~terminated  # takeover transitions, r = 0; terminating ones are dropped
         truncated_agent = ~intervened & truncated & ~terminated  # the agent's last step of a time-limited episode
         store_now = expert_rows | truncated_agent
-        rows.append((obs[store_now], actions[store_now], torch.zeros_like(obs[store_now, 0]), final_obs[store_now]))
-        wait = ~intervened & ~ended
-        self.obs[wait], self.actions[wait], self.next_obs[wait] = obs[wait], actions[wait], final_obs[wait]
+        # The labelled rows, then this step's stored rows, each in env order: candidates of both kinds stacked and
+        # picked with one index (one host synchronisation on a GPU, for the number of rows).
+        rows = torch.cat([labelled, store_now]).nonzero().squeeze(1)
+        rewards = torch.cat([-takeover_start.float(), torch.zeros_like(obs[:, 0])])  # -1 for a takeover at s_t
+        obs_rows = torch.cat([self.obs, obs]).index_select(0, rows)
+        action_rows = torch.cat([self.actions, actions]).index_select(0, rows)
+        next_rows = torch.cat([self.next_obs, final_obs]).index_select(0, rows)
+        reward_rows = rewards.index_select(0, rows)
+        wait = ~intervened & ~ended  # the agent's transitions that wait for the next step's signal: masked writes
+        self.obs.copy_(torch.where(wait[:, None], obs, self.obs))
+        self.actions.copy_(torch.where(wait[:, None], actions, self.actions))
+        self.next_obs.copy_(torch.where(wait[:, None], final_obs, self.next_obs))
         self.pending = wait
-        obs_rows, action_rows, reward_rows, next_rows = (torch.cat(parts) for parts in zip(*rows))
         return obs_rows, action_rows, reward_rows, next_rows, torch.zeros_like(reward_rows)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -46,7 +46,7 @@ class ChunkedActor(nn.Module):
         if mask is None:
             self.position = torch.zeros(0, dtype=torch.long)
         elif len(self.position):
-            self.position[mask.to(self.position.device)] = self.execute
+            self.position.masked_fill_(mask.to(self.position.device), self.execute)  # no host sync on a GPU
 
     @torch.no_grad()
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
@@ -55,15 +55,28 @@ class ChunkedActor(nn.Module):
             self.queue = torch.zeros(n, self.execute, self.action_dim, device=obs.device)
             self.position = torch.full((n,), self.execute, dtype=torch.long, device=obs.device)
         empty = self.position >= self.execute
+        if obs.device.type == "cpu":
+            self._refill_selected(obs, empty)
+        else:
+            self._refill_masked(obs, empty)
+        action = self.queue[torch.arange(n, device=obs.device), self.position]
+        self.position += 1
+        return action
+
+    def _refill_selected(self, obs: torch.Tensor, empty: torch.Tensor) -> None:
+        """Plan only for the rows whose queue is empty (reading `empty` on the host: free on a CPU)."""
         if empty.all():  # every queue at once (envs that reset together): no masked reads and writes
             self.queue = self(obs)[:, : self.execute]
             self.position.zero_()
         elif empty.any():
             self.queue[empty] = self(obs[empty])[:, : self.execute]
             self.position[empty] = 0
-        action = self.queue[torch.arange(n, device=obs.device), self.position]
-        self.position += 1
-        return action
+
+    def _refill_masked(self, obs: torch.Tensor, empty: torch.Tensor) -> None:
+        """Plan for every row and keep the plans of the empty queues: no host synchronisation (a GPU's choice; the
+        rows are computed in a batch of another size, so their last bits may differ from _refill_selected's)."""
+        self.queue = torch.where(empty[:, None, None], self(obs)[:, : self.execute], self.queue)
+        self.position.masked_fill_(empty, 0)
 
     def queue_state(self) -> dict[str, torch.Tensor]:
         """The queues, for a checkpoint that must continue exactly."""

@@ -4,7 +4,8 @@ estimators for the mixing weights (frequency loss, Gumbel-softmax, REINFORCE).
     pi(a|s) = sum_k w_k(s) pi_k(a|s),   w(s) = softmax(W s + b),   a_k = tanh(u_k),   u_k ~ N(mu_k, sigma_k)
 
 Shapes: logits (..., K), per-expert means and log-stds (..., K, A), actions (..., A).
-DiagonalGaussianMixtureActor is PMOE-PPO's unsquashed variant: a ~ N(mu_k, sigma_k), no tanh.
+DiagonalGaussianMixtureActor is PMOE-PPO's unsquashed variant: a ~ N(mu_k, sigma_k), no tanh; its auxiliary Q
+network and the frequency loss it drives are auxiliary_q and pmoe_ppo_losses.
 """
 
 from __future__ import annotations
@@ -279,3 +280,35 @@ class DiagonalGaussianMixtureActor(nn.Module):
         rule = self.eval_rule if rule is None else rule
         candidates = mean + log_std.exp() * torch.randn_like(mean) if rule == "sample" else mean
         return combine_experts(candidates, logits, rule)
+
+
+def auxiliary_q(obs_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (64, 64, 64)) -> nn.Sequential:
+    """PMOE-PPO's auxiliary Q(s, a): a ReLU MLP on [s, a] that learns the lambda-returns and names the best expert
+    for the frequency loss (pmoe_ppo_losses)."""
+    return mlp(obs_dim + action_dim, hidden_sizes, 1)
+
+
+def q_values(qf: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Q(s, a) on [s, a]: obs (..., S) and actions (..., A) -> (...,)."""
+    return qf(torch.cat([obs, actions], -1)).squeeze(-1)
+
+
+def pmoe_ppo_losses(
+    qf: nn.Module,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    returns: torch.Tensor,
+    logits: torch.Tensor,
+    mean: torch.Tensor,
+    log_std: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PMOE-PPO's terms beside the PPO loss, on the actor's distribution_params(obs) -> (L_freq, L_Q):
+
+    L_freq = E_{s,k}[(w_k(s) - onehot(argmax_j Q(s, a_j))_k)^2],   a_j ~ N(mu_j(s), sigma_j), one per expert, detached
+    L_Q    = E[(Q(s, a) - R)^2],   (a, R) the rollout's actions and lambda-returns
+    """
+    with torch.no_grad():
+        candidates = mean + log_std.exp() * torch.randn_like(mean)  # a_k ~ N(mu_k, sigma_k): (B, K, A)
+        tiled = obs.unsqueeze(-2).expand(*candidates.shape[:-1], obs.shape[-1])
+        expert_q = q_values(qf, tiled, candidates)
+    return frequency_loss(logits.softmax(-1), expert_q), F.mse_loss(q_values(qf, obs, actions), returns)

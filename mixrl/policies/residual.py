@@ -5,19 +5,25 @@ corrects it. All actions live in the base's normalised space [-1, 1]^A (min-max 
     a_t = a^base_t + alpha Delta_t,   Delta_t ~ pi_theta(.|x_t)            env action = denorm(clip(a_t, -1, 1))
 
 The learner (PPO, SAC) sees an environment whose observation is x_t and whose action is Delta_t
-(`ResidualVecEnv`); log-probabilities are those of the unscaled Delta. The base is any frozen module with
-`deterministic(obs) -> [-1, 1]^A` on raw observations: `FrozenBase` (a mixrl actor and its normaliser, e.g. a
-chunked BC policy with one action queue per env) or `SB3Base` (a Stable-Baselines3 zip).
+(`mixrl.envs.residual.ResidualVecEnv`); log-probabilities are those of the unscaled Delta. The base is any frozen
+module with `deterministic(obs) -> [-1, 1]^A` on raw observations: `FrozenBase` (a mixrl actor and its normaliser,
+e.g. a chunked BC policy with one action queue per env) or `SB3Base` (a Stable-Baselines3 zip).
 `ResidualPolicy.deterministic` (base + alpha mean) is what `mixrl.load_policy` rebuilds from a residual run.
 
 The baseline that fine-tunes the whole base instead (`mixrl ppo --finetune-base`, a chunked BC base) acts one whole
-chunk per step (`ChunkVecEnv` over `mixrl.policies.chunked.ExecuteChunk` sub-envs): a ~ N(mu(norm(s)), sigma^2),
-mu the network's k executed actions (`ChunkGaussianActor`), all of its weights trained.
+chunk per step (`mixrl.envs.residual.ChunkVecEnv` over `mixrl.policies.chunked.ExecuteChunk` sub-envs):
+a ~ N(mu(norm(s)), sigma^2), mu the network's k executed actions (`ChunkGaussianActor`), all of its weights trained.
+
+Only modules and pure functions live here; the vector-env views of the learners are in `mixrl.envs.residual`.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
+import json
+import re
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixrl.errors import UsageError
+from mixrl.checkpoints import TRUST_HINT, is_weights_only_refusal, space_from_json, space_to_json
+from mixrl.errors import UsageError, require
 from mixrl.policies.chunked import ChunkedActor
 from mixrl.policies.gaussian import DiagonalGaussianActor
 from mixrl.policies.nets import mlp
@@ -60,6 +67,10 @@ class FrozenBase(nn.Module):
         self.obs_dim, self.obs_normalizer = obs_dim, obs_normalizer
         _normalizer_buffers(self, obs_normalizer, obs_dim, np.inf)
 
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        """The observations `model` sees: clip(norm(obs)) with the checkpoint's normaliser."""
+        return _normalize(self, obs)
+
     @torch.no_grad()
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return self.model.deterministic(_normalize(self, obs)).clamp(-1.0, 1.0)
@@ -84,29 +95,109 @@ class FrozenBase(nn.Module):
             self.model.load_queue_state(state)
 
 
+SB3_POLICY_MODULES = tuple(
+    f"stable_baselines3.{name}.policies" for name in ("common", "a2c", "ppo", "sac", "td3", "ddpg", "dqn")
+)
+"""the modules whose policy classes an SB3 base may name"""
+SB3_KWARG_CLASS_MODULES = (
+    "torch.nn.modules.activation",
+    "torch.optim.adam",
+    "torch.optim.adamw",
+    "torch.optim.rmsprop",
+    "torch.optim.sgd",
+    "stable_baselines3.common.torch_layers",
+    "stable_baselines3.common.sb2_compat.rmsprop_tf_like",
+)
+"""the modules whose classes an SB3 base's policy_kwargs may name (activations, optimisers, feature extractors)"""
+
+
+def _sb3_class(path: Any, modules: tuple[str, ...], what: str) -> type:
+    """The class `path` names, from one of `modules` only (importing nothing else)."""
+    module_name, _, name = str(path).rpartition(".")
+    if module_name not in modules:
+        raise UsageError(
+            f"The Stable-Baselines3 base names {what} {path!r}, outside the modules a data-only base may use "
+            f"({', '.join(modules)})."
+        )
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not isinstance(cls, type):
+        raise UsageError(f"The Stable-Baselines3 base names {what} {path!r}, which is not a class here.")
+    return cls
+
+
+class SB3NeedsPickle(Exception):
+    """An SB3 zip that its readable JSON does not describe fully: only its pickles could rebuild it."""
+
+
 class SB3Base(nn.Module):
-    """The deterministic policy of a Stable-Baselines3 zip (its bytes, so that a checkpoint is self-contained),
-    as obs -> [-1, 1]^A: squashing policies (SAC, TD3) already act there; the others (PPO, A2C) act in the env's
-    bounds, clipped and rescaled. Observations reach it raw (a VecNormalize wrapper is not in the zip)."""
+    """The deterministic policy of a Stable-Baselines3 model as obs -> [-1, 1]^A: squashing policies (SAC, TD3)
+    already act there; the others (PPO, A2C) act in the env's bounds, clipped and rescaled. Observations reach it
+    raw (a VecNormalize wrapper is not in the zip).
 
-    def __init__(self, zip_bytes: bytes):
+    It is built from data only: the policy class (one of SB3_POLICY_MODULES'), the spaces as JSON descriptions
+    (mixrl.checkpoints.space_to_json), the JSON-able policy_kwargs and, in `class_kwargs`, the kwargs that are
+    classes (activation functions, optimisers, feature extractors: SB3_KWARG_CLASS_MODULES'). The weights come
+    after (load_state_dict). `SB3Base.from_zip` reads an SB3 zip without unpickling anything where SB3 stored
+    these readably."""
+
+    def __init__(
+        self,
+        policy_class: str,
+        observation_space: dict[str, Any],
+        action_space: dict[str, Any],
+        policy_kwargs: dict[str, Any] | None = None,
+        class_kwargs: dict[str, str] | None = None,
+    ):
         super().__init__()
-        from stable_baselines3.common.save_util import load_from_zip_file
+        require("stable_baselines3", "bench", "A Stable-Baselines3 base policy")
+        from stable_baselines3.common.policies import BasePolicy
 
-        try:
-            data, params, _ = load_from_zip_file(io.BytesIO(zip_bytes), device="cpu")
-        except Exception as err:
-            raise UsageError(f"Not a readable Stable-Baselines3 model zip ({err}).") from err
-        space = data["action_space"]
+        policy_kwargs, class_kwargs = dict(policy_kwargs or {}), dict(class_kwargs or {})
+        cls = _sb3_class(policy_class, SB3_POLICY_MODULES, "policy class")
+        if not issubclass(cls, BasePolicy):
+            raise UsageError(f"The Stable-Baselines3 base's class {policy_class!r} is not an SB3 policy.")
+        obs_space = space_from_json(observation_space, "SB3 base observation_space")
+        space = space_from_json(action_space, "SB3 base action_space")
         if not isinstance(space, gym.spaces.Box):
             raise UsageError(f"The base acts in {space}; a residual needs a continuous (Box) action space.")
-        # The policy alone, as the algorithm's load() builds it (the learning-rate schedule is never used).
-        policy = data["policy_class"](data["observation_space"], space, lambda _: 0.0, **data.get("policy_kwargs", {}))
-        policy.load_state_dict(params["policy"])
+        kwargs = {**policy_kwargs}
+        for name, path in class_kwargs.items():
+            kwargs[name] = _sb3_class(path, SB3_KWARG_CLASS_MODULES, f"policy_kwargs[{name!r}]")
+        try:  # the policy alone, as the algorithm's load() builds it (the learning-rate schedule is never used)
+            policy = cls(obs_space, space, lambda _: 0.0, **kwargs)
+        except (TypeError, ValueError, KeyError, AssertionError) as err:
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:160]
+            raise UsageError(f"The SB3 base's policy_kwargs do not fit {policy_class} ({reason}).") from None
         self.policy = policy.requires_grad_(False).eval()
-        self.obs_dim = int(np.prod(data["observation_space"].shape))
+        self.description = {
+            "policy_class": policy_class,
+            "observation_space": observation_space,
+            "action_space": action_space,
+            "policy_kwargs": policy_kwargs,
+            "class_kwargs": class_kwargs,
+        }
+        self.obs_dim = int(np.prod(obs_space.shape))
         self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32))
+
+    @classmethod
+    def from_zip(cls, zip_bytes: bytes, trusted: bool = False, name: str = "The Stable-Baselines3 zip") -> SB3Base:
+        """The base of an SB3 model zip: its description from the zip's JSON `data` and its weights from policy.pth
+        read with weights_only=True. Where SB3 stored something only as a pickle, one UsageError naming the opt-in,
+        unless `trusted`: then SB3's own loader unpickles the zip (run only on files whose author you trust)."""
+        try:
+            description, params = _read_sb3_zip(zip_bytes)
+        except SB3NeedsPickle as why:
+            if not trusted:
+                raise UsageError(f"{name} needs pickle to load ({why}): {TRUST_HINT}.") from None
+            description, params = _unpickle_sb3_zip(zip_bytes)
+        base = cls(**description)
+        try:
+            base.policy.load_state_dict(params)
+        except (RuntimeError, TypeError, KeyError) as err:
+            reason = " ".join(str(err).split())[:160]
+            raise UsageError(f"{name}: policy.pth does not fit {description['policy_class']} ({reason}).") from None
+        return base
 
     @torch.no_grad()
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
@@ -117,6 +208,122 @@ class SB3Base(nn.Module):
 
     def peek(self, obs: torch.Tensor) -> torch.Tensor:
         return self.deterministic(obs)
+
+
+def _read_sb3_zip(zip_bytes: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(SB3Base kwargs, policy state dict) of an SB3 zip, from its JSON `data` and from policy.pth with
+    weights_only=True; SB3NeedsPickle where something is stored only as a pickle."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as z:
+            names = set(z.namelist())
+            if not {"data", "policy.pth"} <= names:
+                raise UsageError("Not a Stable-Baselines3 model zip (no 'data' or 'policy.pth' inside).")
+            data = json.loads(z.read("data"))
+            policy_pth = z.read("policy.pth")
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as err:
+        raise UsageError(f"Not a readable Stable-Baselines3 model zip ({type(err).__name__}: {err}).") from None
+    if not isinstance(data, dict):
+        raise UsageError("Not a Stable-Baselines3 model zip ('data' is not a JSON object).")
+    try:
+        params = torch.load(io.BytesIO(policy_pth), map_location="cpu", weights_only=True)
+    except Exception as err:
+        if is_weights_only_refusal(err):
+            raise SB3NeedsPickle("its policy.pth holds more than tensors") from None
+        raise UsageError(f"The zip's policy.pth is unreadable ({type(err).__name__}: {err}).") from None
+    if not isinstance(params, dict) or not all(isinstance(v, torch.Tensor) for v in params.values()):
+        raise SB3NeedsPickle("its policy.pth is not a dict of tensors")
+    policy_class = data.get("policy_class")
+    init = policy_class.get("__init__") if isinstance(policy_class, dict) else None
+    match = re.fullmatch(r"<function (\w+)\.__init__ at 0x[0-9a-f]+>", init) if isinstance(init, str) else None
+    if match is None or not isinstance(policy_class.get("__module__"), str):
+        raise SB3NeedsPickle("its policy class is stored only as a pickle")
+    kwargs = data.get("policy_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise SB3NeedsPickle("its policy_kwargs are stored only as a pickle")
+    policy_kwargs, class_kwargs = {}, {}
+    for key, value in kwargs.items():
+        if key.startswith(":"):  # ":type:" and ":serialized:" (the pickle) of a dict SB3 could not write as JSON
+            continue
+        is_class = re.fullmatch(r"<class '([\w.]+)'>", value) if isinstance(value, str) else None
+        if is_class:
+            class_kwargs[key] = is_class.group(1)
+        elif isinstance(value, str) and value.startswith("<"):
+            raise SB3NeedsPickle(f"its policy_kwargs[{key!r}] is stored only as a pickle ({value[:60]})")
+        else:
+            policy_kwargs[key] = value
+    description = {
+        "policy_class": f"{policy_class['__module__']}.{match.group(1)}",
+        "observation_space": _sb3_box(data.get("observation_space"), "observation_space"),
+        "action_space": _sb3_box(data.get("action_space"), "action_space"),
+        "policy_kwargs": policy_kwargs,
+        "class_kwargs": class_kwargs,
+    }
+    return description, params
+
+
+def _sb3_numbers(text: Any, shape: list[int], what: str) -> list[float]:
+    """The numbers of a NumPy array that SB3 wrote with str() (default print options), or SB3NeedsPickle where the
+    text is summarised ("...") or may be rounded (8 fractional digits, NumPy's default precision)."""
+    if not isinstance(text, str) or "..." in text:
+        raise SB3NeedsPickle(f"its {what} is not written out in full")
+    tokens = text.replace("[", " ").replace("]", " ").split()
+    values = []
+    for token in tokens:
+        mantissa = token.lower().split("e")[0]
+        if len(mantissa.partition(".")[2]) >= 8:
+            raise SB3NeedsPickle(f"its {what} is written rounded ({token})")
+        try:
+            values.append(float(token))
+        except ValueError:
+            raise SB3NeedsPickle(f"its {what} is not a list of numbers") from None
+    size = int(np.prod(shape))
+    if len(values) == 1 and size != 1:
+        values = values * size
+    if len(values) != size:
+        raise SB3NeedsPickle(f"its {what} has {len(values)} numbers for shape {shape}")
+    return values
+
+
+def _sb3_box(space: Any, what: str) -> dict[str, Any]:
+    """space_to_json of a Box that SB3 wrote readably beside its pickle."""
+    if not isinstance(space, dict) or space.get(":type:") != "<class 'gymnasium.spaces.box.Box'>":
+        raise SB3NeedsPickle(f"its {what} is not a Box written readably")
+    shape, dtype = space.get("_shape"), space.get("dtype")
+    if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape) or not isinstance(dtype, str):
+        raise SB3NeedsPickle(f"its {what} has no readable shape and dtype")
+    if dtype not in ("float16", "float32", "float64"):
+        raise SB3NeedsPickle(f"its {what} has dtype {dtype}")
+    low = np.array(_sb3_numbers(space.get("low"), shape, f"{what} low"), dtype=dtype).reshape(shape)
+    high = np.array(_sb3_numbers(space.get("high"), shape, f"{what} high"), dtype=dtype).reshape(shape)
+    try:
+        return space_to_json(gym.spaces.Box(low, high, tuple(shape), np.dtype(dtype)))
+    except ValueError as err:
+        raise UsageError(f"The zip's {what} is not a valid Box ({err}).") from None
+
+
+def _unpickle_sb3_zip(zip_bytes: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """What _read_sb3_zip returns, through SB3's own loader (pickle: trusted files only)."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    try:
+        data, params, _ = load_from_zip_file(io.BytesIO(zip_bytes), device="cpu")
+    except Exception as err:
+        raise UsageError(f"Not a readable Stable-Baselines3 model zip ({err}).") from err
+    policy_kwargs, class_kwargs = {}, {}
+    for key, value in data.get("policy_kwargs", {}).items():
+        if isinstance(value, type):
+            class_kwargs[key] = f"{value.__module__}.{value.__qualname__}"
+        else:
+            policy_kwargs[key] = value
+    cls = data["policy_class"]
+    description = {
+        "policy_class": f"{cls.__module__}.{cls.__qualname__}",
+        "observation_space": space_to_json(data["observation_space"]),
+        "action_space": space_to_json(data["action_space"]),
+        "policy_kwargs": policy_kwargs,
+        "class_kwargs": class_kwargs,
+    }
+    return description, params["policy"]
 
 
 def _add_log_std(module: nn.Module, size: int, value: float, learn: bool) -> None:
@@ -157,7 +364,7 @@ class ResidualPolicy(nn.Module):
 
     The residual's observation normaliser is the base's where it has one (`obs_normalizer`, then clipped to
     +-obs_clip), else the identity.
-    `head` may be attached after construction (the learner builds it for the input size of `ResidualVecEnv`).
+    `head` may be attached after construction (the learner builds it for the input size of the residual env).
     """
 
     def __init__(
@@ -193,83 +400,6 @@ class ResidualPolicy(nn.Module):
             self.base.reset(mask)
 
 
-class _FrozenBaseVecEnv:
-    """What both learner-side views of a mixrl vector env (raw observations, a frozen base inside) share: the env's
-    sizes and spaces, its episodes, its state, and no normaliser of their own (the base's is fixed, in the policy)."""
-
-    def __init__(self, envs: Any, what: str):
-        if envs.normalizer_state() is not None:
-            raise ValueError(f"{what} needs raw observations: make the vector env without normalize_obs.")
-        self.envs = envs
-        self.num_envs, self.device, self.continuous = envs.num_envs, envs.device, True
-        self.obs_dim = envs.obs_dim
-        self.single_observation_space = envs.single_observation_space
-        self.single_action_space = envs.single_action_space
-        self.env_action_space = envs.env_action_space
-
-    def pop_episodes(self) -> tuple[list[float], list[int]]:
-        return self.envs.pop_episodes()
-
-    def normalizer_state(self) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.envs.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.envs.load_state_dict(state)
-
-    def close(self) -> None:
-        self.envs.close()
-
-
-class ResidualVecEnv(_FrozenBaseVecEnv):
-    """A mixrl vector env (`mixrl.envs.factory.TorchVecEnv`, raw observations) seen by the residual learner: its
-    observations are x = [clip(norm(s)), a_base] (obs_dim wide) and its actions Delta; the base acts inside,
-    and each sub-env's action queue is emptied when that sub-env resets (same-step autoreset).
-    `single_observation_space` stays the env's own: it is what `policy` (base + alpha head) takes."""
-
-    def __init__(self, envs: Any, base: nn.Module, alpha: float = 0.1):
-        if not envs.continuous:
-            raise UsageError(f"A residual needs a continuous (Box) action space, not {envs.env_action_space}.")
-        super().__init__(envs, "A residual's base")
-        action_dim = envs.single_action_space.shape[0]
-        if base.obs_dim != envs.obs_dim or base.peek(torch.zeros(1, envs.obs_dim)).shape[-1] != action_dim:
-            raise UsageError(
-                f"The base policy does not fit {envs.env_id}: it was made for another observation or action size "
-                f"(this env has {envs.obs_dim} observations and {action_dim} actions)."
-            )
-        self.policy = ResidualPolicy(base, None, envs.obs_dim, alpha, getattr(base, "obs_normalizer", None))
-        self.obs_dim = envs.obs_dim + action_dim
-        self.x = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
-
-    def reset(self) -> torch.Tensor:
-        self.policy.reset()
-        self.x = self.policy.inputs(self.envs.reset())
-        return self.x
-
-    def step(self, delta: torch.Tensor):
-        obs, reward, terminated, truncated, final_obs = self.envs.step(self.policy.combine(self.x, delta))
-        done = terminated | truncated
-        if not done.any():  # most steps: no queue to empty, no final observation apart from obs
-            self.x = self.policy.inputs(obs)
-            return self.x, reward, terminated, truncated, self.x
-        final_x = self.policy.inputs(final_obs, advance=False)
-        self.policy.reset(done)
-        self.x = self.policy.inputs(obs)
-        return self.x, reward, terminated, truncated, torch.where(done[:, None], final_x, self.x)
-
-    def state_dict(self) -> dict[str, Any]:
-        queues = self.policy.base.queue_state() if hasattr(self.policy.base, "queue_state") else None
-        return {"envs": self.envs.state_dict(), "x": self.x.clone(), "queues": queues}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.envs.load_state_dict(state["envs"])
-        self.x = state["x"].clone()
-        if hasattr(self.policy.base, "load_queue_state"):
-            self.policy.base.load_queue_state(state["queues"])
-
-
 class ExecutedActions(nn.Module):
     """chunk (..., H, A) -> its first `execute` actions, flattened: (..., execute * A)."""
 
@@ -301,32 +431,3 @@ def chunked_model(base: nn.Module) -> ChunkedActor:
             f"(this base is {type(model if model is not None else base).__name__})."
         )
     return model
-
-
-class ChunkVecEnv(_FrozenBaseVecEnv):
-    """A mixrl vector env of `ExecuteChunk` sub-envs (raw observations) seen by PPO that fine-tunes the chunked network
-    of `base` (a FrozenBase): observations are the base's normalised ones and an action is a chunk of
-    k = execute actions in [-1, 1]^(k A), what the base would queue. `env_action_space` is the env's own
-    single-step space, that of the chunked policy `mixrl.load_policy` rebuilds."""
-
-    def __init__(self, envs: Any, base: nn.Module):
-        model = chunked_model(base)
-        super().__init__(envs, "A chunked base")
-        space, k = envs.env_action_space, model.execute
-        if base.obs_dim != envs.obs_dim or space.shape[0] != k * model.action_dim:
-            raise UsageError(
-                f"The base policy does not fit {envs.env_id}: it was made for another observation or action size, "
-                f"or the env's steps are not chunks of its {k} executed actions (wrap the sub-envs in ExecuteChunk)."
-            )
-        self.base = base
-        self.env_action_space = gym.spaces.Box(
-            space.low[: model.action_dim], space.high[: model.action_dim], dtype=space.dtype
-        )
-
-    def reset(self) -> torch.Tensor:
-        return _normalize(self.base, self.envs.reset())
-
-    def step(self, chunk: torch.Tensor):
-        obs, reward, terminated, truncated, final_obs = self.envs.step(chunk)
-        x = _normalize(self.base, obs)
-        return x, reward, terminated, truncated, x if final_obs is obs else _normalize(self.base, final_obs)

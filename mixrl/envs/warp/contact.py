@@ -6,6 +6,9 @@ the capsule stands within 30 degrees of the plane's normal. Both frames are vali
 (MuJoCo's default) turns with its tangents, so the friction forces on such contacts differ: Ant-v5's feet, often
 that steep, then leave one step with velocities 0.2 apart from Gymnasium's. With MuJoCo C's frame the step agrees
 within float32 rounding (tests/test_warp.py).
+
+Importing this module changes nothing: building a `WarpVecEnv` installs the frame
+(`install_mujoco_c_plane_capsule_frame`).
 """
 
 from __future__ import annotations
@@ -54,3 +57,9 @@ def use_mujoco_c_plane_capsule_frame() -> None:
         )
     # plane_capsule_wrapper calls the name plane_capsule of its module; warp resolves it when it builds the kernel.
     collision_primitive.plane_capsule = plane_capsule_mujoco_c_frame
+
+
+def install_mujoco_c_plane_capsule_frame() -> None:
+    """use_mujoco_c_plane_capsule_frame() once per process: what building a WarpVecEnv does; later calls do nothing."""
+    if collision_primitive.plane_capsule is not plane_capsule_mujoco_c_frame:
+        use_mujoco_c_plane_capsule_frame()

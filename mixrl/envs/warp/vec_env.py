@@ -3,12 +3,14 @@
 Same interface as mixrl.envs.factory.TorchVecEnv (same-step autoreset with the true final observation, actions in
 [-1, 1], running normalisation whose state_dict load_policy understands). Controls are written into, and the state
 is read from, zero-copy torch views of warp's arrays (`wp.to_torch`); observations, rewards, resets and the
-normalisers stay on the device. On CUDA the frame_skip physics steps are one captured CUDA graph.
+normalisers stay on the device. On CUDA the frame_skip physics steps are one captured CUDA graph (see
+`capture_physics` for what runs where one cannot be captured; `step_mode` says which).
 """
 
 from __future__ import annotations
 
-import warnings
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -18,40 +20,77 @@ import torch
 import warp as wp
 from torch import Tensor
 
-from mixrl.envs.factory import DeviceObsNormalizer, DeviceRunningMeanStd
-from mixrl.envs.warp.contact import use_mujoco_c_plane_capsule_frame
+from mixrl.envs.normalizers import DeviceObsNormalizer, DeviceRewardScaler
+from mixrl.envs.warp.contact import install_mujoco_c_plane_capsule_frame
 from mixrl.envs.warp.tasks import Task, Views, check_warp_env_id
 from mixrl.errors import UsageError
 
-# Warp prints a banner and a line per kernel module it loads (dozens per task); keep the training output readable.
-wp.config.quiet = True
-use_mujoco_c_plane_capsule_frame()  # Gymnasium's friction on capsule feet (Ant): see contact.py
 
-# Episodes finished on a GPU are read back to the host (one synchronisation) every this many steps.
-CUDA_EPISODE_SYNC_EVERY = 16
+def check_cuda_driver(device: torch.device) -> None:
+    """Refuse a CUDA device that warp cannot see, naming the driver it needs: without one Warp lists no CUDA device
+    (and explains why only in info messages, which the env silences)."""
+    if device.type != "cuda" or wp.get_cuda_device_count() > 0:
+        return
+    toolkit, driver = wp.get_cuda_toolkit_version(), wp.get_cuda_driver_version()
+    if toolkit is None:
+        raise UsageError(
+            f"--device {device}: this warp-lang {wp.__version__} was built without CUDA; install a CUDA build of "
+            "warp-lang, or use --device cpu or --backend gymnasium."
+        )
+    need = (toolkit[0], 0)  # warp relies on CUDA's minor-version compatibility: any driver of its major version
+    found = "no NVIDIA driver" if driver is None else f"a driver for CUDA {driver[0]}.{driver[1]}"
+    if driver is not None and driver >= need:
+        found += ", but no visible GPU (CUDA_VISIBLE_DEVICES?)"
+    raise UsageError(
+        f"--device {device}: warp-lang {wp.__version__} (built with CUDA {toolkit[0]}.{toolkit[1]}) sees no CUDA "
+        f"device; it needs an NVIDIA driver for CUDA {need[0]}.{need[1]} or newer (found {found}). Update the "
+        "driver, install a warp-lang built for your CUDA version, or use --device cpu or --backend gymnasium."
+    )
 
 
-class DeviceRewardScaler:
-    """RewardScaler on the device: r / sqrt(Var[discounted return] + eps), clipped."""
+def capture_physics(physics: Callable[[], None], wp_device: str, opt: Any) -> tuple[Any, str]:
+    """Capture `physics` (MuJoCo Warp's steps) on a CUDA device as one CUDA graph; returns (graph or None, mode).
 
-    def __init__(self, num_envs: int, gamma: float, device: torch.device, clip: float = 10.0, epsilon: float = 1e-8):
-        self.gamma, self.clip, self.epsilon, self.training = gamma, clip, epsilon, True
-        self.returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
-        self.rms = DeviceRunningMeanStd((), device)
+    Checked first: a memory pool (the step allocates temporaries, which a capture can only take from a pool) and
+    conditional graph nodes (CUDA 12.4+), with which MuJoCo Warp's default `opt.graph_conditional` ends the solver
+    loop on the device once every world has converged. Without them, or when that capture fails, the capture is
+    retried with `opt.graph_conditional = False` (the solver runs its `opt.iterations` in the graph). If no graph
+    can be captured, the kernels are launched one by one with MuJoCo Warp's default (each solver iteration then
+    reads its convergence flag on the host; a fixed count of iterations would cost more launches than that)."""
+    default, failures = opt.graph_conditional, []
+    attempts = [default, False] if default else [False]
+    if not wp.is_mempool_supported(wp_device):
+        failures.append("no CUDA memory pool on the device (is the nvidia-uvm driver loaded?)")
+        attempts = []
+    elif not wp.is_mempool_enabled(wp_device):
+        wp.set_mempool_enabled(wp_device, True)
+    if attempts and attempts[0] and not wp.is_conditional_graph_supported():
+        failures.append("no conditional graph nodes (they need CUDA 12.4+)")
+        attempts = [False]
+    for conditional in attempts:
+        opt.graph_conditional = conditional
+        try:
+            physics()  # builds and loads this variant's kernels, which a capture cannot do
+            with wp.ScopedCapture(wp_device) as capture:
+                physics()
+        except Exception as error:  # any failure to capture leaves the fallbacks
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            failures.append(f"capture {'with' if conditional else 'without'} conditional nodes failed: {reason}")
+            continue
+        mode = "one CUDA graph per step" + ("" if conditional else " (solver without conditional graph nodes)")
+        return capture.graph, mode + (f"; {'; '.join(failures)}" if failures else "")
+    opt.graph_conditional = default
+    return None, "kernels launched one by one, no CUDA graph (slower): " + "; ".join(failures)
 
-    def __call__(self, reward: Tensor, done: Tensor) -> Tensor:
-        if self.training:
-            self.returns = self.returns * self.gamma + reward
-            self.rms.update(self.returns)
-            self.returns = torch.where(done, 0.0, self.returns)
-        return (reward / torch.sqrt(self.rms.var + self.epsilon)).clamp(-self.clip, self.clip)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "clip": self.clip, "returns": self.returns.cpu().numpy(), **self.rms.state_dict()}
+_ANNOUNCED: set[str] = set()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.returns = torch.as_tensor(state["returns"], dtype=torch.float64, device=self.returns.device).clone()
-        self.rms.load_state_dict(state)
+
+def announce(message: str) -> None:
+    """Print `message` to stderr, once per process."""
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def warp_device(device: torch.device) -> str:
@@ -83,7 +122,12 @@ class WarpVecEnv:
         if num_envs < 1:
             raise UsageError(f"num_envs must be >= 1, got {num_envs}")
         check_warp_env_id(env_id)
+        # Set when an env is built, not at import: warp prints a banner and a line per kernel module it loads
+        # (dozens per task), and MuJoCo C's contact frame gives Gymnasium's friction on capsule feet (contact.py).
+        wp.config.log_level = wp.LOG_WARNING
+        install_mujoco_c_plane_capsule_frame()
         self.env_id, self.num_envs, self.device = env_id, num_envs, torch.device(device)
+        check_cuda_driver(self.device)
         self.env_kwargs = dict(env_kwargs or {})
         # Gymnasium's own env provides the compiled XML model, the spaces and the task's parameters.
         gym_env = gym.make(env_id, **self.env_kwargs)
@@ -109,16 +153,10 @@ class WarpVecEnv:
         # Carried between steps besides qpos and qvel: the solver's warm start and the time.
         self._qacc_warmstart, self._time = wp.to_torch(d.qacc_warmstart), wp.to_torch(d.time)
         self._graph, self._torch_stream = None, None
-        if self.device.type == "cuda":  # load the kernels, then capture the frame_skip steps as one graph
-            self._physics()
-            try:
-                with wp.ScopedCapture(self._wp_device) as capture:
-                    self._physics()
-                self._graph = capture.graph
-            except Exception as error:  # slower but correct: launch the kernels one by one
-                warnings.warn(
-                    f"CUDA graph capture of MuJoCo Warp's step failed ({error}); stepping without it", stacklevel=2
-                )
+        self.step_mode = "kernels launched one by one (CPU)"  # how a step runs: see capture_physics
+        if self.device.type == "cuda":  # the frame_skip steps as one graph
+            self._graph, self.step_mode = capture_physics(self._physics, self._wp_device, self.model.opt)
+            announce(f"MuJoCo Warp on {self._wp_device}: {self.step_mode}")
         wp.synchronize_device(self._wp_device)  # torch reads the arrays next, on its own stream
 
         self.obs_normalizer = (
@@ -135,8 +173,9 @@ class WarpVecEnv:
         self._returns = torch.zeros(num_envs, dtype=torch.float64, device=self.device)
         self._lengths = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self._position = self.task.position(self._views)  # what the next step's forward reward starts from
-        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []  # (done, returns, lengths) of unread steps
-        self._sync_every = CUDA_EPISODE_SYNC_EVERY if self.device.type == "cuda" else 1
+        # Unread steps: (done, return, length) rows of shape (3, N), float64, each on the host on CUDA (copied without
+        # waiting) with the event that marks the copy's end.
+        self._pending: list[tuple[Tensor, Any]] = []
         self.episode_returns: list[float] = []
         self.episode_lengths: list[int] = []
 
@@ -218,7 +257,7 @@ class WarpVecEnv:
         done = terminated | truncated
         self._returns += reward
         self._lengths += 1
-        self._pending.append((done, self._returns.clone(), self._lengths.clone()))
+        self._record_episodes(done)
         self._returns.masked_fill_(done, 0.0)
         self._lengths.masked_fill_(done, 0)
         self._reset_worlds(done)
@@ -229,13 +268,44 @@ class WarpVecEnv:
         final_obs = torch.where(done[:, None], self._obs(raw_obs, update=False), next_obs)
         return next_obs, reward.float(), terminated, truncated, final_obs
 
-    def pop_episodes(self) -> tuple[list[float], list[int]]:
-        """Returns and lengths of the episodes finished since the last call (on CUDA read back every few steps)."""
-        if len(self._pending) >= self._sync_every:
-            done, returns, lengths = (torch.stack(x).cpu() for x in zip(*self._pending))
-            self._pending = []
-            self.episode_returns += returns[done].tolist()
-            self.episode_lengths += lengths[done].tolist()
+    def _record_episodes(self, done: Tensor) -> None:
+        """Queue this step's (done, return, length) of every world for pop_episodes; on CUDA a copy to pinned host
+        memory that the host does not wait for."""
+        rows = torch.stack([done.double(), self._returns, self._lengths.double()])
+        if self.device.type != "cuda":
+            self._pending.append((rows, None))
+            return
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        host.copy_(rows, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(self.device))
+        self._pending.append((host, copied))
+
+    def _read_episodes(self, wait: bool = True) -> None:
+        """Move the finished episodes of the queued steps into episode_returns / episode_lengths: all of them
+        (`wait`: on CUDA one synchronisation with the last step), or those whose copy has arrived."""
+        ready = len(self._pending)
+        if not wait:
+            arrived = [copied is None or copied.query() for _, copied in self._pending]
+            ready = arrived.index(False) if False in arrived else ready
+        if ready == 0:
+            return
+        last_copy = self._pending[ready - 1][1]
+        if last_copy is not None:
+            last_copy.synchronize()  # the copies end in stream order
+        done, returns, lengths = torch.stack([rows for rows, _ in self._pending[:ready]]).unbind(1)
+        del self._pending[:ready]
+        finished = done.bool()
+        self.episode_returns += returns[finished].tolist()
+        self.episode_lengths += lengths[finished].long().tolist()
+
+    def pop_episodes(self, wait: bool = False) -> tuple[list[float], list[int]]:
+        """Returns and lengths of the episodes finished since the last call, in the order they finished.
+
+        On CUDA this waits for nothing (agents call it every step): it returns the episodes whose read-back has
+        arrived, the others at a later call (state_dict and close keep them). `wait=True` waits for the device to
+        finish the last step (one host synchronisation) and returns every episode finished so far."""
+        self._read_episodes(wait)
         returns, lengths = self.episode_returns, self.episode_lengths
         self.episode_returns, self.episode_lengths = [], []
         return returns, lengths
@@ -259,13 +329,16 @@ class WarpVecEnv:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: world states, counters, the reset generator, normalisers."""
+        """Everything needed to continue exactly: world states, counters, the reset generator, normalisers, and the
+        finished episodes that pop_episodes has not returned yet."""
+        self._read_episodes()
         return {
             "tensors": {name: t.detach().cpu().clone() for name, t in self._state_tensors().items()},
             "generator": self._generator.get_state(),
             "action_space_rng": self.single_action_space.np_random.bit_generator.state,
             "obs_normalizer": self.normalizer_state(),
             "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+            "episodes": {"returns": list(self.episode_returns), "lengths": list(self.episode_lengths)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -276,6 +349,8 @@ class WarpVecEnv:
             else:
                 targets[name].copy_(value.to(self.device))
         self._pending = []
+        episodes = state.get("episodes", {"returns": [], "lengths": []})  # absent from older checkpoints
+        self.episode_returns, self.episode_lengths = list(episodes["returns"]), list(episodes["lengths"])
         self._generator.set_state(state["generator"])
         self.single_action_space.np_random.bit_generator.state = state["action_space_rng"]
         if self.obs_normalizer is not None:
@@ -284,4 +359,6 @@ class WarpVecEnv:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
 
     def close(self) -> None:
+        """Release the CUDA graph; episodes finished before remain for pop_episodes."""
+        self._read_episodes()
         self._graph = None
