@@ -1,7 +1,7 @@
 """mixrl: single-file RL agents on shared policy heads, replay buffers and Gymnasium/MuJoCo environments.
 
 import mixrl
-policy = mixrl.load_policy("runs/HalfCheetah-v5__sac__1__<time>")   # run directory or checkpoint
+policy = mixrl.load_policy("runs/HalfCheetah-v5__sac__1__<time>")   # run directory, policy/ folder or checkpoint
 action = policy(obs)                                                  # numpy in, env action out
 """
 

@@ -239,8 +239,8 @@ def to_plain(obj: Any, where: str = "checkpoint") -> Any:
         if obj.dtype.kind not in ARRAY_KINDS or obj.dtype.fields is not None:  # object or structured arrays
             items = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj.reshape(-1).tolist())]
             return {TAG: "object_array", "items": items, "shape": list(obj.shape)}
-        return {TAG: "ndarray", "dtype": obj.dtype.str, "shape": list(obj.shape),
-                "data": np.ascontiguousarray(obj).tobytes()}  # fmt: skip
+        raw = np.frombuffer(np.ascontiguousarray(obj).tobytes(), np.uint8).copy()  # the bytes, as a uint8 tensor
+        return {TAG: "ndarray", "dtype": obj.dtype.str, "shape": list(obj.shape), "data": torch.from_numpy(raw)}
     if isinstance(obj, np.random.Generator):
         bit_generator = obj.bit_generator
         return {TAG: "generator", "bit_generator": type(bit_generator).__name__,
@@ -289,7 +289,11 @@ def _from_tagged(kind: str, obj: dict, where: str) -> Any:
         dtype = np.dtype(str(obj["dtype"]))
         if dtype.kind not in ARRAY_KINDS or dtype.fields is not None:
             raise UsageError(f"{where}: array dtype {obj['dtype']!r} is not plain numbers or text.")
-        return np.frombuffer(bytes(obj["data"]), dtype=dtype).reshape([int(n) for n in obj["shape"]]).copy()
+        data = obj["data"]
+        if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
+            raise UsageError(f"{where}: a stored array's data must be a uint8 tensor.")
+        raw = data.cpu().numpy().tobytes()
+        return np.frombuffer(raw, dtype=dtype).reshape([int(n) for n in obj["shape"]]).copy()
     if kind == "object_array":
         items = [from_plain(v, where) for v in obj["items"]]
         out = np.empty(len(items), dtype=object)

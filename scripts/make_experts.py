@@ -18,7 +18,7 @@ plus JSON, nothing unpickled) holding the reference's deterministic policy (load
 `--compare reference`) and, as its `critic`, the Q ensemble that mixrl.pretrained.load_reference_q reads
 (`mixrl rlif --reference FOLDER`); its check goes to results/raw/rlif/reference_q_<env>.json.
   * A reference with critics (SAC, RLIF/RLPD) keeps them: the RLIF code's reference Q is the reference agent's
-    own critics (min of SAC's twin critics, mean of RLPD's ensemble).
+    own critics (min of SAC's twin critics, mean of RLPD's ensemble); --fit-q fits one by FQE instead.
   * A reference without a Q (PPO has only V, and that V is of normalised rewards) gets Q^pi_ref fitted by fitted-Q
     evaluation (FQE): TD regression on rollouts of the reference itself,
         y = r + gamma (1 - terminated) mean_j Qbar_j(s', pi_ref(s')),   a time limit bootstraps,
@@ -36,11 +36,19 @@ plus JSON, nothing unpickled) holding the reference's deterministic policy (load
   ranks the reference's action above a noisy one (per sigma of --check-noises, and a uniform action), the fraction
   that the RLIF rule Q(s, a) < Q(s, a_ref) - delta |Q(s, a_ref)| flags, and Q(s, pi_ref(s)) against the
   discounted Monte-Carlo return of the noiseless held-out episodes (states at least 459 steps before a time
-  limit, so that the cut tail is under 1 %).
+  limit, so that the cut tail is under 1 %). The ground truth beside it, on --check-states of those states (MuJoCo
+  envs): Q^pi_ref(s, a) simulated from the saved simulator state (take a, then follow pi_ref for 459 steps), so
+  that the fitted order can be told apart from the true one: how often a_ref is truly better, how often the fitted
+  Q orders the pair as the simulation does (over all pairs, and over those whose true gap exceeds delta |Q|, where
+  the rule's decision is at stake), and the correlation of the fitted and the true gaps. `--check-only` checks an
+  existing reference folder again.
 
 bc-levels: experts by behaviour cloning of the reference, weak as actors and as labellers alike (an expert level is
 one policy: it takes over, and its actions are the DAgger labels; no action noise). A Minari dataset of
---bc-data-steps transitions of the reference's deterministic rollouts (mixrl/<env>/rlif-bc-v0), then one
+--bc-data-steps transitions of the reference's deterministic rollouts (mixrl/<env>/rlif-bc-v0), or, with
+--bc-data-noise sigma, of its rollouts with Gaussian action noise (DART, Laskey et al. 2017: the states off the
+reference's narrow path that BC needs on unstable tasks such as InvertedDoublePendulum, where BC on clean rollouts
+falls within 60 steps; mixrl/<env>/rlif-bc-sigma<100 sigma>-v0, the noisy actions recorded), then one
 `mixrl bc --horizon 1 --execute 1` (single-step BC, MSE on tanh actions) per pair of --bc-episodes (the first N
 episodes it sees) and --bc-steps (gradient steps; the learning rate anneals to zero over them, so few steps make
 an under-fitted, weaker policy), each screened over --screen-episodes; for each target fraction (--fractions,
@@ -111,8 +119,10 @@ def demos_id(env_id: str) -> str:
     return f"mixrl/{env_id.lower().replace('/', '-')}/rlif-demos-v0"
 
 
-def bc_data_id(env_id: str) -> str:
-    return f"mixrl/{env_id.lower().replace('/', '-')}/rlif-bc-v0"
+def bc_data_id(env_id: str, noise: float = 0.0) -> str:
+    """The BC dataset: deterministic rollouts of the reference, or with action noise of std `noise` (sigma30: 0.3)."""
+    name = "rlif-bc" if noise == 0 else f"rlif-bc-sigma{round(noise * 100):02d}"
+    return f"mixrl/{env_id.lower().replace('/', '-')}/{name}-v0"
 
 
 def mixrl_command(*argv) -> list[str]:
@@ -132,13 +142,17 @@ def folder_bytes(folder: Path) -> int:
 
 
 def rollout_dataset(policy_path: Path, env_id: str, dataset_id: str, steps: int, seed: int, ref_min: float,
-                    ref_max: float) -> list:  # fmt: skip
+                    ref_max: float, noise: float = 0.0) -> list:  # fmt: skip
     """`steps` transitions of the deterministic rollouts of a policy (folder) as a Minari dataset (whole episodes,
-    the last one cut there; episode i reset with seed + i), as `mixrl dataset collect expert` makes them."""
-    env = make_env(env_id)
-    episodes = rollout_episodes(load_policy(policy_path), env, steps, seed, desc=dataset_id)
-    description = f"{steps} steps of the deterministic rollouts of {policy_path} (scripts/make_experts.py)"
-    write_dataset(dataset_id, episodes, env, ref_min, ref_max, "mixrl reference, deterministic", description)
+    the last one cut there; episode i reset with seed + i), as `mixrl dataset collect expert --action-noise NOISE`
+    makes them: with noise, the executed (noisy, clipped) actions are the recorded ones."""
+    env, policy = make_env(env_id), load_policy(policy_path)
+    if noise > 0:
+        policy = noisy_policy(policy, env.action_space, noise, seed)
+    episodes = rollout_episodes(policy, env, steps, seed, desc=dataset_id)
+    algorithm = "mixrl reference, deterministic" + (f" + N(0, {noise}^2) action noise" if noise > 0 else "")
+    description = f"{steps} steps of {policy_path} ({algorithm}; scripts/make_experts.py)"
+    write_dataset(dataset_id, episodes, env, ref_min, ref_max, algorithm, description)
     env.close()
     returns = [float(np.sum(e.rewards)) for e in episodes]
     print(f"wrote {dataset_id}: {len(episodes)} episodes, returns {np.mean(returns):.1f} +- {np.std(returns):.1f}")
@@ -175,11 +189,13 @@ def measure(policy, env_id: str, episodes: int, seed: int) -> dict:
 
 def noisy_rollouts(policy, env_id: str, noises: list[float], steps_per_noise: int, seed: int) -> dict:
     """Episodes of `policy` with Gaussian action noise of each std in `noises` (`steps_per_noise` transitions each,
-    the last episode of each cut there): obs, action, reward, next_obs, terminated, noise, episode, t."""
+    the last episode of each cut there): obs, action, reward, next_obs, terminated, noise, episode, t, and sim, the
+    simulator state (qpos, qvel) at obs of a MuJoCo env (empty for others)."""
     env, space = make_env(env_id), policy.action_space
     rng = np.random.default_rng(seed)
     half = 0.5 * (space.high - space.low)
-    rows = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "noise", "episode", "t")}
+    sim = getattr(env.unwrapped, "data", None) if hasattr(env.unwrapped, "set_state") else None
+    rows = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "noise", "episode", "t", "sim")}
     episode = 0
     for noise in noises:
         taken = 0
@@ -189,8 +205,9 @@ def noisy_rollouts(policy, env_id: str, noises: list[float], steps_per_noise: in
             while not done and taken < steps_per_noise:
                 action = policy(obs) + noise * half * rng.standard_normal(space.shape)
                 action = np.clip(action, space.low, space.high).astype(space.dtype)
+                state = np.zeros(0) if sim is None else np.concatenate([sim.qpos, sim.qvel])
                 next_obs, reward, terminated, truncated, _ = env.step(action)
-                for key, value in zip(rows, (obs, action, reward, next_obs, terminated, noise, episode, t)):
+                for key, value in zip(rows, (obs, action, reward, next_obs, terminated, noise, episode, t, state)):
                     rows[key].append(value)
                 obs, t, taken, done = next_obs, t + 1, taken + 1, terminated or truncated
             episode += 1
@@ -266,6 +283,20 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
+def rollout_q(env, policy, state: np.ndarray, action: np.ndarray, horizon: int, gamma: float) -> float:
+    """Q^pi(s, a) by simulation: set the MuJoCo state s, take a, then follow the deterministic policy for up to
+    `horizon` steps (the discounted tail beyond them is dropped; gamma^horizon < 1 %)."""
+    env.reset(seed=0)
+    nq = env.unwrapped.model.nq
+    env.unwrapped.set_state(state[:nq], state[nq:])
+    obs, total, done, k = None, 0.0, False, 0
+    while not done and k < horizon:
+        obs, reward, terminated, truncated, _ = env.step(action if k == 0 else policy(obs))
+        total += gamma**k * float(reward)
+        done, k = terminated or truncated, k + 1
+    return total
+
+
 def check_q(file: Path, policy, held: dict, opts: argparse.Namespace) -> dict:
     """The reference Q on held-out episodes, read back through load_reference_q (what `mixrl rlif` uses)."""
     q_value = load_reference_q(str(file))
@@ -283,8 +314,9 @@ def check_q(file: Path, policy, held: dict, opts: argparse.Namespace) -> dict:
     others = {f"noise {s}": np.clip(reference + s * half * rng.standard_normal(reference.shape), space.low, space.high)
               for s in opts.check_noises}  # fmt: skip
     others["uniform"] = rng.uniform(space.low, space.high, reference.shape)
+    q_others = {}
     for name, actions in others.items():
-        q_other = q_of(actions.astype(space.dtype))
+        q_other = q_others[name] = q_of(actions.astype(space.dtype))
         check[name] = {
             "ref_above": float(np.mean(q_ref > q_other)),
             "flagged": float(np.mean(q_other < q_ref - opts.delta * np.abs(q_ref))),
@@ -293,8 +325,41 @@ def check_q(file: Path, policy, held: dict, opts: argparse.Namespace) -> dict:
         print(f"  held-out, {name}: Q(s, a_ref) > Q(s, a) on {check[name]['ref_above']:.3f} of the states; "
               f"flagged by the RLIF rule (delta {opts.delta}) on {check[name]['flagged']:.3f}; "
               f"mean gap {check[name]['mean_gap']:.2f}", flush=True)  # fmt: skip
-    mc, qs = [], []
     horizon = int(np.ceil(np.log(0.01) / np.log(opts.gamma)))  # gamma^horizon < 1 %: the cut tail is negligible
+    if held["sim"].shape[-1] > 0 and opts.check_states > 0:
+        # the ground truth on a sample of the states: Q^pi_ref(s, a) by simulation from the saved MuJoCo state
+        env = make_env(opts.env_id)
+        pick = rng.choice(len(states), min(opts.check_states, len(states)), replace=False)
+        true_ref = np.array([rollout_q(env, policy, held["sim"][i], reference[i], horizon, opts.gamma) for i in pick])
+        check["simulated"] = {"states": len(pick), "horizon": horizon}
+        for name, actions in others.items():
+            actions = actions.astype(space.dtype)
+            true = np.array([rollout_q(env, policy, held["sim"][i], actions[i], horizon, opts.gamma) for i in pick])
+            fitted = q_others[name][pick]
+            true_gap, fitted_gap = true_ref - true, q_ref[pick] - fitted
+            clear = np.abs(true_gap) > opts.delta * np.abs(true_ref)  # where the RLIF rule's decision is at stake
+            check["simulated"][name] = {
+                "ref_above_true": float(np.mean(true_gap > 0)),
+                "ref_above_fitted": float(np.mean(fitted_gap > 0)),
+                "order_agrees": float(np.mean((true_gap > 0) == (fitted_gap > 0))),
+                "clear_pairs": int(clear.sum()),
+                "order_agrees_clear": float(np.mean((true_gap > 0)[clear] == (fitted_gap > 0)[clear]))
+                if clear.any()
+                else None,
+                "flagged_true": float(np.mean(true_gap > opts.delta * np.abs(true_ref))),
+                "flagged_fitted": float(np.mean(fitted_gap > opts.delta * np.abs(q_ref[pick]))),
+                "gap_correlation": float(np.corrcoef(true_gap, fitted_gap)[0, 1]),
+                "mean_gap_true": float(true_gap.mean()),
+                "mean_gap_fitted": float(fitted_gap.mean()),
+            }
+            c = check["simulated"][name]
+            print(f"  simulated Q^pi_ref on {len(pick)} states, {name}: a_ref better on {c['ref_above_true']:.3f} "
+                  f"(fitted Q says {c['ref_above_fitted']:.3f}); order agrees on {c['order_agrees']:.3f}, on "
+                  f"{c['order_agrees_clear']} of the {c['clear_pairs']} pairs with a gap over delta |Q|; flagged "
+                  f"{c['flagged_true']:.3f} (fitted {c['flagged_fitted']:.3f}); gap correlation "
+                  f"{c['gap_correlation']:.2f}", flush=True)  # fmt: skip
+        env.close()
+    mc, qs = [], []
     for episode in np.unique(held["episode"][held["noise"] == 0]):
         rows = np.flatnonzero(held["episode"] == episode)
         g = discounted_returns(held["reward"][rows], opts.gamma)
@@ -326,7 +391,16 @@ def reference_q(opts: argparse.Namespace) -> None:
     steps_per_noise = opts.q_data_steps // len(opts.coverage_noises)
     held = noisy_rollouts(policy, opts.env_id, opts.coverage_noises, max(steps_per_noise // 10, 2000), 900_000)
     record = {"env_id": opts.env_id, "source": str(source), "algo": ckpt["algo"], "folder": str(out)}
-    if critic_spec(ckpt) is not None:  # SAC, RLIF: the reference's own critics (the policy folder keeps them)
+    if opts.check_only:
+        previous = json.loads(reference_q_file(opts.env_id).read_text())
+        record.update({k: previous[k] for k in ("q", "fqe", "bytes") if k in previous})
+        record["check"] = check_q(out, load_policy(out), held, opts)
+        record["command"] = previous["command"]
+        record["check_command"] = shown_command(["python", *sys.argv])
+        reference_q_file(opts.env_id).write_text(json.dumps(record, indent=2))
+        print(f"wrote {reference_q_file(opts.env_id)}")
+        return
+    if critic_spec(ckpt) is not None and not opts.fit_q:  # SAC, RLIF: the reference's own critics, kept
         print(f"{source}: keeping the {ckpt['algo']} critics as the reference Q", flush=True)
         record["q"] = f"the critics of the {ckpt['algo']} reference"
     else:
@@ -336,7 +410,7 @@ def reference_q(opts: argparse.Namespace) -> None:
         qf, log = fit_q(data, policy, opts, held)
         kwargs = {"obs_dim": data["obs"].shape[1], "action_dim": data["action"].shape[1], "n": opts.q_critics,
                   "hidden_sizes": tuple(opts.q_hidden_sizes), "layer_norm": True}  # fmt: skip
-        ckpt = {**ckpt, "critic": {"class": "mixrl.policies.critics.QEnsemble", "kwargs": kwargs,
+        ckpt = {**ckpt, "state": {}, "critic": {"class": "mixrl.policies.critics.QEnsemble", "kwargs": kwargs,
                                    "state_dict": qf.state_dict()}}  # fmt: skip
         record["q"] = "fitted-Q evaluation of the reference"
         record["fqe"] = {
@@ -361,8 +435,12 @@ def reference_q(opts: argparse.Namespace) -> None:
 
 def bc_run(opts: argparse.Namespace, episodes: int, steps: int) -> tuple[Path, str]:
     """Train (or find, when an earlier call trained it) one BC expert; returns its run and its command."""
-    root = Path(opts.run_root_bc) / opts.env_id.replace("/", "-") / f"episodes{episodes}_steps{steps}"
-    argv = mixrl_command("bc", "--dataset-id", bc_data_id(opts.env_id), "--num-episodes", episodes,
+    root = Path(opts.run_root_bc) / opts.env_id.replace("/", "-")
+    if opts.bc_data_noise > 0:
+        root = root / f"sigma{round(opts.bc_data_noise * 100):02d}"
+    root = root / f"episodes{episodes}_steps{steps}"
+    data = bc_data_id(opts.env_id, opts.bc_data_noise)
+    argv = mixrl_command("bc", "--dataset-id", data, "--num-episodes", episodes,
                          "--total-steps", steps, "--horizon", 1, "--execute", 1, "--eval-every", 0,
                          "--eval-episodes", 1, "--checkpoint-every", max(steps, 1000), "--seed", opts.seed,
                          "--run-root", root)  # fmt: skip
@@ -378,15 +456,20 @@ def bc_levels(opts: argparse.Namespace) -> None:
     ref = measure(load_policy(reference), opts.env_id, opts.episodes, opts.seed)
     random = measure(uniform_policy(make_env(opts.env_id).action_space, opts.seed), opts.env_id, 10, opts.seed)
     print(f"reference {reference}: {ref['mean']:.1f} +- {ref['std']:.1f} ({opts.episodes} episodes)", flush=True)
-    if (datasets_root() / bc_data_id(opts.env_id)).exists():
-        print(f"{bc_data_id(opts.env_id)} exists: kept", flush=True)
+    data = bc_data_id(opts.env_id, opts.bc_data_noise)
+    if (datasets_root() / data).exists():
+        print(f"{data} exists: kept", flush=True)
     else:
-        rollout_dataset(reference, opts.env_id, bc_data_id(opts.env_id), opts.bc_data_steps, opts.seed + 100,
-                        random["mean"], ref["mean"])  # fmt: skip
+        rollout_dataset(reference, opts.env_id, data, opts.bc_data_steps, opts.seed + 100, random["mean"],
+                        ref["mean"], opts.bc_data_noise)  # fmt: skip
     candidates = []
     for episodes, steps in itertools.product(opts.bc_episodes, opts.bc_steps):
         run, command = bc_run(opts, episodes, steps)
-        screen = measure(load_policy(run), opts.env_id, opts.screen_episodes, opts.seed + 1000)
+        cached = run / "screen.json"  # a later call with a wider grid screens only the new candidates
+        screen = json.loads(cached.read_text()) if cached.is_file() else None
+        if screen is None or (screen["episodes"], screen["seed"]) != (opts.screen_episodes, opts.seed + 1000):
+            screen = measure(load_policy(run), opts.env_id, opts.screen_episodes, opts.seed + 1000)
+            cached.write_text(json.dumps(screen))
         candidates.append({"run": str(run), "num_episodes": episodes, "total_steps": steps, "screen": screen,
                            "command": command})  # fmt: skip
         print(f"  candidate BC on {episodes} episodes, {steps} steps: {screen['mean']:.1f} +- {screen['std']:.1f} "
@@ -405,6 +488,9 @@ def bc_levels(opts: argparse.Namespace) -> None:
         level["fraction"] = level["mean"] / ref["mean"]
         level["bytes"] = folder_bytes(out)
         chosen.append(level)
+        if not 0.5 * fraction <= level["fraction"] <= 1.5 * fraction:
+            print(f"warning: no candidate near {fraction:.2f} R_ref; widen --bc-steps or --bc-episodes, or try "
+                  "--bc-data-noise", flush=True)  # fmt: skip
         print(f"level {fraction:.2f}: {level['mean']:.1f} +- {level['std']:.1f} = {level['fraction']:.2f} R_ref "
               f"(BC on {best['num_episodes']} episodes, {best['total_steps']} steps) -> {out}", flush=True)  # fmt: skip
     RAW.mkdir(parents=True, exist_ok=True)
@@ -419,8 +505,9 @@ def bc_levels(opts: argparse.Namespace) -> None:
         "random_return": random,
         "reference_q": q_record,
         "bc_dataset": {
-            "dataset_id": bc_data_id(opts.env_id),
+            "dataset_id": data,
             "steps": opts.bc_data_steps,
+            "action_noise": opts.bc_data_noise,
             "seed": opts.seed + 100,
             "policy": str(reference),
         },  # fmt: skip
@@ -471,6 +558,9 @@ def levels(opts: argparse.Namespace) -> None:
         level = {"target_fraction": fraction, **best, **measure(act, opts.env_id, opts.episodes, opts.seed)}
         level["fraction"] = level["mean"] / ref["mean"]
         chosen.append(level)
+        if not 0.5 * fraction <= level["fraction"] <= 1.5 * fraction:
+            print(f"warning: no candidate near {fraction:.2f} R_ref; widen --bc-steps or --bc-episodes, or try "
+                  "--bc-data-noise", flush=True)  # fmt: skip
         print(f"level {fraction:.2f}: {level['mean']:.1f} +- {level['std']:.1f} = {level['fraction']:.2f} R_ref "
               f"(step {best['step']}, noise {best['noise']})", flush=True)  # fmt: skip
     RAW.mkdir(parents=True, exist_ok=True)
@@ -539,10 +629,32 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--check-noises", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     parser.add_argument("--delta", type=float, default=0.03, help="reference-q check: the RLIF rule's margin")
+    parser.add_argument(
+        "--check-states",
+        type=int,
+        default=100,
+        help="reference-q check: held-out states whose Q^pi_ref is also simulated (MuJoCo envs)",
+    )
+    parser.add_argument(
+        "--fit-q",
+        action="store_true",
+        help="reference-q: fit Q^pi_ref by FQE even where the reference has critics (SAC)",
+    )
+    parser.add_argument(
+        "--check-only", action="store_true", help="reference-q: check the existing reference folder again (no fitting)"
+    )
     # bc-levels
     parser.add_argument("--bc-data-steps", type=int, default=50_000, help="bc-levels: reference transitions for BC")
+    parser.add_argument(
+        "--bc-data-noise",
+        type=float,
+        default=0.0,
+        help="bc-levels: action-noise std of the reference's rollouts that BC learns from (DART)",
+    )
     parser.add_argument("--bc-episodes", type=int, nargs="+", default=[1, 5, 50])
-    parser.add_argument("--bc-steps", type=int, nargs="+", default=[100, 150, 200, 300, 500, 1000, 3000, 10_000])
+    parser.add_argument(
+        "--bc-steps", type=int, nargs="+", default=[100, 125, 150, 175, 200, 300, 500, 1000, 3000, 10_000]
+    )
     parser.add_argument("--run-root-bc", default="runs/rlif_bc", help="bc-levels: parent folder of the BC runs")
     # demos
     parser.add_argument("--steps", type=int, default=20_000, help="demos: transitions of reference rollouts")

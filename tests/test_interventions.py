@@ -150,9 +150,12 @@ def test_bad_options_are_refused():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def label(env: InterventionWrapper, actions: list[float]) -> list[tuple]:
-    """Drive one env through InterventionLabeller; the stored rows as (t of obs, action, reward, t of next_obs)."""
-    labeller = InterventionLabeller(1, 2, 1)
+def label(
+    env: InterventionWrapper, actions: list[float], labeller: InterventionLabeller | None = None
+) -> list[tuple]:
+    """Drive one env through InterventionLabeller (default: RLIF's, which drops terminal transitions); the stored
+    rows as (t of obs, action, reward, t of next_obs), with a fifth entry True for a stored terminal transition."""
+    labeller = labeller or InterventionLabeller(1, 2, 1)
     obs, _ = env.reset(seed=0)
     rows = []
     for a in actions:
@@ -170,8 +173,9 @@ def label(env: InterventionWrapper, actions: list[float]) -> list[tuple]:
             torch.tensor([terminated]),
             torch.tensor([truncated]),
         )
-        rows += [(o[0].item(), x.item(), r.item(), n[0].item()) for o, x, r, n, _ in zip(*out)]
-        assert not out[4].any()  # no stored transition is terminal
+        rows += [(o[0].item(), x.item(), r.item(), n[0].item(), *[True][: int(d)]) for o, x, r, n, d in zip(*out)]
+        if labeller.terminal_reward is None:
+            assert not out[4].any()  # no stored transition is terminal
         obs = next_obs
         if terminated or truncated:
             break
@@ -200,6 +204,35 @@ def test_takeover_running_into_termination_drops_the_terminal_transition():
 def test_agent_termination_is_dropped_and_the_previous_step_labelled_zero():
     rows = label(wrapped(terminate_at=2), [0.5, 0.5])
     assert rows == [(0, 0.5, 0.0, 1)]
+
+
+def test_fail_fast_episode_costs_nothing_when_terminal_transitions_are_dropped():
+    """The failure mechanism (InvertedPendulum learns to drop the pole, results/rlif_findings.md): with RLIF's
+    labelling an episode that the agent ends by termination before the expert steps in stores only r = 0, while an
+    episode in which the agent keeps going and is taken over once stores a -1. Under the labels, failing fast is
+    the better policy; the labeller counts such terminations."""
+    labeller = InterventionLabeller(1, 2, 1)
+    fail_fast = label(wrapped(terminate_at=2), [0.5, 0.5], labeller)
+    assert fail_fast == [(0, 0.5, 0.0, 1)]  # the terminal transition (s_1, a_1, s_2) is not stored at all
+    assert labeller.counts.tolist() == [1, 1]  # one termination, with no -1 stored before it
+    keeps_going = label(wrapped(), [0.5, 0.5, -1.0, 0.5, 0.5], labeller)
+    assert sum(r[2] for r in fail_fast) == 0.0 > sum(r[2] for r in keeps_going) == -1.0
+    assert label(wrapped(terminate_at=4), [0.5, -1.0, 0.0, 0.0], labeller)[0][2] == -1.0  # taken over, then ended
+    assert labeller.counts.tolist() == [2, 1]  # that termination had a -1 before it
+
+
+@pytest.mark.parametrize("terminal_reward", [-1.0, -10.0])
+def test_terminal_label_option_stores_terminations_as_terminal_penalties(terminal_reward):
+    """--terminal-label takeover (-1) / absorbing (-1 / (1 - gamma)): the transition that ends the episode by
+    termination is stored, terminal, with the penalty, whoever acted; a truncation still bootstraps with r = 0."""
+    labeller = InterventionLabeller(1, 2, 1, terminal_reward=terminal_reward)
+    fail_fast = label(wrapped(terminate_at=2), [0.5, 0.5], labeller)
+    assert fail_fast == [(0, 0.5, 0.0, 1), (1, 0.5, terminal_reward, 2, True)]
+    assert sum(r[2] for r in fail_fast) == terminal_reward  # failing fast now costs as much as a takeover, or more
+    expert_ends = label(wrapped(terminate_at=3), [0.5, -1.0, 0.0, 0.0], labeller)  # the takeover runs into it
+    assert expert_ends == [(0, 0.5, -1.0, 1), (1, 0.5, 0.0, 2), (2, 0.5, terminal_reward, 3, True)]
+    assert label(wrapped(takeover_steps=4), [0.5, 0.5, 0.5, -1.0, 0.0], labeller)[-1] == (4, 0.5, 0.0, 5)
+    assert labeller.counts.tolist() == [2, 1]
 
 
 def test_takeover_running_into_truncation_is_stored_and_bootstraps():
@@ -391,5 +424,5 @@ def test_labeller_rows_are_bitwise_those_of_boolean_mask_indexing():
         for got, expected in zip(mine.step(*inputs), reference.step(*inputs)):
             assert got.dtype == expected.dtype and got.shape == expected.shape
             assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
-        for name, value in reference.state_dict().items():
-            assert torch.equal(mine.state_dict()[name], value), name
+        for name in ("obs", "actions", "next_obs", "pending"):
+            assert torch.equal(mine.state_dict()[name], reference.state_dict()[name]), name

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from test_smoke import AGENTS, OFFLINE
-from tiny import dataset_root, datasets, sac_args  # noqa: F401
+from tiny import dataset_root, datasets, dqn_args, rlpd_args, sac_args  # noqa: F401
 
 from mixrl import checkpoints, runs
-from mixrl.agents import sac
+from mixrl.agents import dqn, rlif, sac
 from mixrl.checkpoints import load_checkpoint
 from mixrl.runs import RunFinished, UsageError
 
@@ -71,9 +71,11 @@ def test_a_run_stopped_at_its_last_step_before_the_final_evaluation_is_not_finis
 
 
 @pytest.mark.parametrize("budget", [100, 50])
-def test_a_budget_at_or_below_learning_starts_is_refused_before_anything_is_written(tmp_path, budget):
+@pytest.mark.parametrize("agent", ["sac", "dqn", "rlif"])
+def test_a_budget_at_or_below_learning_starts_is_refused_before_anything_is_written(tmp_path, agent, budget):
+    module, make_args = {"sac": (sac, sac_args), "dqn": (dqn, dqn_args), "rlif": (rlif, rlpd_args)}[agent]
     with pytest.raises(UsageError, match=f"--total-timesteps {budget} is not above --learning-starts 100"):
-        sac.main(sac_args(tmp_path, total_timesteps=budget, learning_starts=100))
+        module.main(make_args(tmp_path, total_timesteps=budget, learning_starts=100))
     assert not (tmp_path / "runs").exists()
 
 

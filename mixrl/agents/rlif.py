@@ -80,6 +80,10 @@ class Args(RunFlags, SpeedFlags, ReplayFlags, VecEnvFlags, EnvFlags):
     """random: probability of an intervention at each step where the agent is in control"""
     takeover_steps: int = 4
     """steps the expert keeps control once it intervenes"""
+    terminal_label: Literal["drop", "takeover", "absorbing"] = "drop"
+    """a transition that ends the episode by termination: dropped (RLIF's code; ending an episode costs nothing),
+    or stored as terminal with r = -1 (takeover: as if the expert had stepped in) or r = -1 / (1 - gamma)
+    (absorbing: as if it stepped in at every step from there on)"""
     demos: str | None = None
     """Minari dataset id of demonstrations that join the replay data (none: online data alone)"""
     offline_ratio: float = 0.0
@@ -287,6 +291,11 @@ def make_wrapper(
     return intervention_wrapper(args, args.intervention, device, expert, reference_q, **options)
 
 
+def terminal_reward(args: Args) -> float | None:
+    """The reward of a transition that ends an episode by termination (--terminal-label), None where it is dropped."""
+    return {"drop": None, "takeover": -1.0, "absorbing": -1.0 / (1.0 - args.gamma)}[args.terminal_label]
+
+
 def make_networks(args: Args, actor_kwargs: dict, device: torch.device) -> tuple[dict, dict[str, FlatAdam]]:
     """The actor, the LayerNorm critic ensemble, its target copy and log alpha (by name), and their flat Adams."""
     actor = TanhGaussianActor(**actor_kwargs).to(device)
@@ -312,8 +321,10 @@ def store_labelled(
     task_returns: np.ndarray,
 ) -> None:
     """Store what the intervention signal has labelled after an env step (obs, final_obs, terminated, truncated):
-    the InterventionLabeller's rows. Counts the takeovers in run.extra["interventions"] and logs the episodes that
-    ended with their task return (the env's reward is the signal) and their interventions."""
+    the InterventionLabeller's rows. Counts the takeovers in run.extra["interventions"], the episodes ended by
+    termination in "terminations" and those of them that had no -1 stored before their end (which cost nothing
+    with --terminal-label drop) in "unlabelled_terminations", and logs the episodes that ended with their task
+    return (the env's reward is the signal) and their interventions."""
     obs, final_obs, terminated, truncated = transition
     info, device = envs.info, obs.device
     executed = unit_actions(info, "action", envs.env_action_space)
@@ -333,7 +344,10 @@ def store_labelled(
     run.extra["interventions"] += int(takeover_start.sum())  # counted on the host copy: no device synchronisation
     task_returns += vector_info(info, "task_reward")
     signal_returns, lengths = envs.pop_episodes()  # the signal's return is minus the takeovers
-    ended = np.flatnonzero((terminated | truncated).cpu().numpy())
+    # one read of the device: the ended episodes and the labeller's termination counters
+    host = torch.cat([(terminated | truncated).long(), labeller.counts]).cpu().numpy()
+    ended = np.flatnonzero(host[:-2])
+    run.extra["terminations"], run.extra["unlabelled_terminations"] = host[-2:].tolist()
     run.log_episodes(step, task_returns[ended].tolist(), lengths)
     for signal_return in signal_returns:
         run.log_scalars(step, {"charts/episode_interventions": -signal_return})
@@ -367,7 +381,9 @@ def main(args: Args, expert: Callable | None = None, reference_q: Callable | Non
     update = make_update(args, *modules.values(), optimizers.values(), -action_dim * args.target_entropy_scale)
     rb = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
     demos = load_demos(args, obs_dim, action_dim, device)
-    labeller = InterventionLabeller(args.num_envs, obs_dim, action_dim, device) if intervening else None
+    labeller = (
+        InterventionLabeller(args.num_envs, obs_dim, action_dim, device, terminal_reward(args)) if intervening else None
+    )
     spec = partial(policy_spec, actor, **actor_kwargs)
     policy = RunPolicy.of(actor, spec, envs, args.env_id, env_kwargs, normalizer)
     state = {**modules, **{f"{name}_optimizer": o for name, o in optimizers.items()}}
@@ -411,7 +427,7 @@ def main(args: Args, expert: Callable | None = None, reference_q: Callable | Non
                     metrics = update(
                         [b._replace(obs=normalize(b.obs), next_obs=normalize(b.next_obs)) for b in batches]
                     )
-                metrics["charts/interventions"] = run.extra["interventions"]
+                metrics.update({f"charts/{name}": value for name, value in run.extra.items()})
             run.end_iteration(global_step, metrics, obs=obs, task_returns=task_returns, labeller=labeller)
         run.finish(global_step, obs=obs, task_returns=task_returns, labeller=labeller)
     envs.close()

@@ -25,6 +25,7 @@ from mixrl.datasets.storage import (
 from mixrl.envs.factory import make_env, parse_env_kwargs
 from mixrl.errors import UsageError
 from mixrl.evaluation import evaluate, load_policy, policy_from_checkpoint
+from mixrl.policies.files import read_policy
 
 SCRIPTED = "scripted"  # --policy value: the env's scripted expert
 
@@ -241,7 +242,7 @@ def reference_scores(
     if ref_max is None and expert == SCRIPTED:
         ref_max = evaluate(scripted_policy(env, seed), env_id, args.ref_episodes, seed, env_kwargs)["mean_return"]
     if ref_max is None:
-        ckpt = load_checkpoint(expert, map_location="cpu")  # the actor alone moves to args.device
+        ckpt = read_policy(expert)  # a policy folder or checkpoint, on the CPU: the actor alone moves to args.device
         if ckpt["env_id"] != env_id:
             raise UsageError(f"--expert {expert} was trained on {ckpt['env_id']}, not on {env_id}.")
         policy = policy_from_checkpoint(ckpt, args.device)

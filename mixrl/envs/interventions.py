@@ -180,11 +180,24 @@ class InterventionLabeller:
     The agent's own transition waits one step for its label (see the module docstring for the episode ends).
     """
 
-    def __init__(self, num_envs: int, obs_dim: int, action_dim: int, device: str | torch.device = "cpu"):
+    STATE = ("obs", "actions", "next_obs", "pending", "penalised", "counts")
+
+    def __init__(
+        self,
+        num_envs: int,
+        obs_dim: int,
+        action_dim: int,
+        device: str | torch.device = "cpu",
+        terminal_reward: float | None = None,
+    ):
+        self.terminal_reward = terminal_reward  # None: terminal transitions are dropped (RLIF), else stored with it
         self.obs = torch.zeros(num_envs, obs_dim, device=device)
         self.actions = torch.zeros(num_envs, action_dim, device=device)
         self.next_obs = torch.zeros(num_envs, obs_dim, device=device)
         self.pending = torch.zeros(num_envs, dtype=torch.bool, device=device)
+        self.penalised = torch.zeros(num_envs, dtype=torch.bool, device=device)  # a -1 stored in the running episode
+        # episodes ended by termination so far, and those of them in which no -1 had been stored before the end
+        self.counts = torch.zeros(2, dtype=torch.long, device=device)
 
     def step(
         self,
@@ -200,32 +213,40 @@ class InterventionLabeller:
         chose a_t), final_obs s_{t+1} (the true last observation where an episode ended), terminated, truncated."""
         labelled = self.pending  # previous agent transitions, now labelled by the signal at s_t
         ended = terminated | truncated
-        expert_rows = intervened & ~terminated  # takeover transitions, r = 0; terminating ones are dropped
-        truncated_agent = ~intervened & truncated & ~terminated  # the agent's last step of a time-limited episode
-        store_now = expert_rows | truncated_agent
+        if self.terminal_reward is None:
+            expert_rows = intervened & ~terminated  # takeover transitions, r = 0; terminating ones are dropped
+            truncated_agent = ~intervened & truncated & ~terminated  # the agent's last step of a time-limited episode
+            store_now = expert_rows | truncated_agent
+            now_rewards = torch.zeros_like(obs[:, 0])
+        else:  # every transition that ends an episode is stored now, a terminating one with the terminal reward
+            store_now = intervened | ended
+            now_rewards = terminated.float() * self.terminal_reward
         # The labelled rows, then this step's stored rows, each in env order: candidates of both kinds stacked and
         # picked with one index (one host synchronisation on a GPU, for the number of rows).
         rows = torch.cat([labelled, store_now]).nonzero().squeeze(1)
-        rewards = torch.cat([-takeover_start.float(), torch.zeros_like(obs[:, 0])])  # -1 for a takeover at s_t
+        rewards = torch.cat([-takeover_start.float(), now_rewards])  # -1 for a takeover at s_t
         obs_rows = torch.cat([self.obs, obs]).index_select(0, rows)
         action_rows = torch.cat([self.actions, actions]).index_select(0, rows)
         next_rows = torch.cat([self.next_obs, final_obs]).index_select(0, rows)
         reward_rows = rewards.index_select(0, rows)
+        if self.terminal_reward is None:
+            terminal_rows = torch.zeros_like(reward_rows)
+        else:
+            terminal_rows = torch.cat([torch.zeros_like(now_rewards), terminated.float()]).index_select(0, rows)
+        self.penalised |= labelled & takeover_start
+        self.counts += torch.stack([terminated.sum(), (terminated & ~self.penalised).sum()])
+        self.penalised &= ~ended
         wait = ~intervened & ~ended  # the agent's transitions that wait for the next step's signal: masked writes
         self.obs.copy_(torch.where(wait[:, None], obs, self.obs))
         self.actions.copy_(torch.where(wait[:, None], actions, self.actions))
         self.next_obs.copy_(torch.where(wait[:, None], final_obs, self.next_obs))
         self.pending = wait
-        return obs_rows, action_rows, reward_rows, next_rows, torch.zeros_like(reward_rows)
+        return obs_rows, action_rows, reward_rows, next_rows, terminal_rows
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "obs": self.obs.clone(),
-            "actions": self.actions.clone(),
-            "next_obs": self.next_obs.clone(),
-            "pending": self.pending.clone(),
-        }
+        return {name: getattr(self, name).clone() for name in self.STATE}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("obs", "actions", "next_obs", "pending"):
-            getattr(self, name).copy_(state[name])
+        for name in self.STATE:
+            if name in state:  # checkpoints from before the termination counters have none: they start from 0
+                getattr(self, name).copy_(state[name])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,22 @@ def _encode(value: Any, name: str, store: _TensorStore) -> Any:
     raise UsageError(f"{name}: a {type(value).__name__} cannot be stored in a policy file.")
 
 
+def _information(value: Any) -> Any:
+    """`value` as strict JSON for reading only (the training Args): containers as objects and lists, non-finite
+    floats and anything else that is not JSON as its text."""
+    if isinstance(value, dict):
+        return {str(k): _information(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_information(v) for v in value]
+    if (
+        isinstance(value, float)
+        and not math.isfinite(value)
+        or not isinstance(value, (type(None), bool, int, float, str))
+    ):
+        return str(value)
+    return value
+
+
 def _data_only(spec: dict[str, Any], trusted: bool) -> dict[str, Any]:
     """`spec` with any Stable-Baselines3 base that mixrl once embedded as its zip (pickle) replaced by its
     description (SB3Base.from_zip; the zip is unpickled only when `trusted`)."""
@@ -247,7 +264,7 @@ def write_policy_dir(ckpt: dict[str, Any], folder: str | Path, trusted: bool = F
         "eval_rule": policy["kwargs"].get("eval_rule"),
         "critic": None if critic is None else _encode(critic, "critic", store),
         "global_step": int(ckpt.get("global_step", 0)),
-        "args": json.loads(json.dumps(ckpt.get("args") or {}, default=str)),
+        "args": _information(ckpt.get("args") or {}),
         "versions": {**(ckpt.get("versions") or {}), "written_by": library_versions()},
     }
     data = save(store.tensors, metadata={"format": "pt", "mixrl_format": POLICY_FORMAT})
@@ -255,6 +272,8 @@ def write_policy_dir(ckpt: dict[str, Any], folder: str | Path, trusted: bool = F
     text = json.dumps(config, indent=2, allow_nan=False)
     atomic_write(folder / TENSOR_FILE, lambda f: f.write(data))
     atomic_write_text(folder / CONFIG_FILE, text + "\n")
+    for name in (TENSOR_FILE, CONFIG_FILE):  # files to share: readable by others (temporary files are owner-only)
+        os.chmod(folder / name, 0o644)
     return folder
 
 

@@ -309,13 +309,15 @@ def _unpickle_sb3_zip(zip_bytes: bytes) -> tuple[dict[str, Any], dict[str, torch
         data, params, _ = load_from_zip_file(io.BytesIO(zip_bytes), device="cpu")
     except Exception as err:
         raise UsageError(f"Not a readable Stable-Baselines3 model zip ({err}).") from err
+    kwargs, cls = data.get("policy_kwargs") or {}, data.get("policy_class")
+    if not isinstance(kwargs, dict) or not isinstance(cls, type) or "policy" not in params:
+        raise UsageError("The Stable-Baselines3 zip holds no policy class, policy_kwargs and policy weights.")
     policy_kwargs, class_kwargs = {}, {}
-    for key, value in data.get("policy_kwargs", {}).items():
+    for key, value in kwargs.items():
         if isinstance(value, type):
             class_kwargs[key] = f"{value.__module__}.{value.__qualname__}"
         else:
             policy_kwargs[key] = value
-    cls = data["policy_class"]
     description = {
         "policy_class": f"{cls.__module__}.{cls.__qualname__}",
         "observation_space": space_to_json(data["observation_space"]),
