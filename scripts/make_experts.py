@@ -531,7 +531,7 @@ def snapshots(opts: argparse.Namespace) -> list[tuple[int, Path]]:
     folder = Path(opts.snapshots or Path(opts.reference) / "snapshots")
     found = []
     for file in sorted(folder.glob("*.pt")):
-        step = int(torch.load(file, map_location="cpu", weights_only=False)["global_step"])
+        step = int(load_checkpoint(file, trusted=True)["global_step"])  # this stage reads your own snapshots
         found.append((step, file))
     return sorted(found)
 

@@ -103,7 +103,7 @@ def test_damaged_checkpoints_are_refused_and_left_as_they_are(runs, data):
             else:
                 file.write_bytes(data.draw(st.binary(max_size=4096), label="bytes"))
         before = tree_digest(run)
-        assert "checkpoint" in refused(["eval", str(run)])
+        assert "checkpoint" in refused(["eval", str(run / "checkpoints" / "final.pt")])  # (eval RUN reads policy/)
         assert "checkpoint" in refused([agent, "--resume", str(run)])
         assert tree_digest(run) == before
 

@@ -181,6 +181,12 @@ def test_collect_from_policy_and_concatenate(root, tmp_path):
     assert abs(noise.mean()) < 0.05 and 0.15 < noise.std() < 0.25, (noise.mean(), noise.std())
     expert_return = evaluate_checkpoint(run, episodes=1, seed=1_000_000)["mean_return"]
     assert medium.storage.metadata["ref_max_score"] == pytest.approx(expert_return)
+    # A shared policy folder alone (no checkpoint beside it) acts and measures the expert's score too.
+    shared = tmp_path / "shared"
+    (run / "policy").rename(shared)
+    collect(CollectArgs("expert", policy=str(shared), steps=50, ref_episodes=1, ref_min_score=-3300.0))
+    expert = minari.load_dataset("mixrl/pendulum-v1/expert-v0")
+    assert expert.total_steps == 50 and expert.storage.metadata["ref_max_score"] == pytest.approx(expert_return)
 
     sources = (RANDOM_ID, "mixrl/pendulum-v1/medium-v0")
     with pytest.raises(ValueError, match="reference scores"):

@@ -63,6 +63,9 @@ class CollectArgs:
     """seed of the first episode (episode i uses seed + i), of the random actions and of the action noise"""
     device: str = "cpu"
     """torch device of the policy"""
+    trust_pickle: bool = False
+    """read --policy and --expert files that need pickle (checkpoints from before plain-data checkpoints): this runs
+    code the file names, so only for files whose author you trust"""
 
 
 def episode_buffer(observations, actions, rewards, terminations, truncations, seed: int | None = None):
@@ -242,7 +245,7 @@ def reference_scores(
     if ref_max is None and expert == SCRIPTED:
         ref_max = evaluate(scripted_policy(env, seed), env_id, args.ref_episodes, seed, env_kwargs)["mean_return"]
     if ref_max is None:
-        ckpt = read_policy(expert)  # a policy folder or checkpoint, on the CPU: the actor alone moves to args.device
+        ckpt = read_policy(expert, args.trust_pickle)  # on the CPU: the actor alone moves
         if ckpt["env_id"] != env_id:
             raise UsageError(f"--expert {expert} was trained on {ckpt['env_id']}, not on {env_id}.")
         policy = policy_from_checkpoint(ckpt, args.device)
@@ -294,8 +297,12 @@ def collect(args: CollectArgs) -> str:
         env = make_env(env_id, **env_kwargs)
     else:
         scripted = args.policy == SCRIPTED
-        # newest: a run's latest.pt holds its replay buffer (medium-replay); final.pt does not
-        ckpt = None if args.kind == "random" or scripted else load_checkpoint(args.policy, newest=True)
+        if args.kind == "random" or scripted:
+            ckpt = None
+        elif args.kind == "medium-replay":  # newest: a run's latest.pt holds its replay buffer; final.pt does not
+            ckpt = load_checkpoint(args.policy, newest=True, trusted=args.trust_pickle)
+        else:  # a policy folder, run directory or checkpoint
+            ckpt = read_policy(args.policy, args.trust_pickle)
         env_id = args.env_id if ckpt is None else ckpt["env_id"]
         env_kwargs = parse_env_kwargs(args.env_kwargs) if ckpt is None else dict(ckpt.get("env_kwargs") or {})
         dataset_id = args.dataset_id or default_dataset_id(env_id, args.kind)
@@ -313,7 +320,8 @@ def collect(args: CollectArgs) -> str:
             elif scripted:
                 policy, algorithm = scripted_policy(env, args.seed), "the scripted expert"
             else:
-                policy, algorithm = load_policy(args.policy, args.device), f"mixrl-{ckpt['algo']} deterministic"
+                policy = load_policy(args.policy, args.device, trusted=args.trust_pickle)
+                algorithm = f"mixrl-{ckpt['algo']} deterministic"
             if args.action_noise:
                 policy = noisy_policy(policy, env.action_space, args.action_noise, args.seed)
                 algorithm += f" + N(0, {args.action_noise}^2) action noise"

@@ -185,6 +185,7 @@ class SB3Base(nn.Module):
         """The base of an SB3 model zip: its description from the zip's JSON `data` and its weights from policy.pth
         read with weights_only=True. Where SB3 stored something only as a pickle, one UsageError naming the opt-in,
         unless `trusted`: then SB3's own loader unpickles the zip (run only on files whose author you trust)."""
+        require("stable_baselines3", "bench", "A Stable-Baselines3 base policy")  # before the file is read
         try:
             description, params = _read_sb3_zip(zip_bytes)
         except SB3NeedsPickle as why:
