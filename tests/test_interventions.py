@@ -150,9 +150,7 @@ def test_bad_options_are_refused():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def label(
-    env: InterventionWrapper, actions: list[float], labeller: InterventionLabeller | None = None
-) -> list[tuple]:
+def label(env: InterventionWrapper, actions: list[float], labeller: InterventionLabeller | None = None) -> list[tuple]:
     """Drive one env through InterventionLabeller (default: RLIF's, which drops terminal transitions); the stored
     rows as (t of obs, action, reward, t of next_obs), with a fifth entry True for a stored terminal transition."""
     labeller = labeller or InterventionLabeller(1, 2, 1)

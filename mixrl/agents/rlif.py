@@ -15,6 +15,9 @@ demonstrations sampled beside the online data. With `--intervention none` it is 
     batch:   --offline-ratio of it from the demonstrations, the rest online (RLPD's symmetric sampling is 0.5); at 0
              the demonstrations simply sit in the replay buffer beside the online data (RLIF's released runs)
 
+A transition that ends the episode by termination is dropped, as in RLIF's code, which makes ending an episode
+the way to escape the -1s; --terminal-label absorbing stores it with r = -1 / (1 - gamma) instead.
+
 For its first --learning-starts steps the agent acts uniformly at random; the expert intervenes as usual.
 Demonstrations are a Minari dataset (`mixrl dataset collect expert ...`); with interventions their rewards are
 set to 0, as the intervention signal is the only reward. The expert is any mixrl run or checkpoint
@@ -81,9 +84,10 @@ class Args(RunFlags, SpeedFlags, ReplayFlags, VecEnvFlags, EnvFlags):
     takeover_steps: int = 4
     """steps the expert keeps control once it intervenes"""
     terminal_label: Literal["drop", "takeover", "absorbing"] = "drop"
-    """a transition that ends the episode by termination: dropped (RLIF's code; ending an episode costs nothing),
-    or stored as terminal with r = -1 (takeover: as if the expert had stepped in) or r = -1 / (1 - gamma)
-    (absorbing: as if it stepped in at every step from there on)"""
+    """a transition that ends the episode by termination: dropped (RLIF's code; ending an episode stops the -1s,
+    so the agent learns to fail fast), or stored as terminal with r = -1 (takeover: one takeover; still cheaper
+    than going on) or r = -1 / (1 - gamma) (absorbing: a takeover at every step from there on; removes the
+    incentive; results/rlif_findings.md)"""
     demos: str | None = None
     """Minari dataset id of demonstrations that join the replay data (none: online data alone)"""
     offline_ratio: float = 0.0

@@ -22,9 +22,16 @@ the expert stepped in at: `InterventionLabeller` does this for a vector env, and
 * every takeover transition, with r = 0 (the reference code stored only the last one of each takeover, a side
   effect of its loop; the others are valid experience of the expert's actions);
 * an episode end: a time-limit truncation is stored with r = 0 and bootstraps from the final observation; a
-  transition that ends the episode by termination is dropped, as the reference code in effect does (it never
-  stored an episode's last transition). With only non-positive rewards a stored terminal state would be worth
-  0, the best value there is, and would teach the agent to end episodes to escape the expert.
+  transition that ends the episode by termination is dropped by default (`terminal_reward=None`), as the
+  reference code in effect does (it never stored an episode's last transition). Dropping it does not hide the
+  termination from the learner: the -1s stop when the episode ends, so the states before a termination are
+  worth more (fewer -1s ahead) than those of an episode that goes on, and the agent learns to end episodes to
+  escape the expert (InvertedPendulum-v5 learns to drop the pole: results/rlif_findings.md). A stored terminal
+  with r = 0 would say the same outright. With `terminal_reward` set, the terminating transition is stored,
+  whoever acted, as terminal (no bootstrap) with that reward: -1 counts a termination as one takeover (which
+  still beats a future of takeovers, and the agent still fails fast), -1 / (1 - gamma) values the end as a
+  takeover at every step from there on, worse than any way of going on (`mixrl rlif --terminal-label
+  takeover|absorbing`).
 * an expert transition never carries -1: when the expert takes over again right after handing back, the
   takeover simply goes on.
 
@@ -178,6 +185,9 @@ class InterventionLabeller:
     next_obs, terminated) with a leading axis of rows: the agent's previous transition once the signal at its next
     state is known (r = -1 if a takeover started there), and this step's transition if the expert made it.
     The agent's own transition waits one step for its label (see the module docstring for the episode ends).
+    terminal_reward: None drops a transition that ends the episode by termination (RLIF); a number stores it as
+    terminal with that reward. `counts` holds the episodes ended by termination so far and those of them in
+    which no -1 had been stored (with None, episodes that cost nothing at all).
     """
 
     STATE = ("obs", "actions", "next_obs", "pending", "penalised", "counts")
