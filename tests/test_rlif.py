@@ -198,7 +198,7 @@ def test_dropped_terminal_transitions_teach_failing_fast_and_absorbing_labels_do
         return [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
 
     drop, absorbing = train("drop"), train("absorbing")
-    # seeds 1 / 2 / 3 at 2k steps (Intel Xeon with AMX): drop 12.7 / 13.0 / 5.7 after 118 / 126 / 137 terminations,
+    # seeds 1 / 2 / 3 at 2k steps (2-core AMD EPYC): drop 12.7 / 13.0 / 5.7 after 118 / 126 / 137 terminations,
     # absorbing 95.7 / 89.0 / 106.3 after 33 / 49 / 57; takeover (-1) 5.3 / 4.7 after 162 / 182 (seeds 2, 3)
     assert drop[-1]["terminations"] > 2 * absorbing[-1]["terminations"], (drop, absorbing)
     assert absorbing[-1]["mean_return"] > 3 * drop[-1]["mean_return"], (drop, absorbing)
