@@ -29,6 +29,20 @@ class EnvFlags:
 
 
 @dataclass
+class DatasetFlags(EnvFlags):
+    """Offline agents: the dataset they learn from and the env they are evaluated in."""
+
+    env_id: str | None = None
+    """evaluation environment (default: the one the dataset records; --env-kwargs are merged over its kwargs)"""
+    dataset_id: str = "mixrl/hopper-v5/medium-v0"
+    """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
+    total_steps: int = 1_000_000
+    """gradient steps to train for; on --resume, a new value extends the run"""
+    batch_size: int = 256
+    """transitions per gradient step, sampled uniformly with replacement"""
+
+
+@dataclass
 class VecEnvFlags:
     """How an online agent steps its envs."""
 
@@ -94,3 +108,17 @@ class RunFlags:
     """read files that need pickle (--resume, --base-policy, --expert, --reference: checkpoints written before mixrl
     stored plain data, SB3 zips that store their policy only as a pickle) or name classes outside mixrl's policy
     modules: only for files whose author you trust; pickle runs whatever code the file names"""
+
+
+@dataclass
+class OfflineRunFlags(RunFlags):
+    """RunFlags with the offline agents' defaults: steps are gradient steps."""
+
+    seed: int = 0
+    """seed of torch, NumPy, Python and the evaluation episodes"""
+    eval_every: int = 5000
+    """gradient steps between evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """deterministic episodes per evaluation (reset seeds 10000 + seed + i, the same at every evaluation)"""
+    checkpoint_every: int = 50_000
+    """gradient steps between checkpoints/latest.pt writes"""

@@ -177,6 +177,13 @@ def train(opts: argparse.Namespace) -> Path:
     return run
 
 
+def warn_if_far(level: dict, fraction: float) -> None:
+    """Say so when the chosen expert's return is not within half of its target fraction of R_ref either way."""
+    if not 0.5 * fraction <= level["fraction"] <= 1.5 * fraction:
+        print(f"warning: no candidate near {fraction:.2f} R_ref; widen --bc-steps or --bc-episodes, or try "
+              "--bc-data-noise", flush=True)  # fmt: skip
+
+
 def measure(policy, env_id: str, episodes: int, seed: int) -> dict:
     result = evaluate(policy, env_id, episodes, seed=seed)
     return {"mean": result["mean_return"], "std": result["std_return"], "episodes": episodes, "seed": seed}
@@ -488,9 +495,7 @@ def bc_levels(opts: argparse.Namespace) -> None:
         level["fraction"] = level["mean"] / ref["mean"]
         level["bytes"] = folder_bytes(out)
         chosen.append(level)
-        if not 0.5 * fraction <= level["fraction"] <= 1.5 * fraction:
-            print(f"warning: no candidate near {fraction:.2f} R_ref; widen --bc-steps or --bc-episodes, or try "
-                  "--bc-data-noise", flush=True)  # fmt: skip
+        warn_if_far(level, fraction)
         print(f"level {fraction:.2f}: {level['mean']:.1f} +- {level['std']:.1f} = {level['fraction']:.2f} R_ref "
               f"(BC on {best['num_episodes']} episodes, {best['total_steps']} steps) -> {out}", flush=True)  # fmt: skip
     RAW.mkdir(parents=True, exist_ok=True)
@@ -558,9 +563,7 @@ def levels(opts: argparse.Namespace) -> None:
         level = {"target_fraction": fraction, **best, **measure(act, opts.env_id, opts.episodes, opts.seed)}
         level["fraction"] = level["mean"] / ref["mean"]
         chosen.append(level)
-        if not 0.5 * fraction <= level["fraction"] <= 1.5 * fraction:
-            print(f"warning: no candidate near {fraction:.2f} R_ref; widen --bc-steps or --bc-episodes, or try "
-                  "--bc-data-noise", flush=True)  # fmt: skip
+        warn_if_far(level, fraction)
         print(f"level {fraction:.2f}: {level['mean']:.1f} +- {level['std']:.1f} = {level['fraction']:.2f} R_ref "
               f"(step {best['step']}, noise {best['noise']})", flush=True)  # fmt: skip
     RAW.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from tiny import COMMON, OFFLINE, PPO, SAC
 
 import mixrl
 from mixrl.agents import a2pr, dqn, ppo, rlif, sac, td3_bc
@@ -15,10 +16,6 @@ from mixrl.datasets import CollectArgs, collect
 from mixrl.evaluation import evaluate
 from mixrl.export import export_policy
 
-COMMON = dict(eval_every=0, eval_episodes=1, checkpoint_every=0)
-OFFLINE = dict(dataset_id="mixrl/pendulum-v1/random-v0", total_steps=4, batch_size=16, **COMMON)
-SAC = dict(env_id="Pendulum-v1", total_timesteps=64, learning_starts=32, batch_size=16, hidden_sizes=(16, 16), **COMMON)
-PPO = dict(env_id="Pendulum-v1", num_steps=64, num_minibatches=2, update_epochs=1, total_timesteps=64, **COMMON)
 RUNS = {
     "sac": (sac, SAC),
     "sac-normalized": (sac, {**SAC, "normalize_obs": True}),

@@ -22,6 +22,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import COMMON, OFFLINE, PPO, SAC
 
 from mixrl.agents import a2pr, bc, dqn, ppo, rlif, sac, td3_bc
 from mixrl.checkpoints import from_plain, load_checkpoint, space_from_json, space_to_json
@@ -36,10 +37,6 @@ from mixrl.policies.loading import policy_spec
 from mixrl.policies.residual import ResidualPolicy, SB3Base
 from mixrl.pretrained import load_base, load_reference_q
 
-COMMON = dict(eval_every=0, eval_episodes=1, checkpoint_every=0)
-OFFLINE = dict(dataset_id="mixrl/pendulum-v1/random-v0", total_steps=4, batch_size=16, **COMMON)
-SAC = dict(env_id="Pendulum-v1", total_timesteps=64, learning_starts=32, batch_size=16, hidden_sizes=(16, 16), **COMMON)
-PPO = dict(env_id="Pendulum-v1", num_steps=64, num_minibatches=2, update_epochs=1, total_timesteps=64, **COMMON)
 RUNS = {
     "sac": (sac, SAC),
     "sac-normalized": (sac, {**SAC, "normalize_obs": True}),

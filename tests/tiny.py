@@ -13,6 +13,13 @@ DATASET_ID = "mixrl/pendulum-v1/random-v0"
 REFS = {"ref_min_score": -1200.0, "ref_max_score": -100.0}
 
 
+# Settings of one-minute tables of runs (export, policy files): every agent at its smallest, no evaluations.
+COMMON = dict(eval_every=0, eval_episodes=1, checkpoint_every=0)
+OFFLINE = dict(dataset_id=DATASET_ID, total_steps=4, batch_size=16, **COMMON)
+SAC = dict(env_id="Pendulum-v1", total_timesteps=64, learning_starts=32, batch_size=16, hidden_sizes=(16, 16), **COMMON)
+PPO = dict(env_id="Pendulum-v1", num_steps=64, num_minibatches=2, update_epochs=1, total_timesteps=64, **COMMON)
+
+
 def sac_args(tmp_path, **kw) -> sac.Args:
     base = dict(env_id="Pendulum-v1", total_timesteps=200, learning_starts=100, batch_size=16, hidden_sizes=(16, 16))
     return sac.Args(**{**base, "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 100, **_root(tmp_path), **kw})

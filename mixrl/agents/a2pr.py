@@ -37,7 +37,7 @@ from torch import nn
 from mixrl.agents import td3_bc
 from mixrl.buffers import Batch
 from mixrl.datasets import load_dataset
-from mixrl.flags import EnvFlags, RunFlags, SpeedFlags
+from mixrl.flags import DatasetFlags, OfflineRunFlags, SpeedFlags
 from mixrl.optim import FlatAdam, flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.critics import QEnsemble, ValueNetwork
 from mixrl.policies.deterministic import DeterministicActor
@@ -47,23 +47,9 @@ from mixrl.runs import check_range, parse_args, record_given, start
 
 @record_given
 @dataclass
-class Args(RunFlags, SpeedFlags, EnvFlags):
-    env_id: str | None = None
-    """evaluation environment (default: the one the dataset records; --env-kwargs are merged over its kwargs)"""
+class Args(OfflineRunFlags, SpeedFlags, DatasetFlags):
     seed: int = 1024
     """seed of torch, NumPy, Python and the evaluation episodes"""
-    eval_every: int = 5000
-    """gradient steps between evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """deterministic episodes per evaluation (reset seeds 10000 + seed + i, the same at every evaluation)"""
-    checkpoint_every: int = 50_000
-    """gradient steps between checkpoints/latest.pt writes"""
-    dataset_id: str = "mixrl/hopper-v5/medium-v0"
-    """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
-    total_steps: int = 1_000_000
-    """gradient steps (iterations) to train for; on --resume, a new value extends the run"""
-    batch_size: int = 256
-    """transitions per iteration, sampled uniformly with replacement"""
     gamma: float = 0.99
     """discount factor"""
     tau: float = 0.005

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mixrl.datasets import load_dataset
-from mixrl.flags import EnvFlags, RunFlags, SpeedFlags
+from mixrl.flags import DatasetFlags, OfflineRunFlags, SpeedFlags
 from mixrl.optim import flatten_parameters, loss_gradient, matmul_precision
 from mixrl.policies.chunked import ChunkedActor
 from mixrl.policies.loading import policy_spec
@@ -37,15 +37,11 @@ from mixrl.runs import Parts, Run, RunPolicy, UsageError, check_range, parse_arg
 
 @record_given
 @dataclass
-class Args(RunFlags, SpeedFlags, EnvFlags):
-    env_id: str | None = None
-    """evaluation environment (default: the one the dataset records; --env-kwargs are merged over its kwargs)"""
-    seed: int = 0
-    """seed of torch, NumPy, Python and the evaluation episodes"""
-    eval_every: int = 5000
-    """gradient steps between evaluations (0: only at the end)"""
+class Args(OfflineRunFlags, SpeedFlags, DatasetFlags):
     eval_episodes: int = 20
     """deterministic episodes per evaluation (reset seeds 10000 + seed + i, the same at every evaluation)"""
+    checkpoint_every: int = 10_000
+    """gradient steps between checkpoints/latest.pt writes"""
     dataset_id: str = "mixrl/mixrl-peginsertion-v0/expert-v0"
     """Minari dataset id in $MINARI_DATASETS_PATH (default ~/.minari/datasets); make one with `mixrl dataset collect`"""
     num_episodes: int = 0
