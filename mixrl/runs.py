@@ -406,6 +406,7 @@ class Run:
         self.args, self.algo, self.env_id, self.agent = args, algo, env_id, agent_name(args)
         self.budget = int(getattr(args, budget, 0))
         self.checkpoint_every = int(getattr(args, "checkpoint_every", 0))
+        self.eval_every, self.log_every = int(getattr(args, "eval_every", 0)), int(getattr(args, "log_every", 1))
         self.device = torch.device(getattr(args, "device", "cpu"))
         self.saved = saved
         if saved is not None:
@@ -557,11 +558,11 @@ class Run:
             self.bar.update(step - self.bar.n)
         if metrics:
             self.metrics = metrics
-            if crossed(step, previous, int(getattr(self.args, "log_every", 1))):
+            if crossed(step, previous, self.log_every):
                 self.log_metrics(step, metrics)
         if step >= self.budget:
             return
-        if crossed(step, previous, int(getattr(self.args, "eval_every", 0))):
+        if crossed(step, previous, self.eval_every):
             self.keep_if_best(step, self.evaluate(step), loop)
         if crossed(step, previous, self.checkpoint_every) or self.stop_requested:
             self.save_checkpoint(step, loop)
