@@ -10,8 +10,10 @@ checkpoint and an action noise, 0 for the BC experts, with its return measured t
 expert, the same demonstrations (mixrl/<env>/rlif-demos-v0) and --total-timesteps environment steps, the expert's
 steps included.
 
-    rlif-value   mixrl rlif --intervention value   (reference Q: the reference folder's critic; a_cmp: the expert's)
-    rlif-random  mixrl rlif --intervention random  (p = 0.5 per step, as the released Hopper runs)
+    rlif-value            mixrl rlif --intervention value  (reference Q: the reference folder's critic; a_cmp: the
+                          expert's; terminating transitions dropped, as RLIF's code)
+    rlif-value-absorbing  the same with --terminal-label absorbing (results/rlif_findings.md)
+    rlif-random           mixrl rlif --intervention random (p = 0.5 per step, as the released Hopper runs)
     hg-dagger    mixrl dagger --method hg-dagger   (gated takeovers, expert labels only)
     dagger       mixrl dagger --method dagger      (half of the visited states relabelled by the expert)
 
@@ -34,8 +36,9 @@ from mixrl.sweep import SweepArgs, Trial, cpu_name, run_sweep, shown_command, tr
 
 SWEEPS = Path("runs/sweeps")
 METHODS = {
-    "rlif-value": ("rlif", {"intervention": "value"}),
-    "rlif-random": ("rlif", {"intervention": "random", "intervention_probability": 0.5}),
+    "rlif-value": ("rlif", {"intervention": "value", "terminal_label": "drop"}),
+    "rlif-value-absorbing": ("rlif", {"intervention": "value", "terminal_label": "absorbing"}),
+    "rlif-random": ("rlif", {"intervention": "random", "intervention_probability": 0.5, "terminal_label": "drop"}),
     "hg-dagger": ("dagger", {"method": "hg-dagger"}),
     "dagger": ("dagger", {"method": "dagger"}),
 }
@@ -70,7 +73,14 @@ def trials(opts: argparse.Namespace) -> list[Trial]:
             "hidden_sizes": " ".join(map(str, opts.hidden_sizes)),
         }
         if agent == "rlif":
-            flags.update(reference=record["reference"], utd_ratio=opts.utd, learning_starts=opts.learning_starts)
+            flags.update(
+                reference=record["reference"],
+                utd_ratio=opts.utd,
+                learning_starts=opts.learning_starts,
+                num_critics=opts.num_critics,
+                matmul_precision=opts.matmul_precision,
+                compile=opts.compile,
+            )
         else:
             flags.update(pretrain_steps=opts.pretrain_steps, train_steps=opts.train_steps)
         variant = f"{method}@{level_name(level)}"
@@ -92,6 +102,11 @@ def interventions_curve(run_dir: str) -> list[tuple[int, int, float, int | None]
     return [(e["step"], e["interventions"], e["mean_return"], e.get("expert_labels")) for e in map(json.loads, lines)]
 
 
+def mean_of(evaluations: list[dict], key: str) -> float | None:
+    """The mean of a count over runs' last evaluations; None where the agent does not count it."""
+    return float(np.mean([e[key] for e in evaluations])) if all(key in e for e in evaluations) else None
+
+
 def cmd_report(opts: argparse.Namespace) -> None:
     import matplotlib
 
@@ -104,6 +119,7 @@ def cmd_report(opts: argparse.Namespace) -> None:
     for r in records:
         r["method"], r["level"] = r["variant"].split("@")
         r["interventions"] = interventions_curve(r["run_dir"])
+        r["last"] = json.loads((Path(r["run_dir"]) / "evaluations.jsonl").read_text().splitlines()[-1])
     rows, groups = [], sorted({(r["env_id"], r["level"]) for r in records})
     fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
     for (env_id, level), (ax_steps, ax_int) in zip(groups, axes):
@@ -117,6 +133,7 @@ def cmd_report(opts: argparse.Namespace) -> None:
             finals = [r["curve"][-1][1] for r in runs]
             used = [r["interventions"][-1][1] for r in runs]
             labels = [r["interventions"][-1][3] for r in runs]
+            last = [r["last"] for r in runs]
             rows.append(
                 {
                     "env_id": env_id,
@@ -128,6 +145,8 @@ def cmd_report(opts: argparse.Namespace) -> None:
                     "finals": finals,
                     "interventions": float(np.mean(used)),
                     "expert_labels": None if None in labels else float(np.mean(labels)),
+                    "terminations": mean_of(last, "terminations"),
+                    "unlabelled_terminations": mean_of(last, "unlabelled_terminations"),
                     "expert": [expert["mean"], expert["std"]],
                     "minutes": float(np.mean([r["wall_seconds"] for r in runs]) / 60),
                 }
@@ -159,18 +178,22 @@ def cmd_report(opts: argparse.Namespace) -> None:
         "Deterministic evaluation return (task reward) of the learner, mean +- std over seeds, after the same budget",
         "of environment steps for every method (the expert's steps included), against the intervening expert's own",
         "return (50 episodes). Interventions: expert takeovers in the whole run (DAgger never hands over control);",
-        "expert labels: states that joined the DAgger aggregate with the expert's action.",
+        "expert labels: states that joined the DAgger aggregate with the expert's action; terminations (unlabelled):",
+        "RLIF's episodes that ended by termination, and those of them with no -1 stored before their end.",
         "",
         "| env | expert | expert return | method | seeds | steps | final return | interventions | expert labels "
-        "| minutes per run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| terminations (unlabelled) | minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         labels = "-" if row["expert_labels"] is None else f"{row['expert_labels']:.0f}"
+        ends = "-"
+        if row["terminations"] is not None:
+            ends = f"{row['terminations']:.0f} ({row['unlabelled_terminations']:.0f})"
         lines.append(
             f"| {row['env_id']} | {row['level']} | {row['expert'][0]:.0f} +- {row['expert'][1]:.0f} | {row['method']} "
             f"| {', '.join(map(str, row['seeds']))} | {row['steps']} | {row['final'][0]:.0f} +- {row['final'][1]:.0f} "
-            f"| {row['interventions']:.0f} | {labels} | {row['minutes']:.0f} |"
+            f"| {row['interventions']:.0f} | {labels} | {ends} | {row['minutes']:.0f} |"
         )
     lines += ["", f"![curves]({opts.name}.png)", "", f"Machine: {cpu_name()}, shared with other jobs. Made with:", ""]
     lines += [f"    {c}" for c in (commands.read_text().splitlines() if commands.is_file() else [])]
@@ -196,6 +219,9 @@ def main() -> None:
     run.add_argument("--hidden-sizes", type=int, nargs="+", default=[256, 256])
     run.add_argument("--utd", type=int, default=2, help="rlif: critic steps per env step")
     run.add_argument("--learning-starts", type=int, default=1000, help="rlif: uniform-random agent steps first")
+    run.add_argument("--num-critics", type=int, default=10, help="rlif: size of the critic ensemble")
+    run.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default="highest", help="rlif")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="rlif: torch.compile")
     run.add_argument("--pretrain-steps", type=int, default=2000, help="dagger: BC steps on the demonstrations")
     run.add_argument("--train-steps", type=int, default=500, help="dagger: BC steps per iteration")
     run.add_argument("--max-concurrent", type=int, default=1)

@@ -64,9 +64,14 @@ def test_target_is_the_min_over_the_drawn_members_without_entropy():
     assert torch.allclose(loss, expected)
     full_min = qf_target(batch.next_obs, next_actions).min(0).values
     assert not torch.allclose(next_q, full_min)  # the subset's minimum, not the ensemble's
-    args.backup_entropy = True  # SAC's soft target: - alpha log pi
+    args.backup_entropy = "on"  # SAC's soft target: - alpha log pi
     soft, _ = rlif.CriticObjective(args, qf, qf_target)(batch, next_actions, next_log_prob, torch.tensor(5.0), members)
     assert not torch.allclose(soft, loss)
+    rlpd = rlif.Args(num_critics=10, critic_subset=2, gamma=0.9, intervention="none")  # RLPD: soft by default
+    rlpd_loss, _ = rlif.CriticObjective(rlpd, qf, qf_target)(
+        batch, next_actions, next_log_prob, torch.tensor(5.0), members
+    )
+    assert torch.allclose(rlpd_loss, soft)
 
 
 def test_update_is_per_batch_critic_steps_then_one_actor_step():

@@ -5,7 +5,8 @@ demonstrations sampled beside the online data. With `--intervention none` it is 
     reward:  r = -1 on the agent's transition before the expert takes over, 0 otherwise (the env's reward is
              discarded; mixrl.envs.interventions: who intervenes when, and which transitions are stored)
     critic:  y = r + gamma (1 - terminated) min_{j in J} Qbar_j(s', a'),   a' ~ pi(.|s'),  J = 2 of the N critics
-             drawn at random per update (no entropy term, as the RLIF code; --backup-entropy adds -alpha log pi)
+             drawn at random per update (with interventions no entropy term, as the RLIF code; with the task
+             reward, as RLPD, minus alpha log pi(a'|s'); --backup-entropy on|off chooses)
              L_Q = mean_j E[(Q_j(s, a) - y)^2],  each Q_j an MLP with LayerNorm before every ReLU
     actor:   L_pi = E[alpha log pi(a~|s) - mean_j Q_j(s, a~)]
     alpha:   L_alpha = -E[log alpha (log pi(a~|s) + H_target)],   H_target = -|A| / 2
@@ -114,8 +115,9 @@ class Args(RunFlags, SpeedFlags, ReplayFlags, VecEnvFlags, EnvFlags):
     """target critics, drawn at random for each critic step, whose minimum makes the target"""
     critic_layer_norm: bool = True
     """LayerNorm before each ReLU of the critics"""
-    backup_entropy: bool = False
-    """subtract alpha log pi(a'|s') in the target (SAC's soft target; the RLIF code leaves it out)"""
+    backup_entropy: Literal["auto", "on", "off"] = "auto"
+    """subtract alpha log pi(a'|s') in the target (SAC's soft target); auto: on with --intervention none (RLPD's
+    configuration), off with interventions (the RLIF code leaves it out)"""
     alpha: float = 1.0
     """initial entropy temperature"""
     target_entropy_scale: float = 0.5
@@ -200,6 +202,12 @@ def target_actions(actor: TanhGaussianActor, batches: list[Batch]) -> list[tuple
     return list(zip(next_actions.split(sizes), next_log_prob.split(sizes)))
 
 
+def soft_backup(args: Args) -> bool:
+    """Whether the critic target carries the entropy term: --backup-entropy on/off, or at auto RLPD's choice (on)
+    for the task reward and RLIF's (off) for the intervention signal."""
+    return args.intervention == "none" if args.backup_entropy == "auto" else args.backup_entropy == "on"
+
+
 class CriticObjective(nn.Module):
     """L_Q of the ensemble: (batch, target actions a' ~ pi(.|s') and their log pi, alpha, target members J) ->
     (L_Q, mean Q). The target carries no gradient."""
@@ -218,7 +226,7 @@ class CriticObjective(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             next_q = self.qf_target(batch.next_obs, next_actions, members).min(0).values
-            if self.args.backup_entropy:
+            if soft_backup(self.args):
                 next_q = next_q - alpha * next_log_prob
             target = batch.rewards + self.args.gamma * (1.0 - batch.terminated) * next_q
         q = self.qf(batch.obs, batch.actions)
