@@ -13,6 +13,8 @@ steps included.
     rlif-value            mixrl rlif --intervention value  (reference Q: the reference folder's critic; a_cmp: the
                           expert's; terminating transitions dropped, as RLIF's code)
     rlif-value-absorbing  the same with --terminal-label absorbing (results/rlif_findings.md)
+    rlif-value-grace      rlif-value with --grace-steps 1: the agent acts one untested step after each takeover,
+                          as RLIF's loop, so that every takeover charges an agent step
     rlif-random           mixrl rlif --intervention random (p = 0.5 per step, as the released Hopper runs)
     hg-dagger    mixrl dagger --method hg-dagger   (gated takeovers, expert labels only)
     dagger       mixrl dagger --method dagger      (half of the visited states relabelled by the expert)
@@ -38,6 +40,7 @@ SWEEPS = Path("runs/sweeps")
 METHODS = {
     "rlif-value": ("rlif", {"intervention": "value", "terminal_label": "drop"}),
     "rlif-value-absorbing": ("rlif", {"intervention": "value", "terminal_label": "absorbing"}),
+    "rlif-value-grace": ("rlif", {"intervention": "value", "terminal_label": "drop", "grace_steps": 1}),
     "rlif-random": ("rlif", {"intervention": "random", "intervention_probability": 0.5, "terminal_label": "drop"}),
     "hg-dagger": ("dagger", {"method": "hg-dagger"}),
     "dagger": ("dagger", {"method": "dagger"}),
@@ -209,7 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
-    run.add_argument("--env-ids", nargs="+", default=["Hopper-v5", "Walker2d-v5"])
+    run.add_argument("--env-ids", nargs="+", default=["InvertedDoublePendulum-v5", "Hopper-v5"])
     run.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2], help="indices into the experts file's levels")
     run.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     run.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])

@@ -193,6 +193,21 @@ def test_takeover_right_after_a_takeover_gives_no_minus_one_to_the_expert():
     assert [r[2] for r in rows] == [0.0, 0.0, 0.0, 0.0, 0.0] and all(r[1] == 0.5 for r in rows)
 
 
+def test_grace_step_lets_the_agent_act_after_each_takeover_so_every_takeover_carries_a_minus_one():
+    """RLIF's loop (grace_steps=1): after a hand-back the agent acts one untested step, so a takeover that follows
+    charges that step; without it the expert takes over again at once and nothing is charged."""
+    env = wrapped(grace_steps=1)
+    env.env._max_episode_steps = 8
+    steps = run(env, [-1.0] * 8)
+    assert [s[1] for s in steps] == [True, True, False, True, True, False, True, True]  # 2 expert steps, agent, ...
+    rows = label(env, [-1.0] * 8)
+    assert [(o, r) for o, _, r, _ in rows if r != 0] == [(2, -1.0), (5, -1.0)]  # each agent step: -1
+    env = wrapped()
+    env.env._max_episode_steps = 8
+    assert all(s[1] for s in run(env, [-1.0] * 8))  # one takeover after another
+    assert all(r == 0 for _, _, r, _ in label(env, [-1.0] * 8))
+
+
 def test_takeover_running_into_termination_drops_the_terminal_transition():
     # agent at t=0, expert takes over at s_1 (k = 2) and the episode terminates on its second step (t=2 -> 3).
     rows = label(wrapped(terminate_at=3), [0.5, -1.0, 0.0, 0.0])

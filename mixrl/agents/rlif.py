@@ -84,6 +84,10 @@ class Args(RunFlags, SpeedFlags, ReplayFlags, VecEnvFlags, EnvFlags):
     """random: probability of an intervention at each step where the agent is in control"""
     takeover_steps: int = 4
     """steps the expert keeps control once it intervenes"""
+    grace_steps: int = 0
+    """agent steps after each takeover before the expert may intervene again: 0 tests at the hand-back, and a
+    takeover that follows one at once charges no agent step; 1 is RLIF's loop, where every takeover follows an
+    agent step that carries its -1"""
     terminal_label: Literal["drop", "takeover", "absorbing"] = "drop"
     """a transition that ends the episode by termination: dropped (RLIF's code; ending an episode stops the -1s,
     so the agent learns to fail fast), or stored as terminal with r = -1 (takeover: one takeover; still cheaper
@@ -138,6 +142,8 @@ def check_args(args: Args, has_expert: bool = False) -> None:
         raise UsageError(
             f"--critic-subset must lie in [1, --num-critics = {args.num_critics}], got {args.critic_subset}."
         )
+    if args.grace_steps < 0:
+        raise UsageError(f"--grace-steps must be at least 0, got {args.grace_steps}.")
     if args.utd_ratio < 1:
         raise UsageError(f"--utd-ratio must be at least 1, got {args.utd_ratio}.")
     if args.learning_starts < 1:

@@ -33,7 +33,9 @@ the expert stepped in at: `InterventionLabeller` does this for a vector env, and
   takeover at every step from there on, worse than any way of going on (`mixrl rlif --terminal-label
   takeover|absorbing`).
 * an expert transition never carries -1: when the expert takes over again right after handing back, the
-  takeover simply goes on.
+  takeover simply goes on, and no agent transition is charged for it (about half of all takeovers on
+  InvertedDoublePendulum with a weak agent). With `grace_steps = 1` (RLIF's loop, which lets the agent act one
+  untested step after each takeover) every takeover follows an agent step, which carries its -1.
 
 `info` of every step: task_reward (the env's reward), intervened (the expert acted this step), takeover_start
 (this step began a takeover), expert_action and action (the one executed), in the env's action space.
@@ -60,6 +62,7 @@ class InterventionWrapper(gym.Wrapper):
     compare: obs -> the comparison action of the value test (default: the expert's action).
     expert_noise: std of Gaussian noise added to the expert's action, in units of half the action range, then
     clipped (a weaker expert); drawn from this wrapper's generator, which checkpoints carry.
+    grace_steps: agent steps after each takeover before the expert may take over again (RLIF's code: 1).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class InterventionWrapper(gym.Wrapper):
         gate_decay: float = 0.1,
         takeover_steps: int = 4,
         expert_noise: float = 0.0,
+        grace_steps: int = 0,
         seed: int | None = None,
     ):
         super().__init__(env)
@@ -93,15 +97,18 @@ class InterventionWrapper(gym.Wrapper):
             raise ValueError(f"beta ({beta}) and probability ({probability}) must lie in [0, 1].")
         if takeover_steps < 1:
             raise ValueError(f"takeover_steps must be at least 1, got {takeover_steps}.")
+        if grace_steps < 0:
+            raise ValueError(f"grace_steps must be at least 0, got {grace_steps}.")
         self.expert, self.mode, self.q_value, self.compare = expert, mode, q_value, compare
         self.beta, self.delta, self.relative, self.probability = beta, delta, relative, probability
         low, high = env.action_space.low, env.action_space.high
         self._low, self._half_range = low, 0.5 * (high - low)
         self.gate_threshold = 0.5 * low.size if gate_threshold is None else gate_threshold
         self.gate_epsilon, self.gate_decay = gate_epsilon, gate_decay
-        self.takeover_steps, self.expert_noise = takeover_steps, expert_noise
+        self.takeover_steps, self.expert_noise, self.grace_steps = takeover_steps, expert_noise, grace_steps
         self.rng = np.random.default_rng(seed)
         self.remaining = 0  # takeover steps the expert still has
+        self.grace = 0  # agent steps left before the expert may take over again
         self.episodes = -1  # index of the current episode (HG-DAgger's epsilon decays with it)
         self.obs: np.ndarray | None = None
 
@@ -109,7 +116,7 @@ class InterventionWrapper(gym.Wrapper):
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         self.obs, info = self.env.reset(seed=seed, options=options)
-        self.remaining, self.episodes = 0, self.episodes + 1
+        self.remaining, self.grace, self.episodes = 0, 0, self.episodes + 1
         return self.obs, info
 
     def expert_action(self, obs: np.ndarray) -> np.ndarray | None:
@@ -142,13 +149,17 @@ class InterventionWrapper(gym.Wrapper):
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=self.action_space.dtype)
         expert_action = self.expert_action(self.obs)
-        start = self.remaining == 0 and self.wants_takeover(self.obs, action, expert_action)
+        start = self.remaining == 0 and self.grace == 0 and self.wants_takeover(self.obs, action, expert_action)
         if start:
             self.remaining = self.takeover_steps
         intervened = self.remaining > 0
         executed = expert_action if intervened else action
         self.obs, task_reward, terminated, truncated, info = self.env.step(executed)
-        self.remaining = max(self.remaining - 1, 0)
+        if intervened:
+            self.remaining -= 1
+            self.grace = self.grace_steps if self.remaining == 0 else 0  # untested agent steps after the hand-back
+        else:
+            self.grace = max(self.grace - 1, 0)
         info = {
             **info,
             "task_reward": float(task_reward),
