@@ -150,6 +150,7 @@ def cmd_report(opts: argparse.Namespace) -> None:
                     "expert_labels": None if None in labels else float(np.mean(labels)),
                     "terminations": mean_of(last, "terminations"),
                     "unlabelled_terminations": mean_of(last, "unlabelled_terminations"),
+                    "charged_takeovers": mean_of(last, "charged_takeovers"),
                     "expert": [expert["mean"], expert["std"]],
                     "minutes": float(np.mean([r["wall_seconds"] for r in runs]) / 60),
                 }
@@ -180,7 +181,9 @@ def cmd_report(opts: argparse.Namespace) -> None:
         "",
         "Deterministic evaluation return (task reward) of the learner, mean +- std over seeds, after the same budget",
         "of environment steps for every method (the expert's steps included), against the intervening expert's own",
-        "return (50 episodes). Interventions: expert takeovers in the whole run (DAgger never hands over control);",
+        "return (deterministic, over the episodes its experts file records). Interventions: expert takeovers in the",
+        "whole run (DAgger never hands over control), in brackets those that stored a -1 on the agent's step before",
+        "them (RLIF runs that count them);",
         "expert labels: states that joined the DAgger aggregate with the expert's action; terminations (unlabelled):",
         "RLIF's episodes that ended by termination, and those of them with no -1 stored before their end.",
         "",
@@ -190,13 +193,14 @@ def cmd_report(opts: argparse.Namespace) -> None:
     ]
     for row in rows:
         labels = "-" if row["expert_labels"] is None else f"{row['expert_labels']:.0f}"
+        charged = "" if row["charged_takeovers"] is None else f" ({row['charged_takeovers']:.0f})"
         ends = "-"
         if row["terminations"] is not None:
             ends = f"{row['terminations']:.0f} ({row['unlabelled_terminations']:.0f})"
         lines.append(
             f"| {row['env_id']} | {row['level']} | {row['expert'][0]:.0f} +- {row['expert'][1]:.0f} | {row['method']} "
             f"| {', '.join(map(str, row['seeds']))} | {row['steps']} | {row['final'][0]:.0f} +- {row['final'][1]:.0f} "
-            f"| {row['interventions']:.0f} | {labels} | {ends} | {row['minutes']:.0f} |"
+            f"| {row['interventions']:.0f}{charged} | {labels} | {ends} | {row['minutes']:.0f} |"
         )
     lines += ["", f"![curves]({opts.name}.png)", "", f"Machine: {cpu_name()}, shared with other jobs. Made with:", ""]
     lines += [f"    {c}" for c in (commands.read_text().splitlines() if commands.is_file() else [])]

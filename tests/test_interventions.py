@@ -200,12 +200,14 @@ def test_grace_step_lets_the_agent_act_after_each_takeover_so_every_takeover_car
     env.env._max_episode_steps = 8
     steps = run(env, [-1.0] * 8)
     assert [s[1] for s in steps] == [True, True, False, True, True, False, True, True]  # 2 expert steps, agent, ...
-    rows = label(env, [-1.0] * 8)
+    labeller = InterventionLabeller(1, 2, 1)
+    rows = label(env, [-1.0] * 8, labeller)
     assert [(o, r) for o, _, r, _ in rows if r != 0] == [(2, -1.0), (5, -1.0)]  # each agent step: -1
-    env = wrapped()
+    assert labeller.counts[2] == 2  # both takeovers after the first charged an agent step
+    env, labeller = wrapped(), InterventionLabeller(1, 2, 1)
     env.env._max_episode_steps = 8
     assert all(s[1] for s in run(env, [-1.0] * 8))  # one takeover after another
-    assert all(r == 0 for _, _, r, _ in label(env, [-1.0] * 8))
+    assert all(r == 0 for _, _, r, _ in label(env, [-1.0] * 8, labeller)) and labeller.counts[2] == 0
 
 
 def test_takeover_running_into_termination_drops_the_terminal_transition():
@@ -227,11 +229,11 @@ def test_fail_fast_episode_costs_nothing_when_terminal_transitions_are_dropped()
     labeller = InterventionLabeller(1, 2, 1)
     fail_fast = label(wrapped(terminate_at=2), [0.5, 0.5], labeller)
     assert fail_fast == [(0, 0.5, 0.0, 1)]  # the terminal transition (s_1, a_1, s_2) is not stored at all
-    assert labeller.counts.tolist() == [1, 1]  # one termination, with no -1 stored before it
+    assert labeller.counts.tolist() == [1, 1, 0]  # one termination, with no -1 stored before it; no -1 at all
     keeps_going = label(wrapped(), [0.5, 0.5, -1.0, 0.5, 0.5], labeller)
     assert sum(r[2] for r in fail_fast) == 0.0 > sum(r[2] for r in keeps_going) == -1.0
     assert label(wrapped(terminate_at=4), [0.5, -1.0, 0.0, 0.0], labeller)[0][2] == -1.0  # taken over, then ended
-    assert labeller.counts.tolist() == [2, 1]  # that termination had a -1 before it
+    assert labeller.counts.tolist() == [2, 1, 2]  # that termination had a -1 before it; two -1s stored in all
 
 
 @pytest.mark.parametrize("terminal_reward", [-1.0, -10.0])
@@ -245,7 +247,7 @@ def test_terminal_label_option_stores_terminations_as_terminal_penalties(termina
     expert_ends = label(wrapped(terminate_at=3), [0.5, -1.0, 0.0, 0.0], labeller)  # the takeover runs into it
     assert expert_ends == [(0, 0.5, -1.0, 1), (1, 0.5, 0.0, 2), (2, 0.5, terminal_reward, 3, True)]
     assert label(wrapped(takeover_steps=4), [0.5, 0.5, 0.5, -1.0, 0.0], labeller)[-1] == (4, 0.5, 0.0, 5)
-    assert labeller.counts.tolist() == [2, 1]
+    assert labeller.counts.tolist() == [2, 1, 2]
 
 
 def test_takeover_running_into_truncation_is_stored_and_bootstraps():

@@ -340,8 +340,9 @@ def store_labelled(
 ) -> None:
     """Store what the intervention signal has labelled after an env step (obs, final_obs, terminated, truncated):
     the InterventionLabeller's rows. Counts the takeovers in run.extra["interventions"], the episodes ended by
-    termination in "terminations" and those of them that had no -1 stored before their end (which cost nothing
-    with --terminal-label drop) in "unlabelled_terminations", and logs the episodes that ended with their task
+    termination in "terminations", those of them that had no -1 stored before their end (which cost nothing
+    with --terminal-label drop) in "unlabelled_terminations" and the takeovers that stored a -1 on the agent's
+    step before them in "charged_takeovers", and logs the episodes that ended with their task
     return (the env's reward is the signal) and their interventions."""
     obs, final_obs, terminated, truncated = transition
     info, device = envs.info, obs.device
@@ -364,8 +365,9 @@ def store_labelled(
     signal_returns, lengths = envs.pop_episodes()  # the signal's return is minus the takeovers
     # one read of the device: the ended episodes and the labeller's termination counters
     host = torch.cat([(terminated | truncated).long(), labeller.counts]).cpu().numpy()
-    ended = np.flatnonzero(host[:-2])
-    run.extra["terminations"], run.extra["unlabelled_terminations"] = host[-2:].tolist()
+    ended = np.flatnonzero(host[:-3])
+    names = ("terminations", "unlabelled_terminations", "charged_takeovers")
+    run.extra.update(zip(names, host[-3:].tolist()))
     run.log_episodes(step, task_returns[ended].tolist(), lengths)
     for signal_return in signal_returns:
         run.log_scalars(step, {"charts/episode_interventions": -signal_return})

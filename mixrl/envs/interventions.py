@@ -197,8 +197,9 @@ class InterventionLabeller:
     state is known (r = -1 if a takeover started there), and this step's transition if the expert made it.
     The agent's own transition waits one step for its label (see the module docstring for the episode ends).
     terminal_reward: None drops a transition that ends the episode by termination (RLIF); a number stores it as
-    terminal with that reward. `counts` holds the episodes ended by termination so far and those of them in
-    which no -1 had been stored (with None, episodes that cost nothing at all).
+    terminal with that reward. `counts` holds the episodes ended by termination so far, those of them in which no
+    -1 had been stored (with None, episodes that cost nothing at all) and the -1s stored (takeovers that charged an
+    agent step).
     """
 
     STATE = ("obs", "actions", "next_obs", "pending", "penalised", "counts")
@@ -217,8 +218,8 @@ class InterventionLabeller:
         self.next_obs = torch.zeros(num_envs, obs_dim, device=device)
         self.pending = torch.zeros(num_envs, dtype=torch.bool, device=device)
         self.penalised = torch.zeros(num_envs, dtype=torch.bool, device=device)  # a -1 stored in the running episode
-        # episodes ended by termination so far, and those of them in which no -1 had been stored before the end
-        self.counts = torch.zeros(2, dtype=torch.long, device=device)
+        # episodes ended by termination so far, those of them in which no -1 had been stored before the end, -1s stored
+        self.counts = torch.zeros(3, dtype=torch.long, device=device)
 
     def step(
         self,
@@ -254,8 +255,9 @@ class InterventionLabeller:
             terminal_rows = torch.zeros_like(reward_rows)
         else:
             terminal_rows = torch.cat([torch.zeros_like(now_rewards), terminated.float()]).index_select(0, rows)
-        self.penalised |= labelled & takeover_start
-        self.counts += torch.stack([terminated.sum(), (terminated & ~self.penalised).sum()])
+        charged = labelled & takeover_start
+        self.penalised |= charged
+        self.counts += torch.stack([terminated.sum(), (terminated & ~self.penalised).sum(), charged.sum()])
         self.penalised &= ~ended
         wait = ~intervened & ~ended  # the agent's transitions that wait for the next step's signal: masked writes
         self.obs.copy_(torch.where(wait[:, None], obs, self.obs))
@@ -269,5 +271,5 @@ class InterventionLabeller:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name in self.STATE:
-            if name in state:  # checkpoints from before the termination counters have none: they start from 0
-                getattr(self, name).copy_(state[name])
+            if name in state:  # older checkpoints lack the counters, or the last ones: those start from 0
+                getattr(self, name)[: len(state[name])].copy_(state[name])
