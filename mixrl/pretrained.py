@@ -113,7 +113,6 @@ def intervention_wrapper(
             compare,
             takeover_steps=args.takeover_steps,
             expert_noise=args.expert_noise,
-            grace_steps=getattr(args, "grace_steps", 0),
             **options,
         )
 

@@ -99,10 +99,14 @@ def cmd_run(opts: argparse.Namespace) -> None:
         f.write(shown_command(["python", "scripts/bench_rlif.py", *sys.argv[1:]]) + "\n")
 
 
-def interventions_curve(run_dir: str) -> list[tuple[int, int, float, int | None]]:
+def evaluations(run_dir: str) -> list[dict]:
+    """The run's evaluation lines (step, return, expert takeovers and, by agent, labels and termination counts)."""
+    return [json.loads(line) for line in (Path(run_dir) / "evaluations.jsonl").read_text().splitlines()]
+
+
+def interventions_curve(lines: list[dict]) -> list[tuple[int, int, float, int | None]]:
     """(step, expert takeovers so far, return, expert-labelled states so far (DAgger family)) of each evaluation."""
-    lines = (Path(run_dir) / "evaluations.jsonl").read_text().splitlines()
-    return [(e["step"], e["interventions"], e["mean_return"], e.get("expert_labels")) for e in map(json.loads, lines)]
+    return [(e["step"], e["interventions"], e["mean_return"], e.get("expert_labels")) for e in lines]
 
 
 def mean_of(evaluations: list[dict], key: str) -> float | None:
@@ -121,8 +125,8 @@ def cmd_report(opts: argparse.Namespace) -> None:
         sys.exit(f"No finished trials in {SWEEPS / opts.name}.")
     for r in records:
         r["method"], r["level"] = r["variant"].split("@")
-        r["interventions"] = interventions_curve(r["run_dir"])
-        r["last"] = json.loads((Path(r["run_dir"]) / "evaluations.jsonl").read_text().splitlines()[-1])
+        lines = evaluations(r["run_dir"])
+        r["interventions"], r["last"] = interventions_curve(lines), lines[-1]
     rows, groups = [], sorted({(r["env_id"], r["level"]) for r in records})
     fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
     for (env_id, level), (ax_steps, ax_int) in zip(groups, axes):

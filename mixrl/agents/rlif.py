@@ -305,6 +305,7 @@ def make_wrapper(
         "delta": args.delta,
         "relative": args.relative_margin,
         "probability": args.intervention_probability,
+        "grace_steps": args.grace_steps,
     }
     return intervention_wrapper(args, args.intervention, device, expert, reference_q, **options)
 
