@@ -41,25 +41,25 @@ def train_multigoal(seed: int, steps: int) -> Path:
     return sac.main(args)
 
 
-def load_mixture_policy(run: Path):
+def load_mixture_policy(run: Path, trusted: bool):
     """The deterministic policy of a PMOE-SAC run or checkpoint (its head is `policy.actor`) and the checkpoint."""
     from mixrl.checkpoints import load_checkpoint
     from mixrl.evaluation import policy_from_checkpoint
     from mixrl.policies.mixture import GaussianMixtureHead
 
-    ckpt = load_checkpoint(run)
+    ckpt = load_checkpoint(run, trusted=trusted)
     policy = policy_from_checkpoint(ckpt)
     if not isinstance(policy.actor, GaussianMixtureHead):
         raise ValueError(f"{run} holds a {type(policy.actor).__name__}, not a mixture: train with --policy gmm.")
     return policy, ckpt
 
 
-def plot_experts(run: Path, path: Path) -> None:
+def plot_experts(run: Path, path: Path, trusted: bool) -> None:
     import matplotlib.pyplot as plt
 
     from mixrl.envs.multigoal import BOUND, GOAL_RADIUS, GOALS, follow_policy
 
-    policy, ckpt = load_mixture_policy(run)
+    policy, ckpt = load_mixture_policy(run, trusted)
     head = policy.actor
     if ckpt["env_id"] != "mixrl/MultiGoal-v0" or ckpt["obs_normalizer"] is not None:
         raise ValueError(f"{run}: expert trajectories need a mixrl/MultiGoal-v0 run without --normalize-obs.")
@@ -83,14 +83,14 @@ def plot_experts(run: Path, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def plot_timeline(run: Path, path: Path, seed: int) -> None:
+def plot_timeline(run: Path, path: Path, seed: int, trusted: bool) -> None:
     """w(s_t) of one deterministic episode; the mixing layer's outputs are recorded with a forward hook."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     from mixrl.envs.factory import make_env
 
-    policy, ckpt = load_mixture_policy(run)
+    policy, ckpt = load_mixture_policy(run, trusted)
     head = policy.actor
     logits: list[torch.Tensor] = []
     head.mixing.register_forward_hook(lambda module, inputs, output: logits.append(output))
@@ -131,13 +131,13 @@ def shown(path: Path) -> str:
     return str(path.relative_to(RESULTS.parent)) if path.is_relative_to(RESULTS.parent) else str(path)
 
 
-def training_command(run: Path) -> str:
+def training_command(run: Path, trusted: bool) -> str:
     """The `mixrl sac` command that trains a run like `run`: its saved Args that differ from the defaults."""
     from mixrl.agents.sac import Args
     from mixrl.checkpoints import load_checkpoint
 
     flags = []
-    for name, value in load_checkpoint(run)["args"].items():
+    for name, value in load_checkpoint(run, trusted=trusted)["args"].items():
         if name in ("run_root", "resume") or value == getattr(Args, name):
             continue
         flag = "--" + name.replace("_", "-")
@@ -157,6 +157,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="training seed when no --run is given")
     parser.add_argument("--steps", type=int, default=6000, help="training steps when no --run is given")
     parser.add_argument("--episode-seed", type=int, default=0, help="reset seed of the timeline episode")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load runs whose checkpoints need pickle (older runs of your own): unpickling can "
+        "run the author's code",
+    )
     opts = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -164,8 +170,8 @@ def main() -> None:
     run = opts.run if opts.run is not None else train_multigoal(opts.seed, opts.steps)
     timeline_run = opts.timeline_run if opts.timeline_run is not None else run
     RESULTS.mkdir(exist_ok=True)
-    plot_experts(run, RESULTS / "pmoe_experts_multigoal.png")
-    plot_timeline(timeline_run, RESULTS / "pmoe_expert_timeline.png", opts.episode_seed)
+    plot_experts(run, RESULTS / "pmoe_experts_multigoal.png", opts.trust_pickle)
+    plot_timeline(timeline_run, RESULTS / "pmoe_expert_timeline.png", opts.episode_seed, opts.trust_pickle)
     command = " ".join(map(shlex.quote, ["python", "scripts/pmoe_pictures.py", *sys.argv[1:]]))
     trained = "" if opts.run is not None else " (it trains the MultiGoal run first)"
     lines = [
@@ -176,13 +182,13 @@ def main() -> None:
         "![experts](pmoe_experts_multigoal.png)",
         "",
         "`pmoe_experts_multigoal.png`: each expert's mean action tanh(mu_k(s)) followed from the start state "
-        f"(0, 0) of mixrl/MultiGoal-v0. Run `{shown(run)}`, trained with `{training_command(run)}`.",
+        f"(0, 0) of mixrl/MultiGoal-v0. Run `{shown(run)}`, trained with `{training_command(run, opts.trust_pickle)}`.",
         "",
         "![timeline](pmoe_expert_timeline.png)",
         "",
         "`pmoe_expert_timeline.png`: mixing weights w_k(s_t) (stacked) and the expert with the highest weight "
         f"along one deterministic episode (reset seed {opts.episode_seed}). Run `{shown(timeline_run)}`, "
-        f"trained with `{training_command(timeline_run)}`.",
+        f"trained with `{training_command(timeline_run, opts.trust_pickle)}`.",
         "",
     ]
     (RESULTS / "pmoe_pictures.md").write_text("\n".join(lines))

@@ -50,6 +50,8 @@ class Args:
     """repetitions of the K expert samples per state (the argmax-Q win distribution)"""
     seed: int = 0
     """seed of the env and of the draws"""
+    trust_pickle: bool = False
+    """also load checkpoints that need pickle (older runs of your own): unpickling can run the author's code"""
 
 
 def visited_states(ckpt: dict, states: int, seed: int) -> torch.Tensor:
@@ -72,7 +74,7 @@ def visited_states(ckpt: dict, states: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def probe(path: str, args: Args) -> dict[str, float]:
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, trusted=args.trust_pickle)
     if "qf" not in ckpt["state"]:
         raise SystemExit(f"{path} has no auxiliary Q network: probe a PMOE-PPO run with --gmm-grad frequency.")
     torch.manual_seed(args.seed)

@@ -167,6 +167,8 @@ class Args:
     """output path prefix (.md, .json, .png)"""
     threads: int = 1
     """torch CPU threads for the policy"""
+    trust_pickle: bool = False
+    """also load a --policy that needs pickle (an older run of your own): unpickling can run the author's code"""
 
 
 @dataclass
@@ -264,12 +266,12 @@ def measure_speed() -> dict[str, float]:
     return best
 
 
-def training_command(path: str) -> str:
+def training_command(path: str, trusted: bool) -> str:
     """The agent command that reproduces the checkpoint's run: its Args that differ from today's defaults."""
     from mixrl.checkpoints import find_checkpoint, load_checkpoint
 
     file = find_checkpoint(path)
-    ckpt = load_checkpoint(file)
+    ckpt = load_checkpoint(file, trusted=trusted)
     defaults = dataclasses.asdict(importlib.import_module(f"mixrl.agents.{ckpt['algo']}").Args())
     flags = []
     for key, value in ckpt["args"].items():
@@ -489,7 +491,7 @@ def main(args: Args) -> None:
     if args.policy is not None:
         import mixrl
 
-        policy = mixrl.load_policy(args.policy)
+        policy = mixrl.load_policy(args.policy, trusted=args.trust_pickle)
 
     fixed_records, fixed = [], []
     for i, mu in enumerate(MU_VALUES):
@@ -600,7 +602,7 @@ def write_report(args, command, out, speed, fixed, aarseth, rl, transfer, action
         lines += [
             "## RL policy vs fixed mu (Hermite)",
             "",
-            f"Policy: `{args.policy}`, trained by {training_command(args.policy)}.",
+            f"Policy: `{args.policy}`, trained by {training_command(args.policy, args.trust_pickle)}.",
             "",
             "Median policy inference per 30-yr run: "
             f"{rl.policy_time_median * 1e3:.1f} ms (vs {rl.wall_median * 1e3:.1f} ms in the integrator).",
