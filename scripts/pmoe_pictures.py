@@ -41,25 +41,23 @@ def train_multigoal(seed: int, steps: int) -> Path:
     return sac.main(args)
 
 
-def load_mixture_policy(run: Path, trusted: bool):
-    """The deterministic policy of a PMOE-SAC run or checkpoint (its head is `policy.actor`) and the checkpoint."""
-    from mixrl.checkpoints import load_checkpoint
+def mixture_policy(run: Path, ckpt: dict):
+    """The deterministic policy of the checkpoint `ckpt` of the PMOE-SAC run `run` (its head is `policy.actor`)."""
     from mixrl.evaluation import policy_from_checkpoint
     from mixrl.policies.mixture import GaussianMixtureHead
 
-    ckpt = load_checkpoint(run, trusted=trusted)
     policy = policy_from_checkpoint(ckpt)
     if not isinstance(policy.actor, GaussianMixtureHead):
         raise ValueError(f"{run} holds a {type(policy.actor).__name__}, not a mixture: train with --policy gmm.")
-    return policy, ckpt
+    return policy
 
 
-def plot_experts(run: Path, path: Path, trusted: bool) -> None:
+def plot_experts(run: Path, ckpt: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from mixrl.envs.multigoal import BOUND, GOAL_RADIUS, GOALS, follow_policy
 
-    policy, ckpt = load_mixture_policy(run, trusted)
+    policy = mixture_policy(run, ckpt)
     head = policy.actor
     if ckpt["env_id"] != "mixrl/MultiGoal-v0" or ckpt["obs_normalizer"] is not None:
         raise ValueError(f"{run}: expert trajectories need a mixrl/MultiGoal-v0 run without --normalize-obs.")
@@ -83,14 +81,14 @@ def plot_experts(run: Path, path: Path, trusted: bool) -> None:
     fig.savefig(path, dpi=100)
 
 
-def plot_timeline(run: Path, path: Path, seed: int, trusted: bool) -> None:
+def plot_timeline(run: Path, ckpt: dict, path: Path, seed: int) -> None:
     """w(s_t) of one deterministic episode; the mixing layer's outputs are recorded with a forward hook."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     from mixrl.envs.factory import make_env
 
-    policy, ckpt = load_mixture_policy(run, trusted)
+    policy = mixture_policy(run, ckpt)
     head = policy.actor
     logits: list[torch.Tensor] = []
     head.mixing.register_forward_hook(lambda module, inputs, output: logits.append(output))
@@ -131,13 +129,12 @@ def shown(path: Path) -> str:
     return str(path.relative_to(RESULTS.parent)) if path.is_relative_to(RESULTS.parent) else str(path)
 
 
-def training_command(run: Path, trusted: bool) -> str:
-    """The `mixrl sac` command that trains a run like `run`: its saved Args that differ from the defaults."""
+def training_command(ckpt: dict) -> str:
+    """The `mixrl sac` command that trains a run like the checkpoint's: its saved Args that differ from the defaults."""
     from mixrl.agents.sac import Args
-    from mixrl.checkpoints import load_checkpoint
 
     flags = []
-    for name, value in load_checkpoint(run, trusted=trusted)["args"].items():
+    for name, value in ckpt["args"].items():
         if name in ("run_root", "resume") or value == getattr(Args, name):
             continue
         flag = "--" + name.replace("_", "-")
@@ -164,14 +161,18 @@ def main() -> None:
         "run the author's code",
     )
     opts = parser.parse_args()
+    from mixrl.checkpoints import load_checkpoint
+
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     run = opts.run if opts.run is not None else train_multigoal(opts.seed, opts.steps)
     timeline_run = opts.timeline_run if opts.timeline_run is not None else run
+    ckpt = load_checkpoint(run, trusted=opts.trust_pickle)
+    timeline_ckpt = ckpt if timeline_run == run else load_checkpoint(timeline_run, trusted=opts.trust_pickle)
     RESULTS.mkdir(exist_ok=True)
-    plot_experts(run, RESULTS / "pmoe_experts_multigoal.png", opts.trust_pickle)
-    plot_timeline(timeline_run, RESULTS / "pmoe_expert_timeline.png", opts.episode_seed, opts.trust_pickle)
+    plot_experts(run, ckpt, RESULTS / "pmoe_experts_multigoal.png")
+    plot_timeline(timeline_run, timeline_ckpt, RESULTS / "pmoe_expert_timeline.png", opts.episode_seed)
     command = " ".join(map(shlex.quote, ["python", "scripts/pmoe_pictures.py", *sys.argv[1:]]))
     trained = "" if opts.run is not None else " (it trains the MultiGoal run first)"
     lines = [
@@ -182,13 +183,13 @@ def main() -> None:
         "![experts](pmoe_experts_multigoal.png)",
         "",
         "`pmoe_experts_multigoal.png`: each expert's mean action tanh(mu_k(s)) followed from the start state "
-        f"(0, 0) of mixrl/MultiGoal-v0. Run `{shown(run)}`, trained with `{training_command(run, opts.trust_pickle)}`.",
+        f"(0, 0) of mixrl/MultiGoal-v0. Run `{shown(run)}`, trained with `{training_command(ckpt)}`.",
         "",
         "![timeline](pmoe_expert_timeline.png)",
         "",
         "`pmoe_expert_timeline.png`: mixing weights w_k(s_t) (stacked) and the expert with the highest weight "
         f"along one deterministic episode (reset seed {opts.episode_seed}). Run `{shown(timeline_run)}`, "
-        f"trained with `{training_command(timeline_run, opts.trust_pickle)}`.",
+        f"trained with `{training_command(timeline_ckpt)}`.",
         "",
     ]
     (RESULTS / "pmoe_pictures.md").write_text("\n".join(lines))
