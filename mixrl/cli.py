@@ -7,10 +7,12 @@ mixrl dataset collect medium --policy runs/Hopper-v5__sac__1__<time> --expert ru
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import shlex
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -132,6 +134,24 @@ def available_agents() -> dict[str, object]:
             if err.name != module_name:
                 raise
     return modules
+
+
+def training_command(ckpt: dict[str, Any]) -> str:
+    """`mixrl AGENT --flag value ...`: the command that trains a run like the checkpoint's, its saved Args that
+    differ from the agent's defaults as flags (the run folder and resume path left out)."""
+    from mixrl.sweep import flag_argv
+
+    agent = ckpt.get("agent") or str(ckpt["algo"]).removeprefix("pmoe_")
+    defaults = dataclasses.asdict(importlib.import_module(AGENTS[agent]).Args())
+
+    def plain(value: Any) -> Any:  # tuples come back from a checkpoint as lists
+        return list(value) if isinstance(value, list | tuple) else value
+
+    flags = []
+    for name, value in ckpt["args"].items():
+        if name not in ("run_root", "resume") and plain(value) != plain(defaults.get(name)):
+            flags += flag_argv(name, value)
+    return shlex.join(["mixrl", agent, *flags])
 
 
 def usage(agents: dict[str, object]) -> str:

@@ -129,24 +129,6 @@ def shown(path: Path) -> str:
     return str(path.relative_to(RESULTS.parent)) if path.is_relative_to(RESULTS.parent) else str(path)
 
 
-def training_command(ckpt: dict) -> str:
-    """The `mixrl sac` command that trains a run like the checkpoint's: its saved Args that differ from the defaults."""
-    from mixrl.agents.sac import Args
-
-    flags = []
-    for name, value in ckpt["args"].items():
-        if name in ("run_root", "resume") or value == getattr(Args, name):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, (tuple, list)):
-            flags.append(f"{flag} {' '.join(map(str, value))}")
-        else:
-            flags.append(f"{flag} {value}")
-    return " ".join(["mixrl sac", *flags])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=None, help="MultiGoal PMOE-SAC run (default: train one)")
@@ -162,6 +144,7 @@ def main() -> None:
     )
     opts = parser.parse_args()
     from mixrl.checkpoints import load_checkpoint
+    from mixrl.cli import training_command
 
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")

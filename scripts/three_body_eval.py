@@ -16,8 +16,6 @@ Writes results/three_body.md, results/three_body.json and results/three_body.png
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import platform
 import shlex
@@ -266,35 +264,20 @@ def measure_speed() -> dict[str, float]:
     return best
 
 
-def training_command(path: str, trusted: bool) -> str:
-    """The agent command that reproduces the checkpoint's run: its Args that differ from today's defaults."""
+def trained_by(path: str, trusted: bool) -> str:
+    """The agent command that reproduces the checkpoint's run, with the checkpoint's step and the run's wall time."""
     from mixrl.checkpoints import find_checkpoint, load_checkpoint
+    from mixrl.cli import training_command
 
     file = find_checkpoint(path)
     ckpt = load_checkpoint(file, trusted=trusted)
-    defaults = dataclasses.asdict(importlib.import_module(f"mixrl.agents.{ckpt['algo']}").Args())
-    flags = []
-    for key, value in ckpt["args"].items():
-        default = defaults.get(key)
-        if key == "resume" or value == default or (isinstance(value, list | tuple) and list(value) == list(default)):
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, list | tuple):
-            flags.append(f"{flag} {' '.join(map(str, value))}")
-        else:
-            flags.append(f"{flag} {value}")
     run_dir = file.parent.parent
     minutes = ""
     final = run_dir / "checkpoints" / "final.pt"
     if (run_dir / "config.json").is_file() and final.is_file():
         elapsed = final.stat().st_mtime - (run_dir / "config.json").stat().st_mtime
         minutes = f"; the run took {elapsed / 60:.0f} min of wall time"
-    return (
-        f"`python -m mixrl.agents.{ckpt['algo']} {' '.join(flags)}` (checkpoint `{file.name}` at environment step "
-        f"{ckpt['global_step']}{minutes})"
-    )
+    return f"`{training_command(ckpt)}` (checkpoint `{file.name}` at environment step {ckpt['global_step']}{minutes})"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -602,7 +585,7 @@ def write_report(args, command, out, speed, fixed, aarseth, rl, transfer, action
         lines += [
             "## RL policy vs fixed mu (Hermite)",
             "",
-            f"Policy: `{args.policy}`, trained by {training_command(args.policy, args.trust_pickle)}.",
+            f"Policy: `{args.policy}`, trained by {trained_by(args.policy, args.trust_pickle)}.",
             "",
             "Median policy inference per 30-yr run: "
             f"{rl.policy_time_median * 1e3:.1f} ms (vs {rl.wall_median * 1e3:.1f} ms in the integrator).",

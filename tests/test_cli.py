@@ -85,3 +85,22 @@ def test_sigterm_stops_after_the_iteration_with_the_resume_command(tmp_path):
     step = load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"]
     assert process.returncode == 1 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == f"mixrl sac: stopped at step {step}; continue with --resume {run}"
+
+
+def test_training_command_gives_back_the_saved_args():
+    """The command rebuilt from a checkpoint's Args parses to those Args: lists, booleans turned off, strings."""
+    import dataclasses
+    import shlex
+
+    from mixrl.agents import sac
+    from mixrl.cli import training_command
+    from mixrl.runs import parse_args
+
+    trained = sac.Args(
+        env_id="Hopper-v5", env_kwargs=("ctrl_cost_weight=0.01",), hidden_sizes=(64, 32), autotune=False, compile=True,
+        utd_ratio=2.0, policy="gmm", run_root="elsewhere",
+    )  # fmt: skip
+    saved = json.loads(json.dumps(dataclasses.asdict(trained)))  # as a checkpoint stores them: tuples as lists
+    command = shlex.split(training_command({"agent": "sac", "algo": "pmoe_sac", "args": saved}))
+    assert command[:2] == ["mixrl", "sac"] and "--run-root" not in command and "--seed" not in command
+    assert parse_args(sac.Args, command[2:]) == dataclasses.replace(trained, run_root="runs")
