@@ -369,6 +369,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def agent_of(record: dict[str, Any]) -> str:
+    """The mixrl agent (sac, ppo, ...) that wrote a checkpoint or policy config: its `agent` field, else its algo
+    without the pmoe_ prefix (files written before `agent` was stored); "" when it names neither."""
+    return record.get("agent") or str(record.get("algo", "")).removeprefix("pmoe_")
+
+
 def find_checkpoint(path: str | Path, newest: bool = False) -> Path:
     """A checkpoint file, or one in a run directory: final.pt, else latest.pt (the newest state, latest.pt first,
     with `newest`, as a resume needs: a finished run that was extended and stopped has a newer latest.pt)."""

@@ -139,9 +139,10 @@ def available_agents() -> dict[str, object]:
 def training_command(ckpt: dict[str, Any]) -> str:
     """`mixrl AGENT --flag value ...`: the command that trains a run like the checkpoint's, its saved Args that
     differ from the agent's defaults as flags (the run folder and resume path left out)."""
+    from mixrl.checkpoints import agent_of
     from mixrl.sweep import flag_argv
 
-    agent = ckpt.get("agent") or str(ckpt["algo"]).removeprefix("pmoe_")
+    agent = agent_of(ckpt)
     defaults = dataclasses.asdict(importlib.import_module(AGENTS[agent]).Args())
 
     def plain(value: Any) -> Any:  # tuples come back from a checkpoint as lists

@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from mixrl.checkpoints import (
     CHECKPOINT_FORMAT,
+    agent_of,
     atomic_torch_save,
     atomic_write_text,
     library_versions,
@@ -208,7 +209,7 @@ def resume_args(args: Any, budget: str, changeable: tuple[str, ...] = ("threads"
         raise MissingPathError(f"--resume {run_dir}: no such run directory.")
     saved = load_checkpoint(run_dir, newest=True, trusted=getattr(args, "trust_pickle", False))
     agent = agent_name(args)
-    saved_agent = saved.get("agent") or str(saved.get("algo", "?")).removeprefix("pmoe_")
+    saved_agent = agent_of(saved) or "?"
     if saved_agent != agent:
         raise UsageError(
             f"--resume {run_dir}: that is a {saved.get('algo')} run on {saved.get('env_id')}, not a {agent} run: "

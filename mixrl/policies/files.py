@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from mixrl.checkpoints import (
+    agent_of,
     atomic_write,
     atomic_write_text,
     find_checkpoint,
@@ -253,7 +254,7 @@ def write_policy_dir(ckpt: dict[str, Any], folder: str | Path, trusted: bool = F
     critic = critic_spec(ckpt)
     config = {
         "format": POLICY_FORMAT,
-        "agent": ckpt.get("agent") or str(ckpt.get("algo", "")).removeprefix("pmoe_"),
+        "agent": agent_of(ckpt),
         "algo": ckpt["algo"],
         "env_id": ckpt["env_id"],
         "env_kwargs": _encode(dict(ckpt.get("env_kwargs") or {}), "env_kwargs", store),
@@ -459,7 +460,7 @@ def read_policy_dir(folder: str | Path) -> dict[str, Any]:
         raise UsageError(f"{where}: eval_rule {rule!r} differs from the policy's own ({own!r}).")
     return {
         "format": config["format"],
-        "agent": config.get("agent") or config["algo"].removeprefix("pmoe_"),
+        "agent": agent_of(config),
         "algo": config["algo"],
         "env_id": config["env_id"],
         "env_kwargs": env_kwargs,
